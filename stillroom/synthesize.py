@@ -1,0 +1,170 @@
+"""Build each task's train/validation/test sets from the teacher's answers.
+
+The logged pairs come first: each distinct input once, answered by the teacher
+(`replay` gives the logged answer back). A row's split is a hash of its input, so the
+test split stays held out from training on every re-run and as new logs arrive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from stillroom.config import Layout, Params, SynthesizeParams
+from stillroom.detect import normalize_label
+from stillroom.schema import (
+    SPLITS,
+    DatasetRow,
+    LogRecord,
+    Split,
+    TaskCard,
+    read_assignments,
+    read_cards,
+    read_jsonl,
+    stable_id,
+    write_json,
+    write_jsonl,
+)
+from stillroom.teachers import BudgetExceeded, Teacher, TeacherError, make_teacher, request_key
+
+
+@dataclass
+class TaskDataset:
+    task_id: str
+    rows: dict[Split, list[DatasetRow]] = field(default_factory=lambda: {"train": [], "validation": [], "test": []})
+    duplicates: int = 0
+    off_label: int = 0
+    teacher_failures: int = 0
+    budget_exhausted: bool = False
+
+    def summary(self) -> dict:
+        return {
+            **{split: len(rows) for split, rows in self.rows.items()},
+            "duplicate_inputs": self.duplicates,
+            "off_label_answers": self.off_label,
+            "teacher_failures": self.teacher_failures,
+            "budget_exhausted": self.budget_exhausted,
+        }
+
+
+def split_of(input_text: str, params: SynthesizeParams) -> Split:
+    """Deterministic from the input alone: the same input always lands in the same split."""
+    bucket = int(hashlib.sha256(input_text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if bucket < params.test_fraction:
+        return "test"
+    if bucket < params.test_fraction + params.validation_fraction:
+        return "validation"
+    return "train"
+
+
+def _label_lookup(card: TaskCard) -> Callable[[str], str | None]:
+    canonical = {normalize_label(label): label for label in card.labels}
+    return lambda answer: canonical.get(normalize_label(answer))
+
+
+def build_task_dataset(
+    card: TaskCard,
+    records: Sequence[LogRecord],
+    teacher: Teacher,
+    params: SynthesizeParams,
+    max_failures: float = 0.2,
+) -> TaskDataset:
+    """One row per distinct input; the teacher's answer is the target."""
+    dataset = TaskDataset(task_id=card.id)
+    by_input: dict[str, LogRecord] = {}
+    for record in records:
+        key = request_key("", record.prompt(), record.response_format)
+        if key in by_input:
+            dataset.duplicates += 1
+        by_input[key] = record
+    unique = sorted(by_input.values(), key=lambda r: r.id)
+    random.Random(params.seed).shuffle(unique)
+    unique = unique[: params.max_examples]
+
+    to_label = _label_lookup(card) if card.output_type == "label" else None
+    asked = 0
+    for record in unique:
+        prompt = record.prompt()
+        asked += 1
+        try:
+            answer = teacher.answer(prompt, record.response_format)
+        except BudgetExceeded:
+            dataset.budget_exhausted = True
+            asked -= 1
+            break
+        except TeacherError:
+            dataset.teacher_failures += 1
+            continue
+        target = answer.strip()
+        if to_label is not None:
+            label = to_label(target)
+            if label is None:
+                dataset.off_label += 1
+                continue
+            target = label
+        split = split_of(record.user_text, params)
+        dataset.rows[split].append(
+            DatasetRow(
+                id=stable_id(card.id, record.user_text, prefix="row-"),
+                task_id=card.id,
+                split=split,
+                prompt=prompt,
+                input_text=record.user_text,
+                target=target,
+                source="logged" if teacher.name == "replay" else "teacher",
+            )
+        )
+    if asked and dataset.teacher_failures > max_failures * asked:
+        raise TeacherError(
+            f"task {card.id}: the teacher failed on {dataset.teacher_failures} of {asked} inputs; "
+            "check the teacher settings in params.yaml (synthesize.teacher)"
+        )
+    return dataset
+
+
+def group_records(records: Sequence[LogRecord], assignments: dict[str, str | None]) -> dict[str, list[LogRecord]]:
+    groups: dict[str, list[LogRecord]] = defaultdict(list)
+    for record in records:
+        task_id = assignments.get(record.id)
+        if task_id:
+            groups[task_id].append(record)
+    return groups
+
+
+def label_balance(rows: Sequence[DatasetRow]) -> dict[str, int]:
+    return dict(Counter(row.target for row in rows).most_common())
+
+
+def run(params: Params, layout: Layout) -> dict:
+    """The synthesize stage: records + task cards -> data/datasets/<task>/{train,validation,test}.jsonl."""
+    records = list(read_jsonl(layout.records, LogRecord))
+    cards = read_cards(layout.cards)
+    assignments = read_assignments(layout.assignments)
+    groups = group_records(records, assignments)
+    teacher = make_teacher(params.synthesize.teacher, records, layout.resolve(params.synthesize.cache))
+    if layout.datasets.exists():
+        shutil.rmtree(layout.datasets)
+    summary: dict = {}
+    try:
+        for card in tqdm(cards, desc="synthesize", unit="task"):
+            dataset = build_task_dataset(card, groups.get(card.id, []), teacher, params.synthesize)
+            for split, rows in dataset.rows.items():
+                write_jsonl(layout.dataset(card.id, split), rows)
+            summary[card.name] = dataset.summary()
+    finally:
+        close = getattr(teacher, "close", None)
+        if close:
+            close()
+    summary["teacher"] = teacher.stats()
+    write_json(layout.stage_metrics("synthesize"), summary)
+    return summary
+
+
+def load_splits(layout: Layout, task_id: str) -> dict[Split, list[DatasetRow]]:
+    return {split: list(read_jsonl(layout.dataset(task_id, split), DatasetRow)) for split in SPLITS}

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from stillroom.config import ClassifierParams
+from stillroom.schema import DatasetRow, Message
+from stillroom.students.base import load_student
+from stillroom.students.classifier import EmbeddingClassifier
+
+TOPICS = {
+    "sport": ["The striker scored twice in the cup final", "Tennis champion wins at Wimbledon",
+              "The team lost the rugby match", "Olympic sprinter breaks world record",
+              "Goalkeeper saves penalty in derby", "Cricket side wins the test series"],
+    "tech": ["New smartphone chip doubles battery life", "Software update fixes security flaw",
+             "Startup launches cloud computing service", "Laptop sales rise as processors improve",
+             "Researchers build faster internet router", "App store adds new privacy controls"],
+    "business": ["Shares fall as profits slump at the bank", "Oil prices rise after supply cuts",
+                 "Retailer reports record quarterly sales", "Central bank raises interest rates",
+                 "Airline merger approved by regulators", "Company cuts jobs to reduce costs"],
+}
+
+
+def rows(split="train"):
+    out = []
+    for label, texts in TOPICS.items():
+        for i, text in enumerate(texts):
+            prompt = [Message(role="system", content="Topic?"), Message(role="user", content=text)]
+            out.append(DatasetRow(id=f"{label}{i}", task_id="t", split=split, prompt=prompt,
+                                  input_text=text, target=label))
+    return out
+
+
+def test_classifier_learns_labels_and_round_trips(tmp_path):
+    student, info = EmbeddingClassifier.train(rows(), ClassifierParams())
+    assert info["n_train"] == 18 and info["labels"] == 3
+    unseen = [[Message(role="user", content="The midfielder signed for a new football club")],
+              [Message(role="user", content="Profits at the car maker dropped sharply")]]
+    predictions = student.predict(unseen)
+    assert [p.text for p in predictions] == ["sport", "business"]
+    assert all(1 / 3 < p.confidence <= 1 for p in predictions)
+
+    student.save(tmp_path / "s")
+    loaded = load_student(tmp_path / "s")
+    assert isinstance(loaded, EmbeddingClassifier)
+    again = loaded.predict(unseen)
+    assert [p.text for p in again] == [p.text for p in predictions]
+    assert np.allclose([p.confidence for p in again], [p.confidence for p in predictions], atol=1e-5)
+
+
+def test_binary_labels_give_proper_probabilities():
+    two = [r for r in rows() if r.target != "tech"]
+    student, _ = EmbeddingClassifier.train(two, ClassifierParams())
+    probs = student.probabilities(["Shares fall at the bank", "The striker scored"])
+    assert probs.shape == (2, 2)
+    assert np.allclose(probs.sum(axis=1), 1)
+    assert student.labels[int(probs[0].argmax())] == "business"
+    assert student.labels[int(probs[1].argmax())] == "sport"
+
+
+def test_one_label_is_not_a_classifier():
+    only_sport = [r for r in rows() if r.target == "sport"]
+    with pytest.raises(ValueError, match="at least two labels"):
+        EmbeddingClassifier.train(only_sport, ClassifierParams())
+
+
+def test_loading_a_folder_that_is_not_a_student_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a stillroom student"):
+        load_student(tmp_path)

@@ -1,0 +1,146 @@
+"""The whole pipeline on real sample data, driven the way a user drives it in production: a fresh
+copy of the project in a real git + DVC repo, `prefect server start`, a process worker and
+`prefect deployment run 'distill/stillroom-local'` (prefect.yaml), MLflow on SQLite, and the real
+SmolLM2 student. Then `dvc repro` after a params change."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from tests.servers import background, prefect_server
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FILES = ["pyproject.toml", "params.yaml", "dvc.yaml", "prefect.yaml", "stillroom", "tasks", "flows"]
+
+# Small but real: a few hundred calls from the public datasets, a short LM fine-tune.
+SMALL = {
+    "sample": {"bbc_articles": 160, "wnut_tweets": 140, "oneoff_prompts": 120},
+    "detect": {"min_task_records": 40},
+    "train": {"lm": {"max_train_examples": 64, "max_steps": 12, "batch_size": 8}},
+    "evaluate": {"max_test_examples": 24, "latency_samples": 3},
+}
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def sh(*args: str, cwd: Path, env: dict | None = None) -> str:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=1800)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh copy of the project in its own git + DVC repo, with small params."""
+    root = tmp_path_factory.mktemp("project")
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(params, SMALL), sort_keys=False))
+    sh("git", "init", "-q", cwd=root)
+    sh(sys.executable, "-m", "dvc", "init", "-q", cwd=root)
+    sh(sys.executable, "-m", "dvc", "config", "core.analytics", "false", cwd=root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def env(project, tmp_path_factory) -> dict:
+    prefect_home = tmp_path_factory.mktemp("prefect-home")
+    return {
+        **os.environ,
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_API_URL": "",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+
+
+@pytest.fixture(scope="module")
+def flow_run(project, env, tmp_path_factory) -> list[dict]:
+    bin_dir = Path(sys.executable).parent
+    logs = tmp_path_factory.mktemp("server-logs")
+    sh(str(bin_dir / "stillroom"), "sample-logs", "--root", str(project), cwd=project, env=env)
+    with prefect_server(bin_dir, env, project, logs / "server.log") as server_env:
+        prefect = str(bin_dir / "prefect")
+        sh(prefect, "work-pool", "create", "stillroom-process", "--type", "process", cwd=project, env=server_env)
+        sh(prefect, "--no-prompt", "deploy", "--all", cwd=project, env={**server_env, "STILLROOM_ROOT": str(project)})
+        worker = [prefect, "worker", "start", "--pool", "stillroom-process"]
+        with background(worker, server_env, project, logs / "worker.log"):
+            output = sh(prefect, "deployment", "run", "distill/stillroom-local", "--watch", "--watch-timeout", "2400",
+                        cwd=project, env=server_env)
+        assert "Completed" in output, output + (logs / "worker.log").read_text()[-5000:]
+    report = subprocess.run([str(bin_dir / "stillroom"), "report", "--root", str(project), "--json"], cwd=project,
+                            env=env, capture_output=True, text=True, check=True)
+    return json.loads(report.stdout)
+
+
+def test_flow_finds_the_two_real_tasks_and_no_oneoff_task(project, flow_run):
+    cards = json.loads((project / "data/tasks/cards.json").read_text())
+    assert len(cards) == 2
+    by_type = {card["output_type"]: card for card in cards}
+    assert set(by_type["label"]["labels"]) == {"business", "entertainment", "politics", "sport", "tech"}
+    assert by_type["label"]["count"] == 160
+    assert by_type["text"]["count"] == 140
+    detect = json.loads((project / "metrics/detect.json").read_text())
+    assert detect["unassigned"] == 120  # every one-off prompt stays unassigned
+    ingest = json.loads((project / "metrics/ingest.json").read_text())
+    assert ingest["quarantined"] > 0 and ingest["records"] == 420
+
+
+def test_students_are_trained_evaluated_and_registered(project, flow_run):
+    rows = {row["student"]: row for row in flow_run}
+    assert set(rows) == {"classifier", "lm"}
+    bbc = rows["classifier"]
+    assert bbc["agreement"] >= 0.85, bbc
+    assert bbc["agreement_low"] <= bbc["agreement"] <= bbc["agreement_high"]
+    assert bbc["model_uri"].startswith("models:/stillroom-") and bbc["alias"] == "champion"
+    lm = rows["lm"]
+    assert 0 <= lm["agreement"] <= 1 and lm["p50_ms"] > 0 and lm["size_mb"] > 100
+
+    registry = json.loads((project / "data/registry.json").read_text())
+    mlflow.set_tracking_uri(registry["tracking_uri"])
+    model = mlflow.pyfunc.load_model(bbc["model_uri"])
+    answer = model.predict(pd.DataFrame({"text": ["Shares in the bank fell 5% after profits slumped."]}))
+    assert answer["answer"][0] == "business"
+
+
+def test_flow_outputs_are_versioned_by_dvc_and_a_param_change_reruns_only_what_it_affects(project, env, flow_run):
+    dvc = [sys.executable, "-m", "dvc"]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert {"ingest", "detect", "synthesize", "train", "evaluate", "register"} <= set(lock["stages"])
+    models_out = next(o for o in lock["stages"]["train"]["outs"] if o["path"] == "data/models")
+    assert models_out["md5"].endswith(".dir")
+    status = json.loads(sh(*dvc, "status", "--json", "ingest", "detect", "synthesize", "train", "evaluate",
+                           "register", cwd=project, env=env))
+    assert status == {}, status
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["latency_samples"] = 4
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(sh(*dvc, "status", "--json", "register", cwd=project, env=env))
+    assert set(status) == {"evaluate"}, status
+    output = sh(*dvc, "repro", "register", cwd=project, env=env)
+    for skipped in ("ingest", "detect", "synthesize", "train"):
+        assert f"Stage '{skipped}' didn't change, skipping" in output
+    assert "Running stage 'evaluate'" in output

@@ -1,0 +1,133 @@
+"""The bundled sample logs: what the later stages are tried on must be real, readable and stable."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from stillroom.config import SampleParams
+from stillroom.ingest import IngestResult, ingest
+from stillroom.samples import BBC_PROMPTS, WNUT_PROMPT, build_sample_logs
+from stillroom.schema import LogRecord
+
+PARAMS = SampleParams(seed=5, bbc_articles=40, wnut_tweets=40, oneoff_prompts=60, days=45)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, IngestResult]:
+    out = tmp_path_factory.mktemp("logs")
+    stats = build_sample_logs(PARAMS, out)
+    return out, stats, ingest(out)
+
+
+def _task(record: LogRecord) -> str:
+    if record.system_prompt in BBC_PROMPTS:
+        return "bbc_topics"
+    if record.system_prompt == WNUT_PROMPT:
+        return "wnut_people"
+    return "oneoff"
+
+
+def test_same_seed_same_bytes(built: tuple[Path, dict, IngestResult], tmp_path: Path) -> None:
+    out, stats, _ = built
+    again = build_sample_logs(PARAMS, tmp_path)
+    assert again == stats
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(p.name for p in tmp_path.iterdir()) == ["openai-2026-09.jsonl", "openai-2026-10.jsonl"]
+    for name in names:
+        assert (out / name).read_bytes() == (tmp_path / name).read_bytes()
+
+
+def test_other_seed_other_sample(built: tuple[Path, dict, IngestResult], tmp_path: Path) -> None:
+    out, _, _ = built
+    build_sample_logs(PARAMS.model_copy(update={"seed": 6}), tmp_path)
+    assert (out / "openai-2026-09.jsonl").read_bytes() != (tmp_path / "openai-2026-09.jsonl").read_bytes()
+
+
+def test_counts_match_params(built: tuple[Path, dict, IngestResult]) -> None:
+    _, stats, result = built
+    expected = {"bbc_topics": 40, "wnut_people": 40, "oneoff": 60}
+    assert stats["records"] == expected
+    assert Counter(_task(r) for r in result.records) == expected
+    assert sum(f["records"] for f in stats["files"].values()) == 140
+    assert sum(f["malformed"] for f in stats["files"].values()) == stats["malformed_lines"]
+
+
+def test_every_good_line_is_read_and_every_bad_one_quarantined(built: tuple[Path, dict, IngestResult]) -> None:
+    _, stats, result = built
+    assert result.lines == 140 + stats["malformed_lines"]
+    assert len(result.records) == 140
+    assert result.duplicates == 0
+    assert len(result.quarantined) == stats["malformed_lines"] >= 3
+    assert set(stats["malformed"]) == {"truncated", "no_choices", "error"}
+    reasons = Counter(q.reason.split(":")[0] for q in result.quarantined)
+    assert reasons == {
+        "not JSON": stats["malformed"]["truncated"],
+        "missing": stats["malformed"]["no_choices"] + stats["malformed"]["error"],
+    }
+
+
+def test_files_sorted_and_inside_the_period(built: tuple[Path, dict, IngestResult]) -> None:
+    out, _, result = built
+    start = datetime(2026, 9, 1, tzinfo=UTC)
+    for record in result.records:
+        assert start <= record.timestamp < start + timedelta(days=PARAMS.days + 1)
+        assert record.id.startswith("chatcmpl-")
+        assert record.usage.input_tokens > 0 and record.usage.output_tokens > 0
+        assert record.model in {"gpt-4o", "gpt-4o-mini"}
+    for path in out.iterdir():
+        stamps = [line.split('"timestamp": "')[1][:24] for line in path.read_text().splitlines()]
+        assert stamps == sorted(stamps)
+
+
+def test_bbc_labels_and_the_reworded_prompt(built: tuple[Path, dict, IngestResult]) -> None:
+    _, _, result = built
+    bbc = [r for r in result.records if _task(r) == "bbc_topics"]
+    assert {r.response_text for r in bbc} == {"business", "entertainment", "politics", "sport", "tech"}
+    assert {r.system_prompt for r in bbc} == set(BBC_PROMPTS)
+    last_v1 = max(r.timestamp for r in bbc if r.system_prompt == BBC_PROMPTS[0])
+    first_v2 = min(r.timestamp for r in bbc if r.system_prompt == BBC_PROMPTS[1])
+    assert last_v1 < first_v2
+    assert max(len(r.user_text) for r in bbc) < 1800
+
+
+def test_wnut_answers_are_json_people_lists(built: tuple[Path, dict, IngestResult]) -> None:
+    _, stats, result = built
+    wnut = [r for r in result.records if _task(r) == "wnut_people"]
+    named = 0
+    for record in wnut:
+        assert record.response_format == {"type": "json_object"}
+        people = json.loads(record.response_text)["people"]
+        assert isinstance(people, list) and all(isinstance(p, str) and p in record.user_text for p in people)
+        named += bool(people)
+    assert named == stats["wnut_with_people"] == 20
+
+
+def test_oneoffs_are_varied_real_chat(built: tuple[Path, dict, IngestResult]) -> None:
+    _, stats, result = built
+    oneoff = [r for r in result.records if _task(r) == "oneoff"]
+    openings = Counter(" ".join(r.user_text.lower().split()[:5]) for r in oneoff)
+    assert openings.most_common(1)[0][1] <= 2
+    assert len({r.response_text for r in oneoff}) == len(oneoff)
+    assert {r.system_prompt for r in oneoff} == {"", "You are a helpful assistant."}
+    assert sum(not r.system_prompt for r in oneoff) > len(oneoff) / 2
+    assert stats["oneoff_shapes"]["multi_turn"] > 0
+    for record in oneoff:
+        roles = [m.role for m in record.messages]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]
+
+
+def test_asking_for_more_than_the_corpus_holds_fails_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bbc_articles"):
+        build_sample_logs(SampleParams(bbc_articles=100_000, wnut_tweets=0, oneoff_prompts=0), tmp_path)
+
+
+def test_rebuild_replaces_old_sample_months_only(tmp_path: Path) -> None:
+    (tmp_path / "openai-2026-12.jsonl").write_text("{}\n")
+    (tmp_path / "notes.txt").write_text("mine\n")
+    build_sample_logs(SampleParams(bbc_articles=5, wnut_tweets=2, oneoff_prompts=0, days=3), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "openai-2026-09.jsonl"]
