@@ -27,7 +27,8 @@ tasks_app = typer.Typer(help="List the repeated tasks detect found, or show one 
 app.add_typer(tasks_app, name="tasks")
 
 console = Console(stderr=True)
-out = Console()
+# Piped output (CI logs, files) gets room for the whole table instead of rich's 80-column default.
+out = Console() if sys.stdout.isatty() else Console(width=200)
 
 RootOpt = Annotated[Path, typer.Option("--root", help="Project root holding params.yaml and data/.")]
 ParamsOpt = Annotated[Path, typer.Option("--params", help="Parameters file (relative to the root).")]
