@@ -25,19 +25,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @flow(name="distill", log_prints=True)
-def distill(root: str = str(ROOT), params_file: str = "params.yaml") -> list[dict]:
-    """Ingest, detect, synthesize, train, evaluate, register; then version the outputs in DVC."""
+def distill(root: str = str(ROOT), params_file: str = "params.yaml", force: bool = False) -> list[dict]:
+    """Ingest, detect, synthesize, train, evaluate, register; then version the outputs in DVC.
+
+    Stages that dvc.lock shows up to date are skipped unless `force`.
+    """
     logger = get_run_logger()
     layout = Layout(root)
     params = load_params(layout.resolve(params_file))
-    found = ingest(params, layout)
+    # dvc.lock speaks for params.yaml only: with another parameters file, nothing counts as up to date.
+    force = force or layout.resolve(params_file) != layout.root / "params.yaml"
+    found = ingest(params, layout, force)
     logger.info("ingested %s records (%s quarantined)", found["records"], found["quarantined"])
-    tasks = detect(params, layout)
+    tasks = detect(params, layout, force)
     logger.info("detected %s tasks", tasks.get("tasks"))
-    synthesize(params, layout)
-    train(params, layout)
-    evaluate(params, layout)
-    register(params, layout)
+    synthesize(params, layout, force)
+    train(params, layout, force)
+    evaluate(params, layout, force)
+    register(params, layout, force)
     version(params, layout)
     rows = summary_rows(layout)
     create_table_artifact(key="stillroom-summary", table=rows, description="students against their teacher")

@@ -127,13 +127,21 @@ def prepare(root: RootOpt = Path("."), params_file: ParamsOpt = Path("params.yam
 
 @app.command("run")
 @_fails_cleanly
-def run(root: RootOpt = Path("."), params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
-    """Run the whole distill flow (Prefect) and print each student's score against the teacher."""
+def run(
+    root: RootOpt = Path("."),
+    params_file: ParamsOpt = Path("params.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Re-run stages that dvc.lock shows up to date.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the whole distill flow (Prefect) and print each student's score against the teacher.
+
+    Stages whose code, inputs and params have not changed since the last run are skipped.
+    """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     sys.path.insert(0, str(Path(root).resolve()))
     from flows.distill import distill
 
-    rows = distill(root=str(Path(root).resolve()), params_file=str(params_file))
+    rows = distill(root=str(Path(root).resolve()), params_file=str(params_file), force=force)
     _report(rows, as_json)
 
 
@@ -155,10 +163,15 @@ def _report(rows: list[dict], as_json: bool) -> None:
         out.print(render_table(rows))
 
 
+def _dollars(amount: float) -> str:
+    """Cents matter for small tasks: $0.0052, not $0.01."""
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"
+
+
 @tasks_app.callback(invoke_without_command=True)
 @_fails_cleanly
 def tasks_list(ctx: typer.Context, root: RootOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """List the detected tasks."""
+    """List the detected tasks: volume, spend, and whether each is worth a student now."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.table import Table
@@ -167,20 +180,23 @@ def tasks_list(ctx: typer.Context, root: RootOpt = Path("."), as_json: JsonOpt =
 
     cards = read_cards(Layout(root).cards)
     if as_json:
-        _print([card.model_dump(mode="json", exclude={"examples"}) for card in cards], True)
+        long_fields = {"examples", "representative", "edge_cases"}
+        _print([card.model_dump(mode="json", exclude=long_fields) for card in cards], True)
         return
     table = Table(title=f"{len(cards)} repeated tasks")
-    for column in ("id", "name", "count", "output", "labels", "first seen", "last seen"):
-        table.add_column(column)
+    for column in ("id", "name", "count", "per day", "output", "spend/month", "score", "decision"):
+        table.add_column(column, justify="right" if column in ("count", "per day", "spend/month", "score") else "left")
     for card in cards:
+        verdict = card.distillability
         table.add_row(
             card.id,
             card.name,
             str(card.count),
-            card.output_type,
-            ", ".join(card.labels) or "-",
-            str(card.first_seen or "-")[:10],
-            str(card.last_seen or "-")[:10],
+            f"{card.calls_per_day:g}",
+            card.output_format or card.output_type,
+            _dollars(card.monthly_spend_usd),
+            f"{verdict.score:.2f}" if verdict else "-",
+            verdict.decision if verdict else "-",
         )
     out.print(table)
 
@@ -192,17 +208,53 @@ def tasks_show(
     root: RootOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one task card."""
+    """Show one task card: what it costs, what its answers look like, and why it is or is not worth a student."""
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
     from stillroom.schema import read_cards
 
     cards = [c for c in read_cards(Layout(root).cards) if task in (c.id, c.name)]
     if not cards:
         raise ValueError(f"no task {task!r}; `stillroom tasks` lists them")
-    card = cards[0].model_dump(mode="json")
+    card = cards[0]
     if as_json:
-        _print(card, True)
-    else:
-        out.print_json(json.dumps(card, default=str))
+        _print(card.model_dump(mode="json"), True)
+        return
+    verdict = card.distillability
+    out.print(f"[bold]{card.name}[/bold]  {card.id}  ({card.detected_by})")
+    if verdict:
+        out.print(f"decision: [bold]{verdict.decision}[/bold]  score {verdict.score:.2f}")
+        for reason in verdict.reasons[1:]:
+            out.print(f"  - {escape(reason)}")
+    facts = Table.grid(padding=(0, 2))
+    prices = ", ".join(f"{m} ${p['input']}/${p['output']} per 1M ({p['price_entry']})" for m, p in card.prices.items())
+    consistency = f"{card.self_consistency:.0%} on {card.repeated_inputs} inputs" if card.repeated_inputs else "-"
+    seen = " .. ".join(f"{t:%Y-%m-%d %H:%M}" for t in (card.first_seen, card.last_seen) if t)
+    main_prompt = " ".join(card.system_prompts[0].split())[:100] if card.system_prompts else ""
+    for name, value in (
+        ("calls", f"{card.count} ({card.calls_per_day:g} a day), {seen}"),
+        ("output", card.output_format or card.output_type),
+        ("labels", ", ".join(f"{k} {v}" for k, v in card.label_distribution.items()) or "-"),
+        ("json schema", json.dumps(card.json_schema) if card.json_schema else "-"),
+        ("tokens per call", f"input p50 {card.input_tokens_p50} / p95 {card.input_tokens_p95}, "
+         f"output p50 {card.output_tokens_p50} / p95 {card.output_tokens_p95}"),
+        ("spend", f"{_dollars(card.monthly_spend_usd)} a month"),
+        ("prices", prices or "-"),
+        ("teacher consistency", consistency),
+        ("models", ", ".join(f"{m} {n}" for m, n in card.models.items()) or "-"),
+        ("system prompts", f"{len(card.system_prompts)}, most used: {main_prompt}" if main_prompt else "-"),
+        ("templates", " | ".join(card.templates) or "-"),
+    ):
+        facts.add_row(name, Text(value))
+    out.print(facts)
+    for title, examples in (("representative", card.representative), ("edge cases", card.edge_cases)):
+        if examples:
+            out.print(f"[bold]{title}[/bold]")
+            for example in examples:
+                why = f" [dim]({escape(example.why)})[/dim]" if example.why else ""
+                out.print(f"  {escape(example.input)}\n    -> {escape(example.output)}{why}", highlight=False)
 
 
 if __name__ == "__main__":

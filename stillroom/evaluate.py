@@ -128,7 +128,7 @@ def evaluate_student(
 
 def run(params: Params, layout: Layout) -> dict:
     """The evaluate stage: data/reports/<task>/ (metrics, predictions, plots) and metrics/evaluate.json."""
-    cards = read_cards(layout.cards)
+    cards = [c for c in read_cards(layout.cards) if (layout.datasets / c.id).is_dir()]  # synthesize's choice
     summary = {}
     for card in cards:
         test = list(read_jsonl(layout.dataset(card.id, "test"), DatasetRow))

@@ -160,7 +160,8 @@ def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id:
 def run(params: Params, layout: Layout) -> dict:
     """The register stage: every task's student into the MLflow registry; data/registry.json lists them."""
     experiment_id = setup_mlflow(params, layout)
-    entries = [register_task(card, params, layout, experiment_id) for card in read_cards(layout.cards)]
+    cards = [c for c in read_cards(layout.cards) if (layout.datasets / c.id).is_dir()]  # synthesize's choice
+    entries = [register_task(card, params, layout, experiment_id) for card in cards]
     registry = {"tracking_uri": tracking_uri(params, layout), "models": entries}
     write_json(layout.registry, registry)
     return registry

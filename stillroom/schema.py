@@ -16,6 +16,10 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, Field
 
 OutputType = Literal["label", "text"]
+# What the answers look like, finer than OutputType (which picks the student kind).
+OutputFormat = Literal["label", "json", "short_text", "long_text"]
+Decision = Literal["distill_now", "collect_more", "not_a_fit"]
+DetectedBy = Literal["structure", "embedding"]
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 
@@ -58,6 +62,22 @@ class LogRecord(BaseModel):
         return system + list(self.messages)
 
 
+class Example(BaseModel):
+    input: str
+    output: str
+    why: str = Field("", description="for an edge case: what makes it one")
+
+
+class Distillability(BaseModel):
+    """Whether a student for the task is worth training now, and why."""
+
+    score: float = Field(ge=0, le=1)
+    decision: Decision
+    reasons: list[str] = Field(default_factory=list)
+    factors: dict[str, float] = Field(default_factory=dict, description="each factor's score in [0, 1]")
+    break_even_days: float | None = Field(None, description="days of current spend that pay for training")
+
+
 class TaskCard(BaseModel):
     """What detect found: one repeated task and what a student for it must produce."""
 
@@ -74,7 +94,29 @@ class TaskCard(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     models: dict[str, int] = Field(default_factory=dict, description="teacher models seen, with call counts")
-    detected_by: Literal["structure", "embedding"] = "structure"
+    detected_by: DetectedBy = "structure"
+    output_format: OutputFormat | None = Field(None, description="None on cards from before formats were told apart")
+    json_schema: dict | None = Field(None, description="JSON Schema inferred from the answers, for json output")
+    templates: list[str] = Field(default_factory=list, description="user-turn templates mined, most used first")
+    calls_per_day: float = 0.0
+    input_tokens_p50: int = 0
+    input_tokens_p95: int = 0
+    output_tokens_p50: int = 0
+    output_tokens_p95: int = 0
+    user_tokens_p50: int = Field(0, description="the user turn alone (what a classifier reads), ~4 characters a token")
+    user_tokens_p95: int = 0
+    monthly_spend_usd: float = Field(0.0, description="spend over the observed days, scaled to 30")
+    prices: dict[str, dict[str, float | str]] = Field(
+        default_factory=dict, description="per model: $ per 1M input/output tokens and the price-table entry used"
+    )
+    representative: list[Example] = Field(default_factory=list)
+    edge_cases: list[Example] = Field(default_factory=list)
+    format_consistency: float = Field(1.0, description="share of answers in the task's output format")
+    repeated_inputs: int = Field(0, description="distinct inputs answered more than once")
+    self_consistency: float | None = Field(
+        None, description="share of answers to repeated inputs that match that input's most common answer"
+    )
+    distillability: Distillability | None = None
 
 
 class DatasetRow(BaseModel):

@@ -144,7 +144,9 @@ def label_balance(rows: Sequence[DatasetRow]) -> dict[str, int]:
 def run(params: Params, layout: Layout) -> dict:
     """The synthesize stage: records + task cards -> data/datasets/<task>/{train,validation,test}.jsonl."""
     records = list(read_jsonl(layout.records, LogRecord))
-    cards = read_cards(layout.cards)
+    # Only the tasks worth a student (detect's decision), unless only_decisions says otherwise.
+    wanted = set(params.synthesize.only_decisions)
+    cards = [c for c in read_cards(layout.cards) if c.distillability is None or c.distillability.decision in wanted]
     assignments = read_assignments(layout.assignments)
     groups = group_records(records, assignments)
     teacher = make_teacher(params.synthesize.teacher, records, layout.resolve(params.synthesize.cache))

@@ -51,7 +51,7 @@ def train_task(
 
 def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     """The train stage: one student per task under data/models/<task>/ (+ metrics/train.json)."""
-    cards = read_cards(layout.cards)
+    cards = [c for c in read_cards(layout.cards) if (layout.datasets / c.id).is_dir()]  # synthesize's choice
     if layout.models.exists():
         shutil.rmtree(layout.models)
     summary = {}

@@ -6,6 +6,7 @@ every dataset and model a flow produced is versioned exactly as `dvc repro` woul
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -46,8 +47,22 @@ def locked_outputs(layout: Layout) -> dict[str, dict[str, str]]:
     }
 
 
+def is_dvc_repo(layout: Layout) -> bool:
+    return (layout.root / ".dvc").is_dir() and (layout.root / "dvc.yaml").exists()
+
+
+def up_to_date(layout: Layout, stage: str) -> bool:
+    """True when dvc.lock already records this stage with the current code, inputs, params and outputs."""
+    if not is_dvc_repo(layout) or stage not in locked_outputs(layout):
+        return False
+    try:
+        return json.loads(dvc(layout, "status", "--json", stage) or "{}") == {}
+    except (VersioningError, json.JSONDecodeError):
+        return False
+
+
 def run(params: Params, layout: Layout) -> dict:
-    if not (layout.root / ".dvc").is_dir() or not (layout.root / "dvc.yaml").exists():
+    if not is_dvc_repo(layout):
         return {"dvc": "skipped: the project root is not a DVC repository (run `dvc init`)"}
     dvc(layout, "commit", "--force", *FLOW_STAGES)
     return {"dvc": "committed", "outputs": locked_outputs(layout)}

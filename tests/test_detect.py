@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from stillroom.config import DetectParams, Layout, Params
-from stillroom.detect import Detection, detect_tasks, instructions, is_generic_prompt, normalize_label, run
+from stillroom.detect import Detection, detect_tasks, is_generic_prompt, normalize_label, run
 from stillroom.embeddings import embed
 from stillroom.schema import LogRecord, Message, Usage, read_assignments, read_cards, write_jsonl
 
@@ -306,11 +306,6 @@ def test_normalize_label():
 )
 def test_generic_prompts(prompt, generic):
     assert is_generic_prompt(prompt) is generic
-
-
-def test_instructions_are_the_shared_part_of_a_turn():
-    turns = ["Summarize this: a text", "summarize this:  another", "What is 2 + 2?", "A story.\n\nTL;DR", "B.\n\ntl;dr"]
-    assert instructions(turns) == ["summarize this", "summarize this", "what is 0 + 0?", "tl;dr", "tl;dr"]
 
 
 def test_run_writes_cards_assignments_and_metrics(tmp_path, log, found):

@@ -125,6 +125,18 @@ def test_students_are_trained_evaluated_and_registered(project, flow_run):
     assert answer["answer"][0] == "business"
 
 
+def test_a_second_run_skips_every_up_to_date_stage(project, env, flow_run):
+    registry_before = (project / "data/registry.json").read_text()
+    env = {**env, "PREFECT_API_URL": ""}  # a temporary local server this time, as `make demo` uses
+    result = subprocess.run([str(Path(sys.executable).parent / "stillroom"), "run", "--root", str(project)],
+                            cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = result.stdout + result.stderr  # Prefect's run logs
+    for stage in ("ingest", "detect", "synthesize", "train", "evaluate", "register"):
+        assert f"{stage} is up to date in dvc.lock: skipped" in logs, (stage, logs[-3000:])
+    assert (project / "data/registry.json").read_text() == registry_before  # no new model versions
+
+
 def test_flow_outputs_are_versioned_by_dvc_and_a_param_change_reruns_only_what_it_affects(project, env, flow_run):
     dvc = [sys.executable, "-m", "dvc"]
     lock = yaml.safe_load((project / "dvc.lock").read_text())

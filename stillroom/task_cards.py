@@ -1,0 +1,335 @@
+"""Task cards: what a repeated task costs, what its answers look like, and where it is odd.
+
+A card is what a person reads to decide whether a student is worth it, and what the later
+stages read to build one, so every number on it comes from the logged calls themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+import numpy as np
+
+from stillroom.config import DetectParams, Price
+from stillroom.schema import DetectedBy, Example, LogRecord, OutputFormat, OutputType, TaskCard
+
+# Share of a group's answers that must agree on one shape (short, or JSON with one key
+# set) for the group to count as one task; the rest is teacher noise.
+SHAPE_SHARE = 0.9
+# A closed label set repeats itself: each label is used this often on average, and
+# answers off the set (said once, or too long: names, refusals) are at most the noise share.
+_MIN_RECORDS_PER_LABEL = 3
+# Two groups' short answers "overlap" when this share of the smaller set is in the other.
+_MIN_LABEL_OVERLAP = 0.5
+# Two text tasks whose typical answers differ in length more than this are different tasks
+# (a headline is not a summary).
+_MAX_LENGTH_RATIO = 3.0
+_EXAMPLES = 5
+_EXAMPLE_CHARS = 200
+_CHARS_PER_TOKEN = 4  # when a log has no usage numbers
+_DAYS_PER_MONTH = 30
+
+
+def normalize_label(text: str) -> str:
+    """One spelling per answer, so "Sport", "sport." and " sport" count as the same label
+    here, in the dataset and in evaluation."""
+    return " ".join(text.split()).casefold().rstrip(".").rstrip()
+
+
+@lru_cache(maxsize=65536)
+def parse_json(text: str) -> object | None:
+    """The answer as JSON, or None; cached because detect looks at each answer several times."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+@dataclass
+class AnswerShape:
+    """What a group's answers look like, to tell a label task from JSON and text, and to keep
+    different tasks with similar prompts apart."""
+
+    short: set[str]  # distinct normalized answers of at most label_max_words words
+    labels: dict[str, int]  # the short answers given more than once, with their counts
+    mostly_short: bool
+    closed: bool  # a label set: few recurring short answers cover nearly every call
+    json_keys: frozenset[str] | None  # the key set nearly every answer has, if JSON
+    median_words: float
+    format: OutputFormat
+
+    @classmethod
+    def of(cls, records: Sequence[LogRecord], params: DetectParams) -> AnswerShape:
+        total = len(records)
+        counts = Counter(normalize_label(r.response_text) for r in records)
+        short = {a for a in counts if len(a.split()) <= params.label_max_words}
+        labels = {a: n for a, n in counts.most_common() if a in short and n > 1}
+        keys = Counter(frozenset(p) for r in records if isinstance(p := parse_json(r.response_text), dict))
+        top = keys.most_common(1)
+        closed = (
+            0 < len(labels) <= params.max_labels
+            and len(labels) * _MIN_RECORDS_PER_LABEL <= total
+            and sum(labels.values()) >= SHAPE_SHARE * total
+        )
+        json_keys = top[0][0] if top and top[0][1] >= SHAPE_SHARE * total else None
+        median_words = float(np.median([len(a.split()) for a in counts.elements()])) if total else 0.0
+        if closed:
+            fmt: OutputFormat = "label"
+        elif json_keys is not None:
+            fmt = "json"
+        else:
+            fmt = "short_text" if median_words <= params.short_text_max_words else "long_text"
+        return cls(
+            short=short,
+            labels=labels,
+            mostly_short=sum(counts[a] for a in short) >= SHAPE_SHARE * total,
+            closed=closed,
+            json_keys=json_keys,
+            median_words=median_words,
+            format=fmt,
+        )
+
+    def compatible(self, other: AnswerShape) -> bool:
+        """Could both groups be one task? Answer shapes agree, label sets overlap, text
+        answers are about as long."""
+        if self.json_keys != other.json_keys or self.mostly_short != other.mostly_short:
+            return False
+        if self.closed or other.closed:
+            overlap = len(self.short & other.short)
+            return overlap >= _MIN_LABEL_OVERLAP * min(len(self.short), len(other.short))
+        if self.json_keys is not None:
+            return True
+        longer, shorter = sorted((max(self.median_words, 1.0), max(other.median_words, 1.0)), reverse=True)
+        return longer <= _MAX_LENGTH_RATIO * shorter
+
+
+def _json_type(value: object) -> dict:
+    if value is None:
+        return {"type": "null"}
+    if isinstance(value, bool):
+        return {"type": "boolean"}
+    if isinstance(value, int):
+        return {"type": "integer"}
+    if isinstance(value, float):
+        return {"type": "number"}
+    if isinstance(value, str):
+        return {"type": "string"}
+    if isinstance(value, list):
+        items = [_json_type(v) for v in value]
+        return {"type": "array", "items": _union(items)} if items else {"type": "array"}
+    if isinstance(value, dict):
+        return {"type": "object", "properties": {k: _json_type(v) for k, v in value.items()}}
+    return {}
+
+
+def _union(schemas: Sequence[dict]) -> dict:
+    """One schema that every given value schema fits: types joined, arrays' items and
+    objects' properties merged."""
+    types = sorted({s["type"] for s in schemas if "type" in s})
+    merged: dict = {"type": types[0] if len(types) == 1 else types}
+    item_schemas = [s["items"] for s in schemas if "items" in s]
+    if item_schemas:
+        merged["items"] = _union(item_schemas)
+    objects = [s["properties"] for s in schemas if "properties" in s]
+    if objects:
+        keys = dict.fromkeys(k for props in objects for k in props)
+        merged["properties"] = {k: _union([props[k] for props in objects if k in props]) for k in keys}
+    return merged
+
+
+def infer_json_schema(answers: Sequence[object]) -> dict:
+    """A JSON Schema for the answers: a key is required when nearly every answer has it."""
+    objects = [a for a in answers if isinstance(a, dict)]
+    schema = _union([_json_type(a) for a in objects])
+    present = Counter(k for a in objects for k in a)
+    schema["required"] = [k for k in schema.get("properties", {}) if present[k] >= SHAPE_SHARE * len(objects)]
+    return schema
+
+
+def price_of(model: str, prices: dict[str, Price]) -> tuple[str, Price]:
+    """The price-table entry for a model: exact, else the longest entry the name starts with
+    (a dated snapshot "gpt-4o-mini-2024-07-18" is "gpt-4o-mini"), else `default`."""
+    if model in prices:
+        return model, prices[model]
+    prefixes = [name for name in prices if name != "default" and model.startswith(name)]
+    name = max(prefixes, key=len, default="default")
+    return name, prices[name]
+
+
+def _tokens(record: LogRecord) -> tuple[int, int]:
+    """Billed tokens, estimated from characters when the log has no usage."""
+    usage = record.usage
+    prompt_chars = sum(len(m.content) for m in record.prompt())
+    return (
+        usage.input_tokens or math.ceil(prompt_chars / _CHARS_PER_TOKEN),
+        usage.output_tokens or math.ceil(len(record.response_text) / _CHARS_PER_TOKEN),
+    )
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _EXAMPLE_CHARS else text[: _EXAMPLE_CHARS - 1].rstrip() + "…"
+
+
+def _example(record: LogRecord, why: str = "") -> Example:
+    return Example(input=_shorten(record.user_text), output=_shorten(record.response_text), why=why)
+
+
+def _spread(items: Sequence, n: int) -> list:
+    """n items evenly spaced over the sequence: spread over the task's life, not its first day."""
+    if not items:
+        return []
+    return [items[i] for i in dict.fromkeys(np.linspace(0, len(items) - 1, min(len(items), n)).round().astype(int))]
+
+
+def spelled_labels(records: Sequence[LogRecord], labels: dict[str, int]) -> dict[str, int]:
+    """Label counts with each label in the spelling the teacher used most ("Sport", not "sport")."""
+    spellings: dict[str, Counter[str]] = {label: Counter() for label in labels}
+    for record in records:
+        spelling = " ".join(record.response_text.split()).rstrip(".").rstrip()
+        if normalize_label(spelling) in spellings:
+            spellings[normalize_label(spelling)][spelling] += 1
+    return {spellings[label].most_common(1)[0][0]: n for label, n in labels.items()}
+
+
+def _answer_key(text: str, fmt: OutputFormat) -> str:
+    """Two answers mean the same when these agree: JSON by value, the rest by folded text."""
+    if fmt == "json" and (parsed := parse_json(text)) is not None:
+        return json.dumps(parsed, sort_keys=True)
+    return normalize_label(text)
+
+
+def _in_format(record: LogRecord, shape: AnswerShape) -> bool:
+    if shape.format == "label":
+        return normalize_label(record.response_text) in shape.labels
+    if shape.format == "json":
+        parsed = parse_json(record.response_text)
+        return isinstance(parsed, dict) and frozenset(parsed) == shape.json_keys
+    return True
+
+
+@dataclass
+class _Consistency:
+    repeated_inputs: int
+    agreement: float | None
+    disagreeing: list[LogRecord]  # one call per repeated input the teacher answered differently
+
+
+def _self_consistency(records: Sequence[LogRecord], fmt: OutputFormat) -> _Consistency:
+    """How often the teacher repeats itself: answers to an input seen more than once that
+    match that input's most common answer. A student can only be as consistent as this."""
+    by_input: dict[tuple[tuple[str, str], ...], list[LogRecord]] = {}
+    for record in records:
+        by_input.setdefault(tuple((m.role, m.content) for m in record.messages), []).append(record)
+    repeated = [calls for calls in by_input.values() if len(calls) > 1]
+    if not repeated:
+        return _Consistency(0, None, [])
+    agreeing, total, disagreeing = 0, 0, []
+    for calls in repeated:
+        answers = Counter(_answer_key(r.response_text, fmt) for r in calls)
+        agreeing += answers.most_common(1)[0][1]
+        total += len(calls)
+        if len(answers) > 1:
+            disagreeing.append(calls[-1])
+    return _Consistency(len(repeated), agreeing / total, disagreeing)
+
+
+def _edge_cases(records: Sequence[LogRecord], shape: AnswerShape, consistency: _Consistency) -> list[Example]:
+    """The calls a student is likeliest to get wrong, each with why."""
+    by_length = sorted(records, key=lambda r: (len(r.user_text), r.id))
+    cases = [_example(by_length[-1], "longest input"), _example(by_length[0], "shortest input")]
+    if shape.format == "label":
+        rarest = min(shape.labels, key=lambda label: (shape.labels[label], label))
+        record = next(r for r in records if normalize_label(r.response_text) == rarest)
+        cases.append(_example(record, f"rarest label ({shape.labels[rarest]} calls)"))
+    off = next((r for r in records if not _in_format(r, shape)), None)
+    if off is not None:
+        cases.append(_example(off, f"answer outside the {shape.format.replace('_', ' ')} format"))
+    if consistency.disagreeing:
+        cases.append(_example(consistency.disagreeing[0], "the teacher answered this input differently before"))
+    return list({(c.input, c.output): c for c in cases}.values())
+
+
+def _representative(records: Sequence[LogRecord], shape: AnswerShape) -> list[Example]:
+    """Typical calls: one per most common label, else calls of median input length over time."""
+    if shape.format == "label":
+        first: dict[str, LogRecord] = {}
+        for record in records:
+            first.setdefault(normalize_label(record.response_text), record)
+        return [_example(first[label]) for label in list(shape.labels)[:_EXAMPLES]]
+    lengths = np.array([len(r.user_text) for r in records])
+    low, high = np.percentile(lengths, [25, 75])
+    typical = [r for r, n in zip(records, lengths, strict=True) if low <= n <= high]
+    return [_example(r) for r in _spread(typical, _EXAMPLES)]
+
+
+def _percentile(values: Sequence[int], q: float) -> int:
+    return round(float(np.percentile(values, q))) if values else 0
+
+
+def build_card(
+    records: Sequence[LogRecord],
+    *,
+    task_id: str,
+    name: str,
+    detected_by: DetectedBy,
+    templates: Sequence[str],
+    params: DetectParams,
+) -> TaskCard:
+    """The card of one task from its calls (in time order)."""
+    shape = AnswerShape.of(records, params)
+    output_type: OutputType = "label" if shape.format == "label" else "text"
+    distribution = spelled_labels(records, shape.labels) if shape.format == "label" else {}
+    stamps = [r.timestamp for r in records if r.timestamp is not None]
+    first_seen: datetime | None = min(stamps, default=None)
+    last_seen: datetime | None = max(stamps, default=None)
+    span_days = max(1.0, (last_seen - first_seen).total_seconds() / 86400) if first_seen and last_seen else 1.0
+    tokens = [_tokens(r) for r in records]
+    user_tokens = [math.ceil(len(r.user_text) / _CHARS_PER_TOKEN) for r in records]
+    cost, used = 0.0, {}
+    for record, (tokens_in, tokens_out) in zip(records, tokens, strict=True):
+        entry, price = price_of(record.model, params.prices)
+        used[record.model or "(none)"] = {"input": price.input, "output": price.output, "price_entry": entry}
+        cost += (tokens_in * price.input + tokens_out * price.output) / 1e6
+    consistency = _self_consistency(records, shape.format)
+    return TaskCard(
+        id=task_id,
+        name=name,
+        count=len(records),
+        output_type=output_type,
+        system_prompts=[p for p, _ in Counter(r.system_prompt for r in records).most_common() if p],
+        labels=list(distribution),
+        label_distribution=distribution,
+        examples=_spread(list(dict.fromkeys(_shorten(r.user_text) for r in records)), _EXAMPLES),
+        first_seen=first_seen,
+        last_seen=last_seen,
+        input_tokens=sum(t[0] for t in tokens),
+        output_tokens=sum(t[1] for t in tokens),
+        models=dict(Counter(r.model for r in records if r.model).most_common()),
+        detected_by=detected_by,
+        output_format=shape.format,
+        json_schema=infer_json_schema([parse_json(r.response_text) for r in records])
+        if shape.format == "json"
+        else None,
+        templates=list(templates),
+        calls_per_day=round(len(records) / span_days, 2),
+        input_tokens_p50=_percentile([t[0] for t in tokens], 50),
+        input_tokens_p95=_percentile([t[0] for t in tokens], 95),
+        output_tokens_p50=_percentile([t[1] for t in tokens], 50),
+        output_tokens_p95=_percentile([t[1] for t in tokens], 95),
+        user_tokens_p50=_percentile(user_tokens, 50),
+        user_tokens_p95=_percentile(user_tokens, 95),
+        monthly_spend_usd=round(cost / span_days * _DAYS_PER_MONTH, 4),
+        prices=dict(sorted(used.items())),
+        representative=_representative(records, shape),
+        edge_cases=_edge_cases(records, shape, consistency),
+        format_consistency=round(sum(_in_format(r, shape) for r in records) / len(records), 4),
+        repeated_inputs=consistency.repeated_inputs,
+        self_consistency=None if consistency.agreement is None else round(consistency.agreement, 4),
+    )
