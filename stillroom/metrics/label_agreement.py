@@ -1,8 +1,9 @@
 """Agreement of a student's labels with the teacher's: accuracy and macro-F1."""
 
-import datasets
 import evaluate
 from sklearn.metrics import accuracy_score, f1_score
+
+from stillroom.metrics import string_pairs_info
 
 _DESCRIPTION = "Accuracy and macro-averaged F1 of predicted labels against the teacher's labels."
 _KWARGS = """
@@ -17,14 +18,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class LabelAgreement(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
+        return string_pairs_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references):
         labels = sorted(set(references))

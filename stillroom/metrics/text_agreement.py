@@ -4,8 +4,9 @@ import re
 import string
 from collections import Counter
 
-import datasets
 import evaluate
+
+from stillroom.metrics import string_pairs_info
 
 _DESCRIPTION = "Exact match and token-level F1 of generated text against the teacher's text."
 _KWARGS = """
@@ -36,14 +37,7 @@ def token_f1(prediction: str, reference: str) -> float:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class TextAgreement(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
+        return string_pairs_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references):
         pairs = list(zip(predictions, references, strict=True))
