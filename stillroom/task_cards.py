@@ -72,12 +72,14 @@ class AnswerShape:
         labels = {a: n for a, n in counts.most_common() if a in short and n > 1}
         keys = Counter(frozenset(p) for r in records if isinstance(p := parse_json(r.response_text), dict))
         top = keys.most_common(1)
+        json_keys = top[0][0] if top and top[0][1] >= SHAPE_SHARE * total else None
+        # JSON objects are structured output even when few distinct ones recur ({"people": []})
         closed = (
-            0 < len(labels) <= params.max_labels
+            json_keys is None
+            and 0 < len(labels) <= params.max_labels
             and len(labels) * _MIN_RECORDS_PER_LABEL <= total
             and sum(labels.values()) >= SHAPE_SHARE * total
         )
-        json_keys = top[0][0] if top and top[0][1] >= SHAPE_SHARE * total else None
         median_words = float(np.median([len(a.split()) for a in counts.elements()])) if total else 0.0
         if closed:
             fmt: OutputFormat = "label"
@@ -131,7 +133,8 @@ def _json_type(value: object) -> dict:
 def _union(schemas: Sequence[dict]) -> dict:
     """One schema that every given value schema fits: types joined, arrays' items and
     objects' properties merged."""
-    types = sorted({s["type"] for s in schemas if "type" in s})
+    named = (s["type"] for s in schemas if "type" in s)
+    types = sorted({t for name in named for t in ([name] if isinstance(name, str) else name)})
     merged: dict = {"type": types[0] if len(types) == 1 else types}
     item_schemas = [s["items"] for s in schemas if "items" in s]
     if item_schemas:
@@ -253,7 +256,12 @@ def _edge_cases(records: Sequence[LogRecord], shape: AnswerShape, consistency: _
         cases.append(_example(off, f"answer outside the {shape.format.replace('_', ' ')} format"))
     if consistency.disagreeing:
         cases.append(_example(consistency.disagreeing[0], "the teacher answered this input differently before"))
-    return list({(c.input, c.output): c for c in cases}.values())
+    merged: dict[tuple[str, str], Example] = {}
+    for case in cases:  # one call can be an edge case for several reasons
+        seen = merged.setdefault((case.input, case.output), case)
+        if seen is not case:
+            seen.why = f"{seen.why}; {case.why}"
+    return list(merged.values())
 
 
 def _representative(records: Sequence[LogRecord], shape: AnswerShape) -> list[Example]:

@@ -43,8 +43,8 @@ def _majority(counts: Counter[str], total: int) -> str | None:
 def reconcile(
     detection: Detection, previous_cards: list[TaskCard], previous_assignments: dict[str, str | None]
 ) -> Detection:
-    """`detection` with each new task that holds most of an old task's calls (and whose calls
-    mostly came from it) under the old id, and the changes since the previous run as events."""
+    """`detection` with each new task that is an old task under the old task's id, and the
+    changes since the previous run (merged, split, renamed, retired, new) as events."""
     present = set(detection.assignments)
     old = _members(previous_assignments, present)
     new = _members(detection.assignments, present)
@@ -53,11 +53,16 @@ def reconcile(
     for o, records in old.items():
         overlap[o].update(t for r in records if (t := detection.assignments[r]) is not None)
 
+    # An old task that gave a new one most of the new one's old calls, and sent it most of
+    # its own, is the same task: the new one takes its id. Of two merged tasks, the one that
+    # gave more calls (then the older one) lends its id.
+    age = {card.id: (card.first_seen.timestamp() if card.first_seen else float("-inf")) for card in previous_cards}
     rename: dict[str, str] = {}
     for n in sorted(new.keys() - old_ids):
-        came_from = Counter({o: overlap[o][n] for o in old if overlap[o][n]})
-        o = _majority(came_from, sum(came_from.values()))
-        if o is not None and o not in new and o not in rename.values() and _majority(overlap[o], len(old[o])) == n:
+        sources = [o for o in old if overlap[o][n] and o not in new and o not in rename.values()]
+        ranked = sorted(sources, key=lambda o: (-overlap[o][n], age.get(o, float("inf")), o))
+        o = next((o for o in ranked if _majority(overlap[o], len(old[o])) == n), None)
+        if o is not None:
             rename[n] = o
 
     cards = [card.model_copy(update={"id": rename.get(card.id, card.id)}) for card in detection.cards]

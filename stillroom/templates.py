@@ -48,9 +48,10 @@ def candidates(text: str) -> list[str]:
     if len(paragraphs) > 1:
         found += [paragraphs[0], paragraphs[-1]]
     masked = [mask(part) for part in found if len(part.split()) <= MAX_TEMPLATE_WORDS]
-    whole = mask(text)
-    if len(text.split()) <= MAX_SHORT_TURN_WORDS and any(token in whole for token in _SLOT_TOKENS):
-        masked.append(whole)
+    if len(text.split()) <= MAX_SHORT_TURN_WORDS:
+        whole = mask(text)
+        if any(token in whole for token in _SLOT_TOKENS):
+            masked.append(whole)
     return list(dict.fromkeys(m for m in masked if m))
 
 

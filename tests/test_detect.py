@@ -9,10 +9,21 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from stillroom.config import DetectParams, Layout, Params
+from stillroom.config import DetectParams, Layout, Params, SampleParams
 from stillroom.detect import Detection, detect_tasks, is_generic_prompt, normalize_label, run
 from stillroom.embeddings import embed
-from stillroom.schema import LogRecord, Message, Usage, read_assignments, read_cards, write_jsonl
+from stillroom.ingest import ingest
+from stillroom.samples import build_sample_logs
+from stillroom.schema import (
+    LogRecord,
+    Message,
+    Usage,
+    read_assignments,
+    read_cards,
+    write_assignments,
+    write_cards,
+    write_jsonl,
+)
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
 PARAMS = DetectParams()
@@ -44,6 +55,15 @@ PASSAGES = [
     "Archaeologists uncovered a Roman mosaic beneath a car park in the city centre.",
     "The central bank left interest rates unchanged but warned that inflation remains stubborn.",
     "A new study suggests that walking after meals helps to control blood sugar levels.",
+]
+ROUTE_OTHER_PROGRAM = (
+    "Support inbox triage: decide the department for each message, one of billing, shipping, returns or account. "
+    "Output only the department."
+)
+ROUTE_BY_HAND = [
+    "which team should handle this email: {email}",
+    "Route this email to billing, shipping, returns or account:\n\n{email}",
+    "{email}\n\nwhich department: billing, shipping, returns or account?",
 ]
 SUMMARIZE = ["summarize this: {text}", "Summarize this: {text}", "summarise this: {text}", "Summarize this:\n\n{text}"]
 # (template, fillers): each a different kind of question, so no 40 of them are one task.
@@ -208,6 +228,40 @@ def test_hand_typed_task_found_by_meaning(found):
     assert card.name == "summarize"
 
 
+def test_a_task_asked_three_ways_is_one_task(embed_fn):
+    """A program, a second program in its own words, and people typing it by hand."""
+    rng = random.Random(20)
+    calls = _calls(21, routes=80, extracts=0, summaries=0)
+    for i in range(60):
+        label = rng.choice(sorted(ROUTE_ANSWERS))
+        email = rng.choice(ROUTE_ANSWERS[label]).format(n=rng.randint(1000, 9999))
+        if i % 2:
+            calls.append((ROUTE_OTHER_PROGRAM, email, label, None))
+        else:
+            calls.append(("", rng.choice(ROUTE_BY_HAND).format(email=email), label.capitalize(), None))
+    found = detect_tasks(_log(calls + _one_offs(22), seed=23), PARAMS, embed_fn)
+    assert [(c.count, c.output_format) for c in found.cards] == [(140, "label")]
+    assert set(found.cards[0].system_prompts) == {ROUTE_V1, ROUTE_V2, ROUTE_OTHER_PROGRAM}
+    passes = found.summary()["passes"]
+    assert (passes["merged_away"], passes["template_clusters"], passes["attached_clusters"]) == (2, 3, 3)
+
+
+def test_cards_say_what_each_task_is_worth(found):
+    route, extract = _card_with(found, ROUTE_V1), _card_with(found, EXTRACT_PROMPT)
+    summarize = next(c for c in found.cards if c.detected_by == "embedding")
+    assert route.distillability.decision == "distill_now" and route.distillability.score > 0.8
+    assert route.name == "classify-email-billing"
+    # 60 and 50 calls are tasks (min_task_records 40) but too few to train and test a student on
+    for card in (extract, summarize):
+        assert card.distillability.decision == "collect_more"
+        assert card.distillability.reasons[0] == "decision collect_more: too few calls"
+    assert extract.output_format == "json"
+    assert extract.json_schema["properties"] == {"product": {"type": "string"}, "price": {"type": "number"}}
+    assert summarize.output_format == "short_text" and summarize.templates == ["summarize this", "summarise this"]
+    assert all(c.monthly_spend_usd > 0 and c.calls_per_day > 0 for c in found.cards)
+    assert found.summary()["decisions"] == {"distill_now": 1, "collect_more": 2}
+
+
 def test_one_offs_stay_unassigned(found, log):
     one_offs = {user for _, user, _, _ in _one_offs(2)}
     ids = [r.id for r in log if r.user_text in one_offs]
@@ -263,7 +317,7 @@ def test_label_set_ignores_stray_answers_and_keeps_the_teachers_spelling(log, em
 
 
 def test_similar_prompts_for_different_tasks_stay_apart(embed_fn):
-    """Even with a loose merge_similarity, prompts only merge when their answers agree."""
+    """Even with a very loose merge_similarity, prompts only merge when their answers agree."""
     rng = random.Random(10)
     emails = [text.format(n=n) for texts in ROUTE_ANSWERS.values() for text in texts for n in range(8)]
     tasks = {
@@ -276,7 +330,7 @@ def test_similar_prompts_for_different_tasks_stay_apart(embed_fn):
     }
     calls = [(prompt, email, answer(), None) for prompt, answer in tasks.items() for email in emails]
     calls += [(system, user, answer, fmt) for system, user, answer, fmt in _calls(11, 60, 0, 0)]
-    found = detect_tasks(_log(calls, seed=12), DetectParams(merge_similarity=0.7), embed_fn)
+    found = detect_tasks(_log(calls, seed=12), DetectParams(merge_similarity=0.3), embed_fn)
     assert sorted((c.count, c.output_type) for c in found.cards) == [(60, "label"), (64, "label"), (64, "text")]
     assert found.summary()["passes"]["merged_away"] == 1
 
@@ -316,3 +370,52 @@ def test_run_writes_cards_assignments_and_metrics(tmp_path, log, found):
     assert (summary["records"], summary["tasks"]) == (len(log), 3)
     assert read_cards(layout.cards) == found.cards
     assert read_assignments(layout.assignments) == found.assignments
+
+    assert run(Params(), layout)["history"] == []  # a re-run changes nothing and records nothing
+    assert not (layout.tasks_dir / "history.json").exists()
+
+
+def test_run_keeps_earlier_ids_and_records_a_merge(tmp_path, log, found):
+    """As if an earlier run had split the routing task by prompt wording under other ids."""
+    layout = Layout(tmp_path)
+    write_jsonl(layout.records, log)
+    route = _card_with(found, ROUTE_V1)
+    wording = {r.id: r.system_prompt for r in log}
+    earlier = {
+        rid: ({ROUTE_V1: "task-v1", ROUTE_V2: "task-v2"}[wording[rid]] if task == route.id else task)
+        for rid, task in found.assignments.items()
+    }
+    split = [
+        route.model_copy(update={"id": "task-v1"}),
+        route.model_copy(update={"id": "task-v2", "first_seen": route.last_seen}),
+        *(c for c in found.cards if c.id != route.id),
+    ]
+    write_cards(layout.cards, split)
+    write_assignments(layout.assignments, earlier)
+
+    summary = run(Params(), layout)
+    assert summary["history"] == [{"event": "merged", "from": ["task-v1", "task-v2"], "to": ["task-v1"]}]
+    cards = read_cards(layout.cards)
+    assert {c.id for c in cards} == {c.id for c in found.cards} - {route.id} | {"task-v1"}
+    assert {read_assignments(layout.assignments)[rid] for rid, w in wording.items() if w == ROUTE_V2} == {"task-v1"}
+    history = json.loads((layout.tasks_dir / "history.json").read_text())
+    assert history[0]["ids"] == {"task-v1": ["task-v1"], "task-v2": ["task-v1"]}
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        SampleParams(),  # the default sample (params.yaml)
+        SampleParams(bbc_articles=160, wnut_tweets=140, oneoff_prompts=120),  # the end-to-end test's
+    ],
+    ids=["default", "e2e"],
+)
+def test_both_sample_tasks_are_worth_distilling_now(tmp_path, embed_fn, sample):
+    build_sample_logs(sample, tmp_path)
+    found = detect_tasks(ingest(tmp_path).records, PARAMS, embed_fn)
+    assert sorted((c.output_format, c.count) for c in found.cards) == [
+        ("json", sample.wnut_tweets),
+        ("label", sample.bbc_articles),
+    ]
+    assert [c.distillability.decision for c in found.cards] == ["distill_now", "distill_now"]
+    assert found.summary()["unassigned"] == sample.oneoff_prompts

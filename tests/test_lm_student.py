@@ -157,8 +157,7 @@ def test_concurrent_first_use_converts_once(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setattr(base_lm, "_convert_gguf", slow_convert)
     results: list[str] = []
     threads = [
-        threading.Thread(target=lambda: results.append(resolve_base_lm("smollm2-135m-instruct")))
-        for _ in range(4)
+        threading.Thread(target=lambda: results.append(resolve_base_lm("smollm2-135m-instruct"))) for _ in range(4)
     ]
     for thread in threads:
         thread.start()
@@ -204,9 +203,7 @@ def test_manifest_names_the_kind(memorised: tuple[LMStudent, dict, Path], tiny_b
     assert manifest["base_model"] == str(tiny_base)
 
 
-def test_save_load_round_trip_predicts_the_same(
-    memorised: tuple[LMStudent, dict, Path], tmp_path: Path
-) -> None:
+def test_save_load_round_trip_predicts_the_same(memorised: tuple[LMStudent, dict, Path], tmp_path: Path) -> None:
     student, _, _ = memorised
     student.save(tmp_path)
     loaded = LMStudent.load(tmp_path)
@@ -216,9 +213,7 @@ def test_save_load_round_trip_predicts_the_same(
     assert [p.confidence for p in after] == pytest.approx([p.confidence for p in before], abs=1e-5)
 
 
-def test_lora_is_merged_into_a_plain_model(
-    memorised: tuple[LMStudent, dict, Path], tmp_path: Path
-) -> None:
+def test_lora_is_merged_into_a_plain_model(memorised: tuple[LMStudent, dict, Path], tmp_path: Path) -> None:
     """LoRA from the memorised model towards new answers: the saved folder must carry the change, not an adapter."""
     from safetensors.torch import load_file
 

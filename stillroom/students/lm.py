@@ -28,7 +28,7 @@ def _chat(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": message.role, "content": message.content} for message in messages]
 
 
-def _load_tokenizer(path: str):
+def _load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -80,7 +80,6 @@ class LMStudent(Student):
         progress: bool = True,
     ) -> tuple[LMStudent, dict[str, Any]]:
         """Fine-tune the base model on the rows' targets, save the merged student to `out_dir`."""
-        from datasets import Dataset
         from transformers import AutoModelForCausalLM, PrinterCallback, set_seed
         from trl import SFTTrainer
 
@@ -98,8 +97,8 @@ class LMStudent(Student):
             trainer = SFTTrainer(
                 model=model,
                 args=_sft_config(params, scratch, seed, progress),
-                train_dataset=_sft_dataset(Dataset, rows),
-                eval_dataset=_sft_dataset(Dataset, validation) if validation else None,
+                train_dataset=_sft_dataset(rows),
+                eval_dataset=_sft_dataset(validation) if validation else None,
                 processing_class=tokenizer,
                 peft_config=_lora_config(params) if params.lora else None,
             )
@@ -221,6 +220,7 @@ def _sft_config(params: LMParams, output_dir: str, seed: int, progress: bool) ->
         weight_decay=0.0,
         max_length=params.max_length,
         completion_only_loss=True,
+        train_sampling_strategy="group_by_length",  # batches of similar length: less padding to compute
         # TRL's defaults (bf16, gradient checkpointing) are for GPUs; on a CPU they are slow or fail.
         # (`gradient_checkpointing` is a deprecated alias of `activation_checkpointing` in transformers 5.)
         bf16=False,
@@ -249,11 +249,10 @@ def _lora_config(params: LMParams) -> Any:
     )
 
 
-def _sft_dataset(dataset_cls: Any, rows: Sequence[DatasetRow]) -> Any:
+def _sft_dataset(rows: Sequence[DatasetRow]) -> Any:
     """Conversational prompt/completion pairs: TRL then masks the prompt out of the loss."""
-    return dataset_cls.from_list(
-        [
-            {"prompt": _chat(row.prompt), "completion": [{"role": "assistant", "content": row.target}]}
-            for row in rows
-        ]
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [{"prompt": _chat(row.prompt), "completion": [{"role": "assistant", "content": row.target}]} for row in rows]
     )
