@@ -28,6 +28,8 @@ SMALL = {
     "detect": {"min_task_records": 40},
     "train": {"lm": {"max_train_examples": 64, "max_steps": 12, "batch_size": 8}},
     "evaluate": {"max_test_examples": 24, "latency_samples": 3},
+    # ~100 training articles: the gate the full sample clears at 0.90 is set lower here
+    "register": {"gate": {"label": 0.8}},
 }
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -117,6 +119,10 @@ def test_students_are_trained_evaluated_and_registered(project, flow_run):
     assert bbc["model_uri"].startswith("models:/stillroom-") and bbc["alias"] == "champion"
     lm = rows["lm"]
     assert 0 <= lm["agreement"] <= 1 and lm["p50_ms"] > 0 and lm["size_mb"] > 100
+    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    for row in flow_run:  # champion exactly when the student passed its gate
+        passed = evaluation[row["task"]]["passed_gate"]
+        assert row["alias"] == ("champion" if passed else "challenger"), (row, evaluation[row["task"]])
 
     registry = json.loads((project / "data/registry.json").read_text())
     mlflow.set_tracking_uri(registry["tracking_uri"])
