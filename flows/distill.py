@@ -36,7 +36,7 @@ def distill(root: str = str(ROOT), params_file: str = "params.yaml", force: bool
     # dvc.lock speaks for params.yaml only: with another parameters file, nothing counts as up to date.
     force = force or layout.resolve(params_file) != layout.root / "params.yaml"
     found = ingest(params, layout, force)
-    logger.info("ingested %s records (%s quarantined)", found["records"], found["quarantined"])
+    logger.info("ingested %s records (%s quarantined)", found.get("records"), found.get("quarantined"))
     tasks = detect(params, layout, force)
     logger.info("detected %s tasks", tasks.get("tasks"))
     synthesize(params, layout, force)

