@@ -64,5 +64,7 @@ def up_to_date(layout: Layout, stage: str) -> bool:
 def run(params: Params, layout: Layout) -> dict:
     if not is_dvc_repo(layout):
         return {"dvc": "skipped: the project root is not a DVC repository (run `dvc init`)"}
-    dvc(layout, "commit", "--force", *FLOW_STAGES)
+    # The sample logs are built outside the flow (`stillroom sample-logs`); lock them too when present.
+    samples = ["sample_logs"] if (layout.data / "raw" / "logs").is_dir() else []
+    dvc(layout, "commit", "--force", *samples, *FLOW_STAGES)
     return {"dvc": "committed", "outputs": locked_outputs(layout)}
