@@ -24,7 +24,8 @@ from tasks.version import version
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@flow(name="distill", log_prints=True)
+# log_prints stays off: it patches print(), which breaks libraries that capture stdout (dill in datasets).
+@flow(name="distill")
 def distill(root: str = str(ROOT), params_file: str = "params.yaml", force: bool = False) -> list[dict]:
     """Ingest, detect, synthesize, train, evaluate, register; then version the outputs in DVC.
 
