@@ -68,9 +68,10 @@ def _converted_smollm2() -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / FINISHED).exists():
             return target
-        if target.exists():  # left by an interrupted run that got as far as the rename
-            shutil.rmtree(target)
-        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        # Holding the lock, any staging folder or unfinished target is left over from a killed run.
+        for stale in [*target.parent.glob(f".{target.name}-*"), target]:
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             _convert_gguf(gguf, staging)
             (staging / FINISHED).write_text(f"converted from {gguf}\n")

@@ -147,10 +147,13 @@ def test_failed_conversion_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch
         resolve_base_lm("smollm2-135m-instruct")
     assert [p.name for p in (tmp_path / "base").iterdir() if p.is_dir()] == []
 
+    killed = tmp_path / "base" / ".smollm2-135m-instruct-killed"  # as left by a SIGKILL mid-conversion
+    killed.mkdir()
     monkeypatch.setattr(base_lm, "_convert_gguf", lambda gguf, out_dir: (out_dir / "config.json").write_text("{}"))
     converted = Path(resolve_base_lm("smollm2-135m-instruct"))
     assert (converted / "config.json").exists()
     assert (converted / FINISHED).exists()
+    assert not killed.exists()
 
 
 def test_concurrent_first_use_converts_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
