@@ -126,6 +126,7 @@ def test_students_are_trained_evaluated_and_registered(project, flow_run):
 
     registry = json.loads((project / "data/registry.json").read_text())
     mlflow.set_tracking_uri(registry["tracking_uri"])
+    mlflow.set_registry_uri(registry["tracking_uri"])  # a global: an earlier test may have pointed it elsewhere
     model = mlflow.pyfunc.load_model(bbc["model_uri"])
     answer = model.predict(pd.DataFrame({"text": ["Shares in the bank fell 5% after profits slumped."]}))
     assert answer["answer"][0] == "business"
