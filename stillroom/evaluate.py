@@ -22,8 +22,9 @@ from stillroom.config import EvaluateParams, Layout, Params
 from stillroom.metrics import module_path
 from stillroom.metrics.text_agreement import token_f1
 from stillroom.plots import confusion_matrix_plot, coverage_plot
-from stillroom.schema import DatasetRow, Prediction, TaskCard, read_cards, read_jsonl, write_json, write_jsonl
+from stillroom.schema import DatasetRow, Prediction, TaskCard, read_jsonl, write_json, write_jsonl
 from stillroom.students.base import load_student
+from stillroom.synthesize import synthesized_cards
 
 # The metric a task's gate reads, by output type.
 GATE_METRIC = {"label": "accuracy", "text": "token_f1"}
@@ -128,7 +129,7 @@ def evaluate_student(
 
 def run(params: Params, layout: Layout) -> dict:
     """The evaluate stage: data/reports/<task>/ (metrics, predictions, plots) and metrics/evaluate.json."""
-    cards = [c for c in read_cards(layout.cards) if (layout.datasets / c.id).is_dir()]  # synthesize's choice
+    cards = synthesized_cards(layout)
     summary = {}
     for card in cards:
         test = list(read_jsonl(layout.dataset(card.id, "test"), DatasetRow))

@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from stillroom.config import Layout, Params
 from stillroom.mlflow_model import StudentModel
-from stillroom.schema import TaskCard, read_cards, write_json
+from stillroom.schema import TaskCard, write_json
+from stillroom.synthesize import synthesized_cards
 
 CHAMPION = "champion"
 PACKAGE_DIR = Path(__file__).parent
@@ -160,7 +161,7 @@ def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id:
 def run(params: Params, layout: Layout) -> dict:
     """The register stage: every task's student into the MLflow registry; data/registry.json lists them."""
     experiment_id = setup_mlflow(params, layout)
-    cards = [c for c in read_cards(layout.cards) if (layout.datasets / c.id).is_dir()]  # synthesize's choice
+    cards = synthesized_cards(layout)
     entries = [register_task(card, params, layout, experiment_id) for card in cards]
     registry = {"tracking_uri": tracking_uri(params, layout), "models": entries}
     write_json(layout.registry, registry)

@@ -168,5 +168,10 @@ def run(params: Params, layout: Layout) -> dict:
     return summary
 
 
+def synthesized_cards(layout: Layout) -> list[TaskCard]:
+    """The tasks synthesize built a dataset for: the ones train, evaluate and register work on."""
+    return [card for card in read_cards(layout.cards) if (layout.datasets / card.id).is_dir()]
+
+
 def load_splits(layout: Layout, task_id: str) -> dict[Split, list[DatasetRow]]:
     return {split: list(read_jsonl(layout.dataset(task_id, split), DatasetRow)) for split in SPLITS}

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stillroom.config import Layout, Params, TrainParams
-from stillroom.schema import DatasetRow, TaskCard, read_cards, write_json
+from stillroom.schema import DatasetRow, TaskCard, write_json
 from stillroom.students.base import Student
-from stillroom.synthesize import load_splits
+from stillroom.synthesize import load_splits, synthesized_cards
 
 TRAIN_INFO = "train_info.json"
 
@@ -51,7 +51,7 @@ def train_task(
 
 def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     """The train stage: one student per task under data/models/<task>/ (+ metrics/train.json)."""
-    cards = [c for c in read_cards(layout.cards) if (layout.datasets / c.id).is_dir()]  # synthesize's choice
+    cards = synthesized_cards(layout)
     if layout.models.exists():
         shutil.rmtree(layout.models)
     summary = {}
