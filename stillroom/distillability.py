@@ -25,7 +25,7 @@ _QUICK_PAYBACK_DAYS = 30
 
 
 def _output_space(card: TaskCard, params: DistillParams) -> tuple[float, str, str | None]:
-    fmt = card.output_format or ("label" if card.output_type == "label" else "short_text")
+    fmt = card.answer_format
     share = f"{card.format_consistency:.0%} of answers in that format"
     score = _FORMAT_SCORE[fmt] * card.format_consistency
     if fmt == "label":

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 OutputType = Literal["label", "text"]
 # What the answers look like, finer than OutputType (which picks the student kind).
 OutputFormat = Literal["label", "json", "short_text", "long_text"]
+Rung = Literal["classifier", "lm", "distill"]  # the training ladder, cheapest first
 Decision = Literal["distill_now", "collect_more", "not_a_fit"]
 DetectedBy = Literal["structure", "embedding"]
 Split = Literal["train", "validation", "test"]
@@ -118,6 +119,11 @@ class TaskCard(BaseModel):
     )
     distillability: Distillability | None = None
 
+    @property
+    def answer_format(self) -> OutputFormat:
+        """output_format, with a fallback for cards written before formats were told apart."""
+        return self.output_format or ("label" if self.output_type == "label" else "short_text")
+
 
 class DatasetRow(BaseModel):
     """One training or evaluation example for a task's student; target is the teacher's answer."""
@@ -133,7 +139,8 @@ class DatasetRow(BaseModel):
 
 class Prediction(BaseModel):
     text: str
-    confidence: float
+    confidence: float = Field(description="0..1; the router sends answers below the task's threshold to the teacher")
+    valid: bool = Field(True, description="in the label set, or JSON that matches the task's schema")
 
 
 def stable_id(*parts: str, prefix: str = "", length: int = 12) -> str:
