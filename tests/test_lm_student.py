@@ -10,11 +10,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import importlib.util
 import json
+import math
 import random
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,11 +25,27 @@ from stillroom import base_lm
 from stillroom.base_lm import FINISHED, resolve_base_lm
 from stillroom.config import LMParams
 from stillroom.schema import DatasetRow, Message
-from stillroom.students.base import read_manifest
+from stillroom.students import lm as lm_module
+from stillroom.students.base import load_student, read_manifest
 from stillroom.students.lm import LMStudent
 
 SYSTEM = 'Extract the names of people mentioned in the tweet. Answer with JSON: {"people": [...]}'
 NAMES = [["Ann Lee"], ["Bob Stone", "Cy Young"], [], ["Dee Ray"]]
+PEOPLE_SCHEMA = {
+    "type": "object",
+    "properties": {"people": {"type": "array", "items": {"type": "string"}}},
+    "required": ["people"],
+}
+TOPIC_SYSTEM = "Classify the news headline: business, entertainment, sport, tech or politics. Answer with the label."
+# "entertainment" is three tokens, the others one: scoring must handle labels of different lengths.
+LABELS = ["business", "entertainment", "sport", "tech", "politics"]
+HEADLINES = {
+    "Shares slide as the bank cuts its forecast": "business",
+    "Film festival opens with a premiere": "entertainment",
+    "United win the cup final": "sport",
+    "New chip doubles battery life": "tech",
+    "Parliament votes on the budget": "politics",
+}
 
 
 def make_rows(names: list[list[str]], split: str = "train") -> list[DatasetRow]:
@@ -64,15 +82,14 @@ def smollm2_dir() -> Path:
     return Path(resolve_base_lm("smollm2-135m-instruct"))
 
 
-@pytest.fixture(scope="module")
-def tiny_base(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def save_tiny_llama(tokenizer: Any, directory: Path, hidden_size: int = 64, seed: int = 0) -> Path:
+    """A random two-layer Llama over the given tokenizer: trains and answers in milliseconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -82,11 +99,17 @@ def tiny_base(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny-base")
+    torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_base(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import AutoTokenizer
+
+    return save_tiny_llama(AutoTokenizer.from_pretrained(smollm2_dir), tmp_path_factory.mktemp("tiny-base"))
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +276,362 @@ def test_lora_is_merged_into_a_plain_model(memorised: tuple[LMStudent, dict, Pat
     assert any(not torch.equal(before[name], after[name]) for name in before if "q_proj" in name)
     loaded = LMStudent.load(tmp_path)
     assert all(0.0 <= p.confidence <= 1.0 for p in loaded.predict([row.prompt for row in rows]))
+
+
+def test_training_curves_are_logged_by_step(memorised: tuple[LMStudent, dict, Path]) -> None:
+    _, stats, _ = memorised
+    steps = [point["step"] for point in stats["curve"]]
+    assert steps == sorted(set(steps))
+    assert steps[-1] == 60
+    assert stats["first_loss"] == stats["curve"][0]["loss"]
+    assert stats["final_loss"] == stats["curve"][-1]["loss"]
+    # Four rows in batches of four: one step per epoch, so one validation point per step.
+    assert [point["step"] for point in stats["eval_curve"]] == list(range(1, 61))
+    assert stats["eval_curve"][-1]["eval_loss"] == stats["eval_loss"]
+    assert stats["eval_curve"][-1]["eval_loss"] < stats["eval_curve"][0]["eval_loss"] / 4
+    assert stats["rung"] == "lm"
+    assert stats["teacher_model"] is None
+
+
+def test_plain_student_keeps_free_generation(memorised: tuple[LMStudent, dict, Path]) -> None:
+    student, _, out_dir = memorised
+    manifest = read_manifest(out_dir)
+    assert manifest["labels"] is None
+    assert manifest["json_schema"] is None
+    assert manifest["rung"] == "lm"
+    unseen = [[Message(role="user", content="zebra 42 ???")]]
+    assert all(p.valid for p in student.predict(unseen + [row.prompt for row in make_rows(NAMES)]))
+
+
+# --- constrained label decoding ---
+
+
+def topic_rows() -> list[DatasetRow]:
+    return [
+        DatasetRow(
+            id=f"h{i}",
+            task_id="topic",
+            split="train",
+            prompt=[Message(role="system", content=TOPIC_SYSTEM), Message(role="user", content=headline)],
+            input_text=headline,
+            target=label,
+        )
+        for i, (headline, label) in enumerate(HEADLINES.items())
+    ]
+
+
+def brute_force_label_probs(student: LMStudent, prompt: list[Message]) -> list[float]:
+    """Each label scored by a full forward pass over prompt + label + <|im_end|>: no cache, no batching."""
+    tokenizer = student.tokenizer
+    text = tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in prompt], tokenize=False, add_generation_prompt=True
+    )
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    scores = []
+    with torch.no_grad():
+        for label in LABELS:
+            end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+            label_ids = [*tokenizer(label, add_special_tokens=False)["input_ids"], end_of_turn]
+            ids = torch.tensor([prompt_ids + label_ids])
+            logprobs = torch.log_softmax(student.model(input_ids=ids).logits[0].float(), dim=-1)
+            positions = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(label_ids))
+            scores.append(sum(float(logprobs[p, t]) for p, t in zip(positions, label_ids, strict=True)))
+    return torch.softmax(torch.tensor(scores), dim=0).tolist()
+
+
+@pytest.fixture(scope="module")
+def label_student(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[LMStudent, dict, Path]:
+    rows = topic_rows()
+    params = LMParams(
+        base_model=str(tiny_base), lora=False, learning_rate=1e-2, batch_size=5, max_steps=60, max_new_tokens=8
+    )
+    out_dir = tmp_path_factory.mktemp("labels")
+    student, stats = LMStudent.train(rows, [], params, out_dir, seed=0, progress=False, labels=LABELS)
+    return student, stats, out_dir
+
+
+@pytest.fixture
+def untrained_label_student(tiny_base: Path, monkeypatch: pytest.MonkeyPatch) -> LMStudent:
+    """The zero-shot baseline on the random tiny model: its label probabilities are spread, not one-hot."""
+    monkeypatch.setattr(lm_module, "resolve_base_lm", lambda name: str(tiny_base) if name == "smollm2" else name)
+    return LMStudent.zero_shot("smollm2", labels=LABELS, max_new_tokens=8)
+
+
+def test_zero_shot_wraps_the_untuned_base(untrained_label_student: LMStudent, tiny_base: Path) -> None:
+    from safetensors.torch import load_file
+
+    student = untrained_label_student
+    assert student.info["zero_shot"] is True
+    assert student.info["base_model"] == "smollm2"
+    assert student.labels == LABELS
+    weights = load_file(tiny_base / "model.safetensors")
+    state = student.model.state_dict()
+    assert all(torch.equal(weights[name], state[name]) for name in weights)
+
+
+def test_zero_shot_without_labels_generates_freely(tiny_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lm_module, "resolve_base_lm", lambda name: str(tiny_base) if name == "smollm2" else name)
+    student = LMStudent.zero_shot("smollm2", max_new_tokens=5)
+    predictions = student.predict([row.prompt for row in topic_rows()])
+    assert student.labels is None
+    assert len(predictions) == 5
+    assert all(0.0 <= p.confidence <= 1.0 and p.valid for p in predictions)
+    assert any(p.text not in LABELS for p in predictions)  # random weights babble: nothing forces a label
+
+
+def test_label_probabilities_match_full_forward_scoring(untrained_label_student: LMStudent) -> None:
+    student = untrained_label_student
+    prompts = [row.prompt for row in topic_rows()] + [[Message(role="user", content="??? 42 zebra")]]
+    distributions = student.label_distribution(prompts)
+    predictions = student.predict(prompts)
+    for prompt, distribution, prediction in zip(prompts, distributions, predictions, strict=True):
+        expected = brute_force_label_probs(student, prompt)
+        assert list(distribution) == LABELS
+        assert list(distribution.values()) == pytest.approx(expected, abs=1e-4)
+        assert sum(distribution.values()) == pytest.approx(1.0, abs=1e-5)
+        assert prediction.text == LABELS[max(range(len(LABELS)), key=expected.__getitem__)]
+        assert prediction.confidence == pytest.approx(max(expected), abs=1e-4)
+        assert prediction.valid
+    assert max(max(d.values()) for d in distributions) < 0.99  # not one-hot: the check above had teeth
+
+
+def test_label_student_learns_its_training_labels(label_student: tuple[LMStudent, dict, Path]) -> None:
+    student, stats, _ = label_student
+    rows = topic_rows()
+    predictions = student.predict([row.prompt for row in rows])
+    assert [p.text for p in predictions] == [row.target for row in rows]
+    assert min(p.confidence for p in predictions) > 0.5
+    assert stats["eval_loss"] is None
+    assert stats["eval_curve"] == []
+
+
+def test_label_student_only_ever_answers_labels(label_student: tuple[LMStudent, dict, Path]) -> None:
+    student, _, _ = label_student
+    odd = [[Message(role="user", content=text)] for text in ["", "zebra 42 ???", "Write me a poem about cheese."]]
+    predictions = student.predict(odd)
+    assert all(p.text in LABELS and p.valid and 0.0 < p.confidence <= 1.0 for p in predictions)
+
+
+def test_manifest_round_trip_keeps_the_label_set(label_student: tuple[LMStudent, dict, Path]) -> None:
+    student, _, out_dir = label_student
+    assert read_manifest(out_dir)["labels"] == LABELS
+    loaded = load_student(out_dir)
+    assert isinstance(loaded, LMStudent)
+    assert loaded.labels == LABELS
+    prompts = [row.prompt for row in topic_rows()]
+    for after, before in zip(loaded.label_distribution(prompts), student.label_distribution(prompts), strict=True):
+        assert after == pytest.approx(before, abs=1e-5)
+
+
+# --- JSON answers ---
+
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+
+
+@pytest.fixture(scope="module")
+def person_student(tiny_base: Path) -> LMStudent:
+    return LMStudent.zero_shot(str(tiny_base), json_schema=PERSON_SCHEMA)
+
+
+def test_json_confidence_is_the_weakest_field(person_student: LMStudent) -> None:
+    tokenizer = person_student.tokenizer
+    tokens = tokenizer('{"name": "Ann", "age": 7}', add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    # `{"` opens the name field and `",` closes it, ` "` opens the age field: tokens 0-5 are name, 6-10 age.
+    assert [tokenizer.decode([t]) for t in tokens[:12]] == [
+        '{"',
+        "name",
+        '":',
+        ' "',
+        "Ann",
+        '",',
+        ' "',
+        "age",
+        '":',
+        " ",
+        "7",
+        "}",
+    ]
+    logprobs = [math.log(0.9)] * len(tokens)
+    logprobs[10] = math.log(0.1)  # the 7: an unsure age
+    logprobs[11] = math.log(0.01)  # the closing brace belongs to no field
+    logprobs[12] = math.log(0.5)  # nor does the end of turn
+    prediction = person_student.json_prediction(tokens, logprobs)
+    assert prediction.valid
+    assert prediction.text == '{"name": "Ann", "age": 7}'
+    age = (0.9**4 * 0.1) ** (1 / 5)
+    assert prediction.confidence == pytest.approx(age, rel=1e-5)
+    assert 0.0 < prediction.confidence <= 1.0
+
+    logprobs[10] = math.log(0.9)
+    logprobs[4] = math.log(0.2)  # now the name is the unsure one
+    assert person_student.json_prediction(tokens, logprobs).confidence == pytest.approx(
+        (0.9**5 * 0.2) ** (1 / 6), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["people: Ann", '{"name": "Ann", "age": "seven"}', '{"name": "Ann"}', '[{"name": "Ann", "age": 7}]', ""],
+)
+def test_json_answers_that_fail_the_schema_are_invalid(person_student: LMStudent, answer: str) -> None:
+    tokens = person_student.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    prediction = person_student.json_prediction(tokens, [math.log(0.99)] * len(tokens))
+    assert not prediction.valid
+    assert prediction.confidence == 0.0
+    assert prediction.text == answer
+
+
+def test_json_student_judges_generated_answers(memorised: tuple[LMStudent, dict, Path]) -> None:
+    student, _, _ = memorised
+    rows = make_rows(NAMES)
+    prompts = [row.prompt for row in rows]
+    plain = student.predict(prompts)
+
+    checked = LMStudent(student.model, student.tokenizer, {**student.info, "json_schema": PEOPLE_SCHEMA})
+    predictions = checked.predict(prompts)
+    assert [p.text for p in predictions] == [row.target for row in rows]
+    assert all(p.valid and 0.0 < p.confidence <= 1.0 for p in predictions)
+    # One field spanning nearly the whole answer: close to, but not, the whole-answer confidence.
+    assert [p.confidence for p in predictions] == pytest.approx([p.confidence for p in plain], abs=0.2)
+
+    strict = {**PEOPLE_SCHEMA, "properties": {"people": {"type": "array", "maxItems": 0}}}
+    rejected = LMStudent(student.model, student.tokenizer, {**student.info, "json_schema": strict}).predict(prompts)
+    assert [p.valid for p in rejected] == [row.target == '{"people": []}' for row in rows]
+    assert all(p.confidence == 0.0 for p in rejected if not p.valid)
+
+
+def test_a_malformed_schema_fails_at_construction(memorised: tuple[LMStudent, dict, Path]) -> None:
+    from jsonschema.exceptions import SchemaError
+
+    student, _, _ = memorised
+    with pytest.raises(SchemaError):
+        LMStudent(student.model, student.tokenizer, {**student.info, "json_schema": {"type": "not-a-type"}})
+
+
+# --- the distill rung ---
+
+
+@pytest.fixture(scope="module")
+def wide_teacher(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random teacher of another width over the same tokenizer: only the vocabulary has to match."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    return save_tiny_llama(tokenizer, tmp_path_factory.mktemp("wide-teacher"), hidden_size=96, seed=1)
+
+
+def test_distillation_trains_with_lora_and_records_the_rung(
+    tiny_base: Path, wide_teacher: Path, tmp_path: Path
+) -> None:
+    rows = make_rows(NAMES)
+    params = LMParams(
+        base_model=str(tiny_base),
+        teacher_model=str(wide_teacher),
+        lora=True,
+        lora_r=8,
+        lora_alpha=16,
+        learning_rate=1e-2,
+        batch_size=2,
+        max_steps=6,
+        max_new_tokens=16,
+    )
+    _, stats = LMStudent.train(rows, rows[:2], params, tmp_path, progress=False, json_schema=PEOPLE_SCHEMA)
+    assert stats["rung"] == "distill"
+    assert stats["teacher_model"] == str(wide_teacher)
+    assert stats["distill_alpha"] == 0.5
+    assert stats["steps"] == 6
+    assert [p["step"] for p in stats["eval_curve"]] == [2, 4, 6]  # two steps per epoch
+    assert stats["eval_loss"] == stats["eval_curve"][-1]["eval_loss"]
+    assert all(math.isfinite(p["loss"]) for p in stats["curve"])
+    assert not list(tmp_path.glob("adapter*"))
+    manifest = read_manifest(tmp_path)
+    assert manifest["rung"] == "distill"
+    assert manifest["teacher_model"] == str(wide_teacher)
+    assert manifest["json_schema"] == PEOPLE_SCHEMA
+    loaded = LMStudent.load(tmp_path)
+    assert loaded.json_schema == PEOPLE_SCHEMA
+    assert all(p.valid == (p.confidence > 0) for p in loaded.predict([row.prompt for row in rows]))
+
+
+def test_distillation_loss_mixes_teacher_divergence_and_answer_cross_entropy(
+    tiny_base: Path, memorised: tuple[LMStudent, dict, Path], tmp_path: Path
+) -> None:
+    """The trainer's loss on one row, recomputed by hand from both models' full logits."""
+    from transformers import AutoModelForCausalLM
+
+    from stillroom.students.distill import distillation_trainer, load_teacher
+    from stillroom.students.lm import _load_tokenizer, eos_token_ids, prompt_answer_ids
+
+    _, _, teacher_dir = memorised  # sure of the answers, so far from the random student
+    alpha, temperature = 0.3, 2.0
+    params = LMParams(
+        base_model=str(tiny_base),
+        teacher_model=str(teacher_dir),
+        distill_alpha=alpha,
+        distill_temperature=temperature,
+        lora=False,
+        max_length=256,
+    )
+    tokenizer = _load_tokenizer(str(tiny_base))
+    student = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
+    teacher = load_teacher(str(teacher_dir), tokenizer, str(tiny_base))
+    row = make_rows(NAMES)[1]
+    trainer = distillation_trainer(student, teacher, tokenizer, [row], [row], params, str(tmp_path), 0, False)
+    measured = trainer.evaluate()["eval_loss"]
+
+    chat = [{"role": m.role, "content": m.content} for m in row.prompt]
+    prompt_ids, answer_ids = prompt_answer_ids(tokenizer, chat, row.target, eos_token_ids(student, tokenizer))
+    assert answer_ids[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = torch.tensor([prompt_ids + answer_ids])
+    at = slice(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(answer_ids))  # the positions predicting the answer
+    with torch.no_grad():
+        student_logits = student.eval()(input_ids=ids).logits[0, at].float()
+        teacher_logits = teacher(input_ids=ids).logits[0, at].float()
+    log_student = torch.log_softmax(student_logits / temperature, dim=-1)
+    log_teacher = torch.log_softmax(teacher_logits / temperature, dim=-1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean()
+    ce = torch.nn.functional.cross_entropy(student_logits, torch.tensor(answer_ids))
+    expected = alpha * temperature**2 * kl + (1 - alpha) * ce
+    assert measured == pytest.approx(float(expected), rel=1e-4)
+    assert alpha * temperature**2 * float(kl) > 0.02 * measured  # far above the tolerance: the term is checked
+
+
+def test_distillation_from_teacher_logits_alone_teaches_the_answers(
+    tiny_base: Path, memorised: tuple[LMStudent, dict, Path], tmp_path: Path
+) -> None:
+    """alpha = 1: no loss on the answers themselves, so everything learnt comes from the teacher's logits."""
+    _, _, teacher_dir = memorised
+    rows = make_rows(NAMES)
+    params = LMParams(
+        base_model=str(tiny_base),
+        teacher_model=str(teacher_dir),
+        distill_alpha=1.0,
+        lora=False,
+        learning_rate=5e-3,
+        batch_size=4,
+        max_steps=60,
+        max_new_tokens=16,
+    )
+    student, stats = LMStudent.train(rows, [], params, tmp_path, seed=0, progress=False)
+    assert stats["final_loss"] < stats["first_loss"] / 4
+    assert [p.text for p in student.predict([row.prompt for row in rows])] == [row.target for row in rows]
+
+
+def test_distillation_refuses_a_teacher_with_another_tokenizer(
+    smollm2_dir: Path, tiny_base: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    tokenizer.add_tokens(["<|teacher-only|>"])
+    teacher = save_tiny_llama(tokenizer, tmp_path / "teacher")
+    params = LMParams(base_model=str(tiny_base), teacher_model=str(teacher), max_steps=1)
+    with pytest.raises(ValueError, match="different tokenizers") as error:
+        LMStudent.train(make_rows(NAMES), [], params, tmp_path / "out", progress=False)
+    assert str(teacher) in str(error.value)
+    assert str(tiny_base) in str(error.value)
+    assert not (tmp_path / "out").exists()
