@@ -1,7 +1,9 @@
 """Log each evaluated student to MLflow and register it; `champion` only when it passes the gate.
 
-Every version carries its lineage (git commit, data hash, params) so a user can tell
-what a model was trained on before promoting it.
+The gate has two parts: the lower bound of the agreement interval must reach the threshold
+for the task's answer format, and the new student must not be worse than the current
+champion on the same test rows. Every version carries its lineage (git commit, DVC data
+hash, params, rung) so a user can tell what a model was trained on before promoting it.
 """
 
 from __future__ import annotations
@@ -10,18 +12,28 @@ import hashlib
 import json
 import os
 import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from stillroom.config import Layout, Params
+from stillroom.metrics.scoring import AGREEMENT_NAME, per_example_agreement
 from stillroom.mlflow_model import StudentModel
-from stillroom.schema import TaskCard, write_json
-from stillroom.synthesize import synthesized_cards
+from stillroom.schema import DatasetRow, TaskCard, write_json
+from stillroom.students.base import load_student
+from stillroom.synthesize import load_splits, synthesized_cards
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"
+STUDENT_ARTIFACT = "student"  # the pyfunc artifact holding the student folder (see mlflow_model.py)
 PACKAGE_DIR = Path(__file__).parent
 
 # What a loaded student needs; the versions are the ones this run used.
@@ -81,13 +93,19 @@ def git_commit(root: Path) -> str:
     return out.stdout.strip()
 
 
-def content_hash(directory: Path) -> str:
-    """A hash of a folder's files and names, as recorded in the model's lineage."""
-    digest = hashlib.sha256()
+def dvc_dir_md5(directory: Path) -> str:
+    """The hash DVC gives a tracked folder (`<md5>.dir` in dvc.lock), so a version can be matched to its data.
+
+    As dvc_data builds it: the md5 of the JSON list of {"md5", "relpath"} of every file, sorted
+    by relpath. DVC would also skip files named in .dvcignore; the project ignores none.
+    """
+    entries = []
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(directory)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+        with path.open("rb") as handle:
+            md5 = hashlib.file_digest(handle, "md5").hexdigest()
+        entries.append({"md5": md5, "relpath": path.relative_to(directory).as_posix()})
+    entries.sort(key=lambda entry: entry["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
 
 
 def model_name(card: TaskCard) -> str:
@@ -103,58 +121,191 @@ def flatten(prefix: str, value: object) -> dict[str, object]:
     return {prefix: value}
 
 
+def relevant_params(params: Params, kind: str) -> dict[str, object]:
+    """The params.yaml sections that shape this student, flattened; the whole file goes in params.json."""
+    data = params.model_dump(mode="json", by_alias=True)
+    unused_student = "lm" if kind == "classifier" else "classifier"
+    train = {key: value for key, value in data["train"].items() if key != unused_student}
+    return {
+        **flatten("synthesize", data["synthesize"]),
+        **flatten("train", train),
+        **flatten("evaluate", data["evaluate"]),
+        **flatten("register.gate", data["register"]["gate"]),
+    }
+
+
+def curve_metrics(train_info: dict) -> list[Metric]:
+    """Training and validation loss by step, so MLflow draws the curves."""
+    now = int(time.time() * 1000)
+    points = []
+    for point in train_info.get("curve", []):
+        points.append(Metric("train_loss", float(point["loss"]), now, int(point["step"])))
+    for point in train_info.get("eval_curve", []):
+        points.append(Metric("eval_loss", float(point["eval_loss"]), now, int(point["step"])))
+    return points
+
+
+@dataclass
+class GateDecision:
+    """Whether a new version becomes champion, and the numbers that decided it."""
+
+    passed: bool
+    reason: str
+    threshold: float
+    previous_champion_version: str | None
+    champion_agreement: float | None = None
+    champion_error: str | None = None
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            "gate": "passed" if self.passed else "failed",
+            "gate_reason": self.reason,
+            "gate_threshold": f"{self.threshold:.4f}",
+            "previous_champion_version": self.previous_champion_version or "none",
+        }
+        if self.champion_agreement is not None:
+            tags["champion_agreement"] = f"{self.champion_agreement:.4f}"
+        if self.champion_error is not None:
+            tags["champion_error"] = self.champion_error
+        return tags
+
+
+def current_champion(client: MlflowClient, name: str) -> str | None:
+    """The version the `champion` alias points to, or None when there is none yet."""
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    version = registered.aliases.get(CHAMPION)
+    return None if version is None else str(version)  # the SQL store gives an int, the REST store a string
+
+
+def champion_predictions(client: MlflowClient, name: str, version: str, rows: list[DatasetRow]) -> list[str]:
+    """The champion's answers to the rows, from its registered student folder (not the pyfunc wrapper,
+    whose code_paths would put the champion's copy of stillroom on sys.path)."""
+    source = client.get_model_version_download_uri(name, version)
+    with tempfile.TemporaryDirectory(prefix="stillroom-champion-") as tmp:
+        mlmodel = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/MLmodel", dst_path=tmp)
+        student_path = Model.load(mlmodel).flavors["python_function"]["artifacts"][STUDENT_ARTIFACT]["path"]
+        student_dir = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/{student_path}", dst_path=tmp)
+        student = load_student(student_dir)
+        return [p.text for p in student.predict([row.prompt for row in rows])]
+
+
+def gate_rows(card: TaskCard, params: Params, layout: Layout) -> tuple[list[DatasetRow], list[str]]:
+    """The test rows evaluation used, with the new student's answers to them from predictions.jsonl."""
+    test = load_splits(layout, card.id)["test"][: params.evaluate.max_test_examples]
+    lines = (layout.report(card.id) / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    answers = {row["id"]: row["student"] for row in (json.loads(line) for line in lines if line.strip())}
+    rows = [row for row in test if row.id in answers]
+    if not rows:
+        raise ValueError(f"task {card.id}: predictions.jsonl answers none of the test rows; re-run evaluate")
+    return rows, [answers[row.id] for row in rows]
+
+
+def decide(card: TaskCard, params: Params, layout: Layout, metrics: dict, client: MlflowClient) -> GateDecision:
+    """Gate (a): the agreement's lower bound reaches the format's threshold. Gate (b): the new student,
+    on the same test rows, is no more than max_regression below the current champion."""
+    fmt = card.answer_format
+    gate = params.registry.gate.for_format(fmt)
+    low = float(metrics["agreement_low"])
+    clears = low >= gate
+    bound = f"{AGREEMENT_NAME[fmt]} lower bound {low:.4f} {'>=' if clears else '<'} gate {gate:.2f} ({fmt})"
+    previous = current_champion(client, model_name(card))
+    if not clears:
+        return GateDecision(False, bound, gate, previous)
+    if previous is None:
+        return GateDecision(True, f"{bound}; no champion yet", gate, previous)
+
+    rows, new_answers = gate_rows(card, params, layout)
+    try:
+        old_answers = champion_predictions(client, model_name(card), previous, rows)
+    except Exception as error:  # any broken old version (deleted artifact, unknown kind) must not block a new one
+        note = f"{type(error).__name__}: {error}"[:500]
+        reason = f"{bound}; champion v{previous} could not be loaded, judged on the gate alone"
+        return GateDecision(True, reason, gate, previous, champion_error=note)
+
+    references = [row.target for row in rows]
+    new = sum(per_example_agreement(fmt, new_answers, references)) / len(rows)
+    old = sum(per_example_agreement(fmt, old_answers, references)) / len(rows)
+    slack = params.registry.gate.max_regression
+    keeps_up = new >= old - slack
+    comparison = (
+        f"agreement {new:.4f} {'>=' if keeps_up else '<'} champion v{previous} {old:.4f} "
+        f"- max_regression {slack:.2f} on the same {len(rows)} test rows"
+    )
+    return GateDecision(keeps_up, f"{bound}; {comparison}", gate, previous, champion_agreement=old)
+
+
 def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id: str) -> dict:
-    """One MLflow run per task: params, metrics, plots, the card, and the model as a new version."""
+    """One MLflow run per task: params, metrics, curves, plots, the card, and the model as a new version."""
     report_dir = layout.report(card.id)
     metrics = json.loads((report_dir / "metrics.json").read_text())
     train_info = json.loads((layout.model(card.id) / "train_info.json").read_text())
     name = model_name(card)
+    client = MlflowClient(tracking_uri=mlflow.get_tracking_uri(), registry_uri=mlflow.get_registry_uri())
+    decision = decide(card, params, layout, metrics, client)
     lineage = {
         "git_commit": git_commit(layout.root),
-        "data_hash": content_hash(layout.datasets / card.id),
+        "datasets_md5": dvc_dir_md5(layout.datasets),  # DVC's hash of data/datasets, as in dvc.lock
+        "task_dataset_md5": dvc_dir_md5(layout.datasets / card.id),
         "task_id": card.id,
         "student_kind": train_info["kind"],
+        # Folders trained before the ladder have no rung; their kind was their rung.
+        "rung": train_info.get("rung", train_info["kind"]),
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=card.name) as run:
-        section = params.train.classifier if train_info["kind"] == "classifier" else params.train.lm
-        mlflow.log_params(flatten("train", section.model_dump()))
-        mlflow.log_params({"task.output_type": card.output_type, "task.count": card.count, **lineage})
+        mlflow.log_params(relevant_params(params, train_info["kind"]))
+        mlflow.log_params({"task.output_type": card.output_type, "task.output_format": card.answer_format})
+        mlflow.log_params({"task.count": card.count, **lineage})
+        mlflow.log_dict(params.model_dump(mode="json", by_alias=True), "params.json")
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         numeric.update({f"train_{k}": float(v) for k, v in train_info.items() if isinstance(v, int | float)})
         mlflow.log_metrics(numeric)
+        client.log_batch(run.info.run_id, metrics=curve_metrics(train_info))
         mlflow.log_dict(card.model_dump(mode="json"), "task_card.json")
         mlflow.log_artifacts(str(report_dir), artifact_path="evaluation")
-        mlflow.set_tags({"stillroom.task": card.name, **{f"stillroom.{k}": v for k, v in lineage.items()}})
+        mlflow.set_tags(
+            {
+                "stillroom.task": card.name,
+                **{f"stillroom.{k}": v for k, v in lineage.items()},
+                **{f"stillroom.{k}": v for k, v in decision.tags().items()},
+            }
+        )
         info = mlflow.pyfunc.log_model(
             name="student",
             python_model=StudentModel(),
-            artifacts={"student": str(layout.model(card.id))},
+            artifacts={STUDENT_ARTIFACT: str(layout.model(card.id))},
             code_paths=[str(PACKAGE_DIR)],
             pip_requirements=pip_requirements(),
             registered_model_name=name,
         )
     version = str(info.registered_model_version)
-    client = MlflowClient(tracking_uri=mlflow.get_tracking_uri(), registry_uri=mlflow.get_registry_uri())
-    passed = bool(metrics["passed_gate"])
-    gate_note = (
-        f"{metrics['gate_metric']}={metrics[metrics['gate_metric']]:.4f} "
-        f"{'>=' if passed else '<'} gate {metrics['gate']:.2f}"
-    )
-    for key, value in {**lineage, "gate": "passed" if passed else "failed", "gate_reason": gate_note}.items():
+    alias = CHAMPION if decision.passed else CHALLENGER
+    for key, value in {**lineage, **decision.tags()}.items():
         client.set_model_version_tag(name, version, key, str(value))
-    if passed:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    else:
-        client.set_registered_model_alias(name, "challenger", version)
+    description = (
+        f"{alias}: {decision.reason}.\n"
+        f"Rung {lineage['rung']}, data/datasets {lineage['datasets_md5']}, commit {lineage['git_commit']}."
+    )
+    client.update_model_version(name, version, description=description)
+    client.set_registered_model_alias(name, alias, version)
     return {
         "task_id": card.id,
         "task": card.name,
         "model_name": name,
         "version": version,
         "model_uri": f"models:/{name}/{version}",
-        "alias": CHAMPION if passed else "challenger",
+        "alias": alias,
         "run_id": run.info.run_id,
-        "gate": gate_note,
+        "gate": "passed" if decision.passed else "failed",
+        "gate_reason": decision.reason,
+        "gate_threshold": decision.threshold,
+        "previous_champion_version": decision.previous_champion_version,
+        "champion_agreement": decision.champion_agreement,
+        "champion_error": decision.champion_error,
     }
 
 

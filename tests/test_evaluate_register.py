@@ -1,18 +1,28 @@
 """Evaluate a small classifier task and register it in a real MLflow store (SQLite, local artifacts)."""
 
 import json
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
+from dvc_data.hashfile.build import build
+from dvc_data.hashfile.db import HashFileDB
+from dvc_objects.fs.local import LocalFileSystem
 from mlflow.tracking import MlflowClient
 
 from stillroom import evaluate, register
 from stillroom.config import Layout, Params
-from stillroom.evaluate import bootstrap_interval, per_example_agreement
-from stillroom.schema import TaskCard, write_cards, write_jsonl
+from stillroom.metrics import scoring
+from stillroom.schema import TaskCard, write_cards, write_json, write_jsonl
+from stillroom.synthesize import load_splits
 from stillroom.train import train_task
 from tests.test_classifier_student import rows
+
+MODEL = "stillroom-news-topic"
 
 
 def make_project(tmp_path, gate: float, disagree: int = 0) -> tuple[Params, Layout, TaskCard]:
@@ -21,11 +31,12 @@ def make_project(tmp_path, gate: float, disagree: int = 0) -> tuple[Params, Layo
     params = Params.model_validate(
         {
             "register": {"tracking_uri": "sqlite:///mlflow.db", "gate": {"label": gate}},
-            "evaluate": {"latency_samples": 3},
+            "evaluate": {"latency_samples": 3, "baselines": ["tfidf_lr"]},
         }
     )
-    card = TaskCard(id="task-abc", name="news-topic", count=36, output_type="label",
-                    labels=["business", "sport", "tech"])
+    card = TaskCard(
+        id="task-abc", name="news-topic", count=36, output_type="label", labels=["business", "sport", "tech"]
+    )
     write_cards(layout.cards, [card])
     train, test = rows("train"), rows("test")
     for row in test[:disagree]:
@@ -35,20 +46,6 @@ def make_project(tmp_path, gate: float, disagree: int = 0) -> tuple[Params, Layo
     write_jsonl(layout.dataset(card.id, "test"), test)
     train_task(card, train, [], params.train, layout.model(card.id), progress=False)
     return params, layout, card
-
-
-def test_bootstrap_interval_brackets_the_mean():
-    scores = [1.0] * 90 + [0.0] * 10
-    low, high = bootstrap_interval(scores)
-    assert low < 0.9 < high
-    assert low > 0.8 and high < 0.97
-    assert bootstrap_interval([1.0] * 20) == (1.0, 1.0)
-
-
-def test_per_example_agreement_by_output_type():
-    assert per_example_agreement("label", ["a", "b"], ["a", "c"]) == [1.0, 0.0]
-    f1 = per_example_agreement("text", ['{"people": ["Ann Lee"]}', "x"], ['{"people": ["Ann"]}', "x"])
-    assert f1[1] == 1.0 and f1[0] == pytest.approx(0.8)
 
 
 def test_evaluate_then_register_champion(tmp_path):
@@ -71,11 +68,18 @@ def test_evaluate_then_register_champion(tmp_path):
     client = MlflowClient(tracking_uri=registry["tracking_uri"], registry_uri=registry["tracking_uri"])
     version = client.get_model_version_by_alias("stillroom-news-topic", "champion")
     assert version.tags["gate"] == "passed"
+    assert version.tags["previous_champion_version"] == "none"
     assert version.tags["task_id"] == "task-abc"
-    assert len(version.tags["data_hash"]) == 16
+    assert version.tags["rung"] == "classifier"
+    assert version.tags["datasets_md5"] == dvc_md5(layout.datasets, tmp_path / "odb")
     run = client.get_run(entry["run_id"])
     assert run.data.metrics["accuracy"] == 1.0
     assert run.data.params["task.output_type"] == "label"
+    assert run.data.params["register.gate.label"] == "0.5"
+    assert run.data.params["train.classifier.C"] == "10.0" and "train.lm.lora_r" not in run.data.params
+    assert run.data.params["datasets_md5"] == version.tags["datasets_md5"]
+    logged_params = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/params.json")
+    assert logged_params == params.model_dump(mode="json", by_alias=True)
     artifacts = {a.path for a in client.list_artifacts(entry["run_id"], "evaluation")}
     assert "evaluation/confusion.png" in artifacts
 
@@ -99,4 +103,114 @@ def test_student_below_the_gate_stays_challenger(tmp_path):
         client.get_model_version_by_alias("stillroom-news-topic", "champion")
     version = client.get_model_version("stillroom-news-topic", entry["version"])
     assert version.tags["gate"] == "failed"
-    assert version.tags["gate_reason"] == "accuracy=0.6667 < gate 0.90"
+    assert version.tags["gate_reason"] == f"accuracy lower bound {metrics['agreement_low']:.4f} < gate 0.90 (label)"
+    assert version.description.startswith("challenger: accuracy lower bound")
+
+
+def dvc_md5(directory: Path, odb_dir: Path) -> str:
+    """The hash DVC itself builds for a folder, to check register's own computation against."""
+    fs = LocalFileSystem()
+    _, _, tree = build(HashFileDB(fs, str(odb_dir)), str(directory), fs, "md5")
+    return tree.hash_info.value
+
+
+def write_report(params: Params, layout: Layout, card: TaskCard, wrong: int) -> dict:
+    """What the evaluate stage writes, for a student that misses the teacher on the first `wrong` test rows."""
+    test = load_splits(layout, card.id)["test"][: params.evaluate.max_test_examples]
+    answers = [("sport" if row.target == "tech" else "tech") if i < wrong else row.target for i, row in enumerate(test)]
+    scores = scoring.per_example_agreement("label", answers, [row.target for row in test])
+    resampled = np.asarray(scores)[np.random.default_rng(0).integers(0, len(scores), (1000, len(scores)))]
+    low, high = np.percentile(resampled.mean(axis=1), [2.5, 97.5])
+    gate = params.registry.gate.for_format("label")
+    metrics = {
+        "accuracy": float(np.mean(scores)),
+        "agreement": float(np.mean(scores)),
+        "agreement_low": float(low),
+        "agreement_high": float(high),
+        "n_test": len(test),
+        "gate_metric": "accuracy",
+        "gate": gate,
+        "passed_gate": bool(low >= gate),
+        "p50_ms": 4.2,
+    }
+    write_json(layout.report(card.id) / "metrics.json", metrics)
+    predictions = [
+        {"id": row.id, "teacher": row.target, "student": answer, "confidence": 0.9, "agree": score}
+        for row, answer, score in zip(test, answers, scores, strict=True)
+    ]
+    write_jsonl(layout.report(card.id) / "predictions.jsonl", predictions)
+    return metrics
+
+
+def register_version(params: Params, layout: Layout, card: TaskCard, wrong: int) -> tuple[dict, MlflowClient]:
+    metrics = write_report(params, layout, card, wrong)
+    entry = register.run(params, layout)["models"][0]
+    assert entry["gate"] == ("passed" if entry["alias"] == "champion" else "failed")
+    uri = register.tracking_uri(params, layout)
+    return {**entry, "metrics": metrics}, MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_champion_must_clear_the_gate_and_not_fall_behind_the_champion(tmp_path):
+    """Gate 0.75 on 18 test rows: 0 or 1 wrong answers clear it (lower bound 1.0, 0.83); 6 wrong do not (0.44).
+    The student trained here answers all 18 test rows right, so as champion it scores 1.0 on them."""
+    params, layout, card = make_project(tmp_path, gate=0.75)
+    info_path = layout.model(card.id) / "train_info.json"
+    info = json.loads(info_path.read_text())
+    curve = [{"step": 10, "loss": 0.9}, {"step": 20, "loss": 0.5}]
+    write_json(info_path, {**info, "curve": curve, "eval_curve": [{"step": 20, "eval_loss": 0.6}]})
+
+    first, client = register_version(params, layout, card, wrong=0)
+    assert (first["version"], first["alias"], first["previous_champion_version"]) == ("1", "champion", None)
+    assert first["gate_reason"] == "accuracy lower bound 1.0000 >= gate 0.75 (label); no champion yet"
+    history = client.get_metric_history(first["run_id"], "train_loss")
+    assert sorted((m.step, m.value) for m in history) == [(10, 0.9), (20, 0.5)]
+    assert [(m.step, m.value) for m in client.get_metric_history(first["run_id"], "eval_loss")] == [(20, 0.6)]
+
+    below, _ = register_version(params, layout, card, wrong=6)
+    assert below["alias"] == "challenger"
+    tags = client.get_model_version(MODEL, below["version"]).tags
+    assert tags["gate"] == "failed" and tags["gate_threshold"] == "0.7500"
+    assert tags["gate_reason"] == "accuracy lower bound 0.4444 < gate 0.75 (label)"
+    assert tags["previous_champion_version"] == "1" and "champion_agreement" not in tags
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+
+    worse, _ = register_version(params, layout, card, wrong=1)
+    assert worse["metrics"]["agreement_low"] >= 0.75  # it clears the gate, yet loses to the champion
+    assert worse["alias"] == "challenger"
+    tags = client.get_model_version(MODEL, worse["version"]).tags
+    assert tags["gate"] == "failed" and tags["champion_agreement"] == "1.0000"
+    assert tags["gate_reason"] == (
+        "accuracy lower bound 0.8333 >= gate 0.75 (label); "
+        "agreement 0.9444 < champion v1 1.0000 - max_regression 0.00 on the same 18 test rows"
+    )
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == worse["version"]
+
+    tolerant = params.model_copy(deep=True)
+    tolerant.registry.gate.max_regression = 0.1
+    close, _ = register_version(tolerant, layout, card, wrong=1)
+    assert close["alias"] == "champion" and close["previous_champion_version"] == "1"
+    assert "agreement 0.9444 >= champion v1 1.0000 - max_regression 0.10" in close["gate_reason"]
+
+    equal, _ = register_version(params, layout, card, wrong=0)
+    assert equal["alias"] == "champion" and equal["version"] == "5"
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(version.version) == "5"
+    assert version.tags["previous_champion_version"] == close["version"]
+    assert version.tags["champion_agreement"] == "1.0000"  # the tolerated student also answers all 18 right
+    assert version.description.startswith("champion: accuracy lower bound 1.0000 >= gate 0.75")
+    assert "agreement 1.0000 >= champion v4 1.0000" in version.tags["gate_reason"]
+
+
+def test_a_champion_that_cannot_be_loaded_leaves_the_gate_alone_to_decide(tmp_path):
+    params, layout, card = make_project(tmp_path, gate=0.75)
+    first, client = register_version(params, layout, card, wrong=0)
+    download_uri = client.get_model_version_download_uri(MODEL, first["version"])
+    shutil.rmtree(urlparse(download_uri).path)  # the champion's artifacts are gone
+
+    second, _ = register_version(params, layout, card, wrong=1)
+    assert second["alias"] == "champion"
+    tags = client.get_model_version(MODEL, second["version"]).tags
+    assert tags["gate"] == "passed" and tags["previous_champion_version"] == "1"
+    assert "champion v1 could not be loaded, judged on the gate alone" in tags["gate_reason"]
+    assert tags["champion_error"] and "champion_agreement" not in tags
