@@ -1,118 +1,264 @@
-"""Score a student against the teacher on the held-out test split.
+"""Score each student against its teacher on held-out data, and decide where it may answer alone.
 
-Agreement with the teacher is the question a user asks before switching traffic, so it
-comes with a bootstrap confidence interval, beside what running the student costs:
-latency, size on disk, cold load time and memory.
+In order, per task:
+1. the routing threshold, from the validation split only (this code never opens the test
+   file: a threshold tuned on the test split would report the target as met by construction);
+2. the test split: metrics by answer format, each with a bootstrap 95% interval, and
+   whether the routing target held there, with the share of traffic the student would serve;
+3. cost of running it, measured in a fresh process (cold load, single and batched latency,
+   peak memory), beside the teacher's latency from the logs;
+4. baselines on the same test rows (TF-IDF + logistic regression, the untuned base model
+   zero-shot), so the report shows what training bought;
+5. plots: confusion matrix, reliability diagram, coverage against agreement.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import statistics
-import time
+import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import evaluate as hf_evaluate
 import numpy as np
-import psutil
+from tqdm import tqdm
 
-from stillroom.config import EvaluateParams, Layout, Params
-from stillroom.metrics import module_path
-from stillroom.metrics.text_agreement import token_f1
-from stillroom.plots import confusion_matrix_plot, coverage_plot
-from stillroom.schema import DatasetRow, Prediction, TaskCard, read_jsonl, write_json, write_jsonl
-from stillroom.students.base import load_student
-from stillroom.synthesize import synthesized_cards
+from stillroom.config import ClassifierParams, Layout, Params
+from stillroom.metrics.scoring import (
+    AGREEMENT_NAME,
+    example_arrays,
+    per_example_agreement,
+    per_label_f1,
+    with_intervals,
+)
+from stillroom.plots import confusion_matrix_plot, coverage_plot, reliability_plot
+from stillroom.schema import (
+    DatasetRow,
+    LogRecord,
+    Prediction,
+    TaskCard,
+    read_assignments,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+)
+from stillroom.students.base import Student, load_student
+from stillroom.synthesize import load_splits, synthesized_cards
 
-# The metric a task's gate reads, by output type.
-GATE_METRIC = {"label": "accuracy", "text": "token_f1"}
-
-
-def bootstrap_interval(scores: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of per-example scores."""
-    values = np.asarray(scores, dtype=float)
-    if len(values) == 0:
-        return (0.0, 0.0)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def per_example_agreement(output_type: str, predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    if output_type == "label":
-        return [float(p == r) for p, r in zip(predictions, references, strict=True)]
-    return [token_f1(p, r) for p, r in zip(predictions, references, strict=True)]
-
-
-def task_metrics(output_type: str, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    name = "label_agreement" if output_type == "label" else "text_agreement"
-    metric = hf_evaluate.load(module_path(name))
-    return metric.compute(predictions=list(predictions), references=list(references))
+NO_THRESHOLD = 1.01  # above every confidence: everything goes to the teacher
 
 
 def directory_size_mb(directory: Path) -> float:
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) / 1e6
 
 
-def measure_latency(student, rows: Sequence[DatasetRow], samples: int) -> dict[str, float]:
-    """One request at a time, as an endpoint would see them; the first call warms up."""
-    chosen = list(rows)[: max(1, samples) + 1]
-    student.predict([chosen[0].prompt])
-    timings = []
-    for row in chosen[1:] or chosen:
-        started = time.perf_counter()
-        student.predict([row.prompt])
-        timings.append((time.perf_counter() - started) * 1000)
-    timings.sort()
-    return {
-        "p50_ms": statistics.median(timings),
-        "p95_ms": timings[min(len(timings) - 1, round(0.95 * (len(timings) - 1)))],
+# ------------------------------------------------------------------ routing threshold (validation only)
+
+
+def choose_threshold(confidence: Sequence[float], agreement: Sequence[float], target: float) -> float:
+    """The lowest confidence at which the answers kept (confidence >= it) still agree at `target` on average.
+
+    Answers are kept from the most confident down; the threshold is where the longest such
+    prefix that meets the target ends, which maximises the traffic the student serves.
+    """
+    if len(confidence) == 0:
+        return NO_THRESHOLD
+    order = np.argsort(-np.asarray(confidence, dtype=float), kind="stable")
+    conf = np.asarray(confidence, dtype=float)[order]
+    kept_agreement = np.cumsum(np.asarray(agreement, dtype=float)[order]) / np.arange(1, len(order) + 1)
+    # Only cut between distinct confidences: equal confidences are routed alike.
+    cut_ok = np.append(conf[1:] < conf[:-1], True)
+    good = np.flatnonzero((kept_agreement >= target) & cut_ok)
+    return float(conf[good[-1]]) if len(good) else NO_THRESHOLD
+
+
+def routing_on_validation(
+    card: TaskCard, student: Student, validation: Sequence[DatasetRow], target: float, min_examples: int
+) -> tuple[dict, list[dict]]:
+    """Pick the threshold from validation answers; report how many examples it rests on."""
+    predictions = student.predict([row.prompt for row in validation]) if validation else []
+    agreement = per_example_agreement(card.answer_format, [p.text for p in predictions], [r.target for r in validation])
+    confidence = [p.confidence for p in predictions]
+    threshold = choose_threshold(confidence, agreement, target)
+    kept = int(sum(c >= threshold for c in confidence))
+    info = {
+        "threshold": threshold,
+        "threshold_target": target,
+        "threshold_n_validation": len(validation),
+        "threshold_n_kept": kept,
+        "validation_agreement": float(np.mean(agreement)) if agreement else 0.0,
+        "validation_coverage": kept / len(validation) if validation else 0.0,
+        "threshold_stable": bool(len(validation) >= min_examples),
     }
+    detail = [
+        {"id": row.id, "teacher": row.target, "student": p.text, "confidence": round(p.confidence, 4), "agree": a}
+        for row, p, a in zip(validation, predictions, agreement, strict=True)
+    ]
+    return info, detail
+
+
+def routing_on_test(confidence: Sequence[float], agreement: Sequence[float], threshold: float, target: float) -> dict:
+    """Did the validation threshold keep its promise on unseen data, and for what share of traffic?"""
+    keep = np.asarray(confidence, dtype=float) >= threshold
+    kept = np.asarray(agreement, dtype=float)[keep]
+    kept_agreement = float(kept.mean()) if len(kept) else None
+    return {
+        "coverage": float(keep.mean()) if len(keep) else 0.0,
+        "routed_agreement": kept_agreement,
+        "routed_n": int(keep.sum()),
+        "target_held": bool(kept_agreement is not None and kept_agreement >= target),
+    }
+
+
+def expected_calibration_error(confidence: Sequence[float], agreement: Sequence[float], bins: int = 10) -> float:
+    conf, agree = np.asarray(confidence, dtype=float), np.asarray(agreement, dtype=float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    return float(
+        sum(
+            abs(conf[which == b].mean() - agree[which == b].mean()) * np.mean(which == b)
+            for b in range(bins)
+            if np.any(which == b)
+        )
+    )
+
+
+# ------------------------------------------------------------------ cost of running it
+
+
+def measure_performance(model_dir: Path, rows: Sequence[DatasetRow], samples: int, batch_size: int) -> dict:
+    """Cold load, latency and memory from `stillroom.probe` in a fresh Python process."""
+    with tempfile.TemporaryDirectory(prefix="stillroom-probe-") as scratch:
+        prompts = Path(scratch) / "prompts.json"
+        prompts.write_text(json.dumps([[m.model_dump() for m in row.prompt] for row in rows[: samples + 1]]))
+        command = [sys.executable, "-m", "stillroom.probe", str(model_dir), str(prompts)]
+        command += ["--samples", str(samples), "--batch-size", str(batch_size)]
+        done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring {model_dir} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def teacher_costs(card: TaskCard, records: Sequence[LogRecord]) -> dict:
+    """What the teacher costs per call, from the logged calls of this task."""
+    latencies = sorted(r.latency_ms for r in records if r.latency_ms is not None)
+    calls_per_month = card.calls_per_day * 30
+    out: dict[str, float | int | None] = {
+        "teacher_calls_timed": len(latencies),
+        "teacher_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
+        "teacher_p95_ms": float(np.percentile(latencies, 95)) if latencies else None,
+        "teacher_usd_per_1k_calls": 1000 * card.monthly_spend_usd / calls_per_month if calls_per_month else None,
+    }
+    return out
+
+
+# ------------------------------------------------------------------ baselines
+
+
+def baseline_predictions(
+    name: str, card: TaskCard, train: Sequence[DatasetRow], rows: Sequence[DatasetRow], params: Params
+) -> list[Prediction] | None:
+    """What a user gets without stillroom's student; None when the baseline does not apply to the format."""
+    if name == "tfidf_lr":
+        if card.output_type != "label":
+            return None
+        from stillroom.students.classifier import EmbeddingClassifier
+
+        settings = ClassifierParams(
+            features=["tfidf"],
+            calibrate=False,
+            C=params.train.classifier.C,
+            max_train_examples=params.train.classifier.max_train_examples,
+        )
+        model, _ = EmbeddingClassifier.train(train, settings, seed=params.train.seed)
+        return model.predict([row.prompt for row in rows])
+    from stillroom.students.lm import LMStudent
+
+    model = LMStudent.zero_shot(
+        params.train.lm.base_model,
+        labels=card.labels if card.output_type == "label" else None,
+        json_schema=card.json_schema if card.answer_format == "json" else None,
+        max_new_tokens=params.train.lm.max_new_tokens,
+    )
+    return model.predict([row.prompt for row in rows], batch_size=8)
+
+
+def compare_baselines(
+    card: TaskCard,
+    train: Sequence[DatasetRow],
+    test: Sequence[DatasetRow],
+    student_agreement: Sequence[float],
+    params: Params,
+) -> dict:
+    """Each baseline's agreement (95% CI) beside the student's on exactly the same rows."""
+    out: dict[str, float | int] = {}
+    for name in params.evaluate.baselines:
+        rows = list(test) if name == "tfidf_lr" else list(test)[: params.evaluate.baseline_max_examples]
+        predictions = baseline_predictions(name, card, train, rows, params)
+        if predictions is None:
+            continue
+        arrays = example_arrays(card.answer_format, [p.text for p in predictions], [r.target for r in rows])
+        scores = with_intervals(card.answer_format, arrays, params.evaluate.bootstrap_resamples)
+        out[f"baseline_{name}_agreement"] = scores["agreement"]
+        out[f"baseline_{name}_agreement_low"] = scores["agreement_low"]
+        out[f"baseline_{name}_agreement_high"] = scores["agreement_high"]
+        out[f"baseline_{name}_n"] = len(rows)
+        out[f"baseline_{name}_student_agreement"] = float(np.mean(student_agreement[: len(rows)]))
+    return out
+
+
+# ------------------------------------------------------------------ one task
 
 
 def evaluate_student(
     card: TaskCard,
     model_dir: Path,
-    test: Sequence[DatasetRow],
-    params: EvaluateParams,
-    gate: float,
-) -> tuple[dict, list[dict]]:
-    """Metrics (flat, for `dvc metrics` and MLflow) and one prediction row per test example."""
-    rows = list(test)[: params.max_test_examples]
+    splits: dict[str, list[DatasetRow]],
+    params: Params,
+    teacher_records: Sequence[LogRecord] = (),
+) -> tuple[dict, list[dict], list[dict]]:
+    """Flat metrics (for dvc metrics and MLflow), test-split detail rows and validation detail rows."""
+    settings = params.evaluate
+    student = load_student(model_dir)
+    routing, validation_detail = routing_on_validation(
+        card, student, splits["validation"], settings.target_agreement, settings.min_threshold_examples
+    )
+
+    rows = splits["test"][: settings.max_test_examples]
     if not rows:
         raise ValueError(f"task {card.id} ({card.name}) has no test rows to evaluate on")
-    process = psutil.Process(os.getpid())
-    rss_before = process.memory_info().rss
-    started = time.perf_counter()
-    student = load_student(model_dir)
-    load_seconds = time.perf_counter() - started
+    predictions = student.predict([row.prompt for row in rows])
+    texts, references = [p.text for p in predictions], [row.target for row in rows]
+    fmt = card.answer_format
+    arrays = example_arrays(fmt, texts, references, card.json_schema)
+    agreement = arrays["agreement"].tolist()
+    confidence = [p.confidence for p in predictions]
+    gate = params.registry.gate.for_format(fmt)
 
-    predictions: list[Prediction] = student.predict([row.prompt for row in rows])
-    texts = [p.text for p in predictions]
-    references = [row.target for row in rows]
-    scores = per_example_agreement(card.output_type, texts, references)
-    low, high = bootstrap_interval(scores)
-    latency = measure_latency(student, rows, params.latency_samples)
-
-    gate_metric = GATE_METRIC[card.output_type]
-    metrics = {
-        **task_metrics(card.output_type, texts, references),
-        "agreement": float(np.mean(scores)),
-        "agreement_low": low,
-        "agreement_high": high,
-        "n_test": len(rows),
-        "mean_confidence": float(np.mean([p.confidence for p in predictions])),
-        **latency,
-        "load_s": load_seconds,
-        "size_mb": directory_size_mb(model_dir),
-        "memory_mb": max(0, process.memory_info().rss - rss_before) / 1e6,
-        "gate_metric": gate_metric,
-        "gate": gate,
-    }
-    metrics["passed_gate"] = bool(metrics[gate_metric] >= gate)
+    metrics: dict = with_intervals(fmt, arrays, settings.bootstrap_resamples)
+    if fmt == "label":
+        metrics.update({f"f1.{label}": value for label, value in per_label_f1(arrays).items()})
+    metrics.update(
+        {
+            "n_test": len(rows),
+            "n_train": len(splits["train"]),
+            "answer_format": fmt,
+            "valid_answers": float(np.mean([p.valid for p in predictions])),
+            "mean_confidence": float(np.mean(confidence)),
+            "ece": expected_calibration_error(confidence, agreement),
+            **routing,
+            **routing_on_test(confidence, agreement, routing["threshold"], settings.target_agreement),
+            **measure_performance(model_dir, rows, settings.latency_samples, settings.batch_size),
+            "size_mb": directory_size_mb(model_dir),
+            **teacher_costs(card, teacher_records),
+            **compare_baselines(card, splits["train"], rows, agreement, params),
+            "gate_metric": AGREEMENT_NAME[fmt],
+            "gate": gate,
+        }
+    )
+    metrics["passed_gate"] = bool(metrics["agreement_low"] >= gate)
     detail = [
         {
             "id": row.id,
@@ -120,30 +266,41 @@ def evaluate_student(
             "teacher": row.target,
             "student": p.text,
             "confidence": round(p.confidence, 4),
+            "valid": p.valid,
             "agree": score,
+            "routed_to": "student" if p.confidence >= routing["threshold"] else "teacher",
         }
-        for row, p, score in zip(rows, predictions, scores, strict=True)
+        for row, p, score in zip(rows, predictions, agreement, strict=True)
     ]
-    return metrics, detail
+    return metrics, detail, validation_detail
+
+
+def write_report(card: TaskCard, report: Path, metrics: dict, detail: list[dict], validation: list[dict]) -> None:
+    if report.exists():
+        shutil.rmtree(report)
+    write_json(report / "metrics.json", metrics)
+    write_jsonl(report / "predictions.jsonl", detail)
+    write_jsonl(report / "validation_predictions.jsonl", validation)
+    confidence, agree = [d["confidence"] for d in detail], [d["agree"] for d in detail]
+    if card.output_type == "label":
+        confusion_matrix_plot([d["teacher"] for d in detail], [d["student"] for d in detail], report / "confusion.png")
+    reliability_plot(confidence, agree, report / "reliability.png")
+    coverage_plot(confidence, agree, report / "coverage.png", metrics["threshold"], metrics["threshold_target"])
 
 
 def run(params: Params, layout: Layout) -> dict:
     """The evaluate stage: data/reports/<task>/ (metrics, predictions, plots) and metrics/evaluate.json."""
     cards = synthesized_cards(layout)
+    records = list(read_jsonl(layout.records, LogRecord)) if layout.records.exists() else []
+    assignments = read_assignments(layout.assignments) if layout.assignments.exists() else {}
     summary = {}
-    for card in cards:
-        test = list(read_jsonl(layout.dataset(card.id, "test"), DatasetRow))
-        gate = getattr(params.registry.gate, card.output_type)
-        metrics, detail = evaluate_student(card, layout.model(card.id), test, params.evaluate, gate)
-        report = layout.report(card.id)
-        if report.exists():
-            shutil.rmtree(report)
-        write_json(report / "metrics.json", metrics)
-        write_jsonl(report / "predictions.jsonl", detail)
-        if card.output_type == "label":
-            teacher, student = [d["teacher"] for d in detail], [d["student"] for d in detail]
-            confusion_matrix_plot(teacher, student, report / "confusion.png")
-        coverage_plot([d["confidence"] for d in detail], [d["agree"] for d in detail], report / "coverage.png")
+    for card in tqdm(cards, desc="evaluate", unit="task"):
+        # Validation (threshold) and train (baselines) first; the test split is read for scoring only.
+        splits = load_splits(layout, card.id, ("train", "validation"))
+        splits["test"] = load_splits(layout, card.id, ("test",))["test"]
+        mine = [r for r in records if assignments.get(r.id) == card.id]
+        metrics, detail, validation = evaluate_student(card, layout.model(card.id), splits, params, mine)
+        write_report(card, layout.report(card.id), metrics, detail, validation)
         summary[card.name] = metrics
     write_json(layout.stage_metrics("evaluate"), summary)
     return summary

@@ -33,18 +33,56 @@ def confusion_matrix_plot(teacher: Sequence[str], student: Sequence[str], path: 
     return _save(fig, path)
 
 
-def coverage_plot(confidence: Sequence[float], agree: Sequence[float], path: Path) -> Path:
+def coverage_plot(
+    confidence: Sequence[float],
+    agree: Sequence[float],
+    path: Path,
+    threshold: float | None = None,
+    target: float | None = None,
+) -> Path:
     """Agreement of the answers the student would keep, against the share of traffic it keeps."""
-    order = np.argsort(-np.asarray(confidence))
+    conf = np.asarray(confidence, dtype=float)
+    order = np.argsort(-conf)
     kept_agreement = np.cumsum(np.asarray(agree, dtype=float)[order]) / np.arange(1, len(order) + 1)
     coverage = np.arange(1, len(order) + 1) / len(order)
     fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(coverage, kept_agreement)
+    ax.plot(coverage, kept_agreement, label="test split")
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle=":", label=f"target {target:.2f}")
+    if threshold is not None and len(conf):
+        at = float(np.mean(conf >= threshold))
+        ax.axvline(at, color="tab:red", linestyle="--", label=f"threshold {threshold:.3f} (validation)")
     ax.set_xlabel("coverage (share of requests answered by the student)")
     ax.set_ylabel("agreement with the teacher")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
     ax.set_title("Coverage vs agreement, by confidence")
+    return _save(fig, path)
+
+
+def reliability_plot(confidence: Sequence[float], agree: Sequence[float], path: Path, bins: int = 10) -> Path:
+    """Is a confidence of 0.9 right 9 times in 10? Bars on the diagonal mean the router can trust it."""
+    conf, agreement = np.asarray(confidence, dtype=float), np.asarray(agree, dtype=float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    centers, observed, counts = [], [], []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            centers.append((b + 0.5) / bins)
+            observed.append(agreement[mask].mean())
+            counts.append(int(mask.sum()))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.bar(centers, observed, width=0.9 / bins, alpha=0.8, label="agreement in bin")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for x, y, n in zip(centers, observed, counts, strict=True):
+        ax.text(x, min(y + 0.02, 1.0), str(n), ha="center", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("student confidence")
+    ax.set_ylabel("agreement with the teacher")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Reliability (test split; numbers are answers per bin)")
     return _save(fig, path)
 
 

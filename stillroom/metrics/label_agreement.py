@@ -1,9 +1,10 @@
 """Agreement of a student's labels with the teacher's: accuracy and macro-F1."""
 
 import evaluate
-from sklearn.metrics import accuracy_score, f1_score
+import numpy as np
 
 from stillroom.metrics import string_pairs_info
+from stillroom.metrics.scoring import aggregate, example_arrays
 
 _DESCRIPTION = "Accuracy and macro-averaged F1 of predicted labels against the teacher's labels."
 _KWARGS = """
@@ -21,8 +22,6 @@ class LabelAgreement(evaluate.Metric):
         return string_pairs_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references):
-        labels = sorted(set(references))
-        return {
-            "accuracy": float(accuracy_score(references, predictions)),
-            "macro_f1": float(f1_score(references, predictions, labels=labels, average="macro", zero_division=0)),
-        }
+        arrays = example_arrays("label", predictions, references)
+        out = aggregate("label", arrays, np.arange(len(predictions)))
+        return {"accuracy": out["accuracy"], "macro_f1": out.get("macro_f1", 0.0)}

@@ -13,7 +13,9 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from stillroom.metrics.text_agreement import normalize
+import numpy as np
+
+from stillroom.metrics.text_agreement import normalize, token_f1
 from stillroom.schema import OutputFormat
 
 _SPACE = re.compile(r"\s+")
@@ -59,7 +61,7 @@ def field_counts(prediction: str, reference: str) -> tuple[int, int, int]:
 def f1_from_counts(true_positive: float, false_positive: float, false_negative: float) -> float:
     if true_positive == 0:
         return 1.0 if false_positive == 0 and false_negative == 0 else 0.0
-    return 2 * true_positive / (2 * true_positive + false_positive + false_negative)
+    return float(2 * true_positive / (2 * true_positive + false_positive + false_negative))
 
 
 def json_exact(prediction: str, reference: str) -> bool:
@@ -105,3 +107,101 @@ def per_example_agreement(
 
 
 AGREEMENT_NAME = {"label": "accuracy", "json": "mean field F1", "short_text": "ROUGE-L", "long_text": "ROUGE-L"}
+
+
+# ------------------------------------------------------------------ metrics over a set of examples
+#
+# Each metric is computed from per-example arrays, so a bootstrap resample is an index array
+# and the point estimate is the same function over all indices.
+
+
+def schema_valid(text: str, schema: dict | None) -> bool:
+    """A JSON object that matches the task's schema (any object when the task has none)."""
+    import jsonschema
+
+    obj = parse_json(text)
+    if obj is None:
+        return False
+    if not schema:
+        return True
+    try:
+        jsonschema.validate(obj, schema)
+    except (jsonschema.ValidationError, jsonschema.SchemaError):
+        return False
+    return True
+
+
+def example_arrays(
+    output_format: OutputFormat, predictions: Sequence[str], references: Sequence[str], schema: dict | None = None
+) -> dict[str, np.ndarray]:
+    """Per-example numbers every metric of the format is built from."""
+    pairs = list(zip(predictions, references, strict=True))
+    arrays: dict[str, np.ndarray] = {
+        "agreement": np.array([example_agreement(output_format, p, r) for p, r in pairs], dtype=float)
+    }
+    if output_format == "label":
+        labels = sorted({r for _, r in pairs} | {p for p, _ in pairs})
+        index = {label: i for i, label in enumerate(labels)}
+        arrays["pred"] = np.array([index[p] for p, _ in pairs], dtype=int)
+        arrays["ref"] = np.array([index[r] for _, r in pairs], dtype=int)
+        arrays["labels"] = np.array(labels, dtype=object)
+    elif output_format == "json":
+        counts = np.array([field_counts(p, r) for p, r in pairs], dtype=float).reshape(-1, 3)
+        arrays["tp"], arrays["fp"], arrays["fn"] = counts[:, 0], counts[:, 1], counts[:, 2]
+        arrays["exact"] = np.array([json_exact(p, r) for p, r in pairs], dtype=float)
+        arrays["valid"] = np.array([schema_valid(p, schema) for p, _ in pairs], dtype=float)
+    else:
+        arrays["exact"] = np.array([normalize(p) == normalize(r) for p, r in pairs], dtype=float)
+        arrays["token_f1"] = np.array([token_f1(p, r) for p, r in pairs], dtype=float)
+    return arrays
+
+
+def _label_f1(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
+    true_positive = float(np.sum((pred == label) & (ref == label)))
+    return f1_from_counts(
+        true_positive, float(np.sum(pred == label)) - true_positive, float(np.sum(ref == label)) - true_positive
+    )
+
+
+def aggregate(output_format: OutputFormat, arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, float]:
+    """The format's metrics over the examples at `idx` (all of them, or a bootstrap resample)."""
+    if len(idx) == 0:
+        return {"agreement": 0.0}
+    out = {"agreement": float(arrays["agreement"][idx].mean())}
+    if output_format == "label":
+        pred, ref = arrays["pred"][idx], arrays["ref"][idx]
+        out["accuracy"] = out["agreement"]
+        present = np.unique(ref)  # macro-F1 over the teacher's labels, as sklearn does with labels=refs
+        out["macro_f1"] = float(np.mean([_label_f1(pred, ref, label) for label in present]))
+    elif output_format == "json":
+        out["field_f1_mean"] = out["agreement"]
+        out["field_f1"] = f1_from_counts(arrays["tp"][idx].sum(), arrays["fp"][idx].sum(), arrays["fn"][idx].sum())
+        out["exact_match"] = float(arrays["exact"][idx].mean())
+        out["schema_validity"] = float(arrays["valid"][idx].mean())
+    else:
+        out["rouge_l"] = out["agreement"]
+        out["exact_match"] = float(arrays["exact"][idx].mean())
+        out["token_f1"] = float(arrays["token_f1"][idx].mean())
+    return out
+
+
+def per_label_f1(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    pred, ref = arrays["pred"], arrays["ref"]
+    return {str(name): _label_f1(pred, ref, i) for i, name in enumerate(arrays["labels"]) if np.any(ref == i)}
+
+
+def with_intervals(
+    output_format: OutputFormat, arrays: dict[str, np.ndarray], resamples: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Every metric with its bootstrap 95% percentile interval, as `<name>`, `<name>_low`, `<name>_high`."""
+    n = len(arrays["agreement"])
+    point = aggregate(output_format, arrays, np.arange(n))
+    if n == 0:
+        return {**point, **{f"{k}_low": 0.0 for k in point}, **{f"{k}_high": 0.0 for k in point}}
+    rng = np.random.default_rng(seed)
+    draws = [aggregate(output_format, arrays, rng.integers(0, n, size=n)) for _ in range(resamples)]
+    out = dict(point)
+    for name in point:
+        low, high = np.percentile([draw[name] for draw in draws], [2.5, 97.5])
+        out[f"{name}_low"], out[f"{name}_high"] = float(low), float(high)
+    return out

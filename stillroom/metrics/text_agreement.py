@@ -1,20 +1,21 @@
-"""Agreement of a student's free text with the teacher's: exact match and token F1 (SQuAD-style)."""
+"""Agreement of a student's free text with the teacher's: exact match, token F1 (SQuAD-style) and ROUGE-L."""
 
 import re
 import string
 from collections import Counter
 
 import evaluate
+import numpy as np
 
 from stillroom.metrics import string_pairs_info
 
-_DESCRIPTION = "Exact match and token-level F1 of generated text against the teacher's text."
+_DESCRIPTION = "Exact match, token-level F1 and ROUGE-L F1 of generated text against the teacher's text."
 _KWARGS = """
 Args:
     predictions (list of str): the student's answers.
     references (list of str): the teacher's answers.
 Returns:
-    exact_match (float), token_f1 (float): means over examples, in [0, 1].
+    exact_match (float), token_f1 (float), rouge_l (float): means over examples, in [0, 1].
 """
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -40,9 +41,9 @@ class TextAgreement(evaluate.Metric):
         return string_pairs_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references):
-        pairs = list(zip(predictions, references, strict=True))
-        if not pairs:
-            return {"exact_match": 0.0, "token_f1": 0.0}
-        exact = sum(normalize(p) == normalize(r) for p, r in pairs) / len(pairs)
-        f1 = sum(token_f1(p, r) for p, r in pairs) / len(pairs)
-        return {"exact_match": float(exact), "token_f1": float(f1)}
+        from stillroom.metrics.scoring import aggregate, example_arrays
+
+        if not predictions:
+            return {"exact_match": 0.0, "token_f1": 0.0, "rouge_l": 0.0}
+        out = aggregate("long_text", example_arrays("long_text", predictions, references), np.arange(len(predictions)))
+        return {key: out[key] for key in ("exact_match", "token_f1", "rouge_l")}

@@ -1,0 +1,98 @@
+"""Measure what running a student costs, in a fresh process: cold load, latency, peak memory.
+
+A fresh process is the only honest place for these numbers: in the evaluating process
+the libraries are imported, the weights are in the page cache of this process's
+allocator, and its peak memory counts everything evaluation did before.
+
+    python -m stillroom.probe <student folder> <prompts.json> [--samples N] [--batch-size B]
+
+prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1e6
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def probe(model_dir: Path, prompts: list, samples: int, batch_size: int) -> dict:
+    from stillroom.schema import Message
+    from stillroom.students.base import load_student
+
+    chats = [[Message(**m) for m in prompt] for prompt in prompts]
+    # Import what loading needs first, so load_s is the model's load, not Python's imports.
+    import_started = time.perf_counter()
+    from stillroom.students import KINDS  # noqa: F401
+    from stillroom.students.base import read_manifest
+
+    kind = read_manifest(model_dir)["kind"]
+    if kind == "lm":
+        import transformers  # noqa: F401
+    else:
+        import sentence_transformers  # noqa: F401
+    imports_s = time.perf_counter() - import_started
+    rss_before = _rss_mb()
+
+    started = time.perf_counter()
+    student = load_student(model_dir)
+    load_s = time.perf_counter() - started
+    rss_loaded = _rss_mb()
+
+    student.predict([chats[0]])  # warm-up: first-call allocations are not a request's latency
+    single = []
+    for chat in (chats[1 : samples + 1] or chats)[:samples]:
+        started = time.perf_counter()
+        student.predict([chat])
+        single.append((time.perf_counter() - started) * 1000)
+    batch = (chats * (batch_size // len(chats) + 1))[:batch_size]
+    batched = []
+    for _ in range(3):
+        started = time.perf_counter()
+        student.predict(batch, batch_size=batch_size)
+        batched.append((time.perf_counter() - started) * 1000 / len(batch))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kilobytes on Linux
+    return {
+        "load_s": load_s,
+        "imports_s": imports_s,
+        "p50_ms": statistics.median(single),
+        "p95_ms": _percentile(single, 0.95),
+        "batch_size": len(batch),
+        "batched_ms_per_request": statistics.median(batched),
+        "memory_mb": rss_loaded - rss_before,
+        "peak_memory_mb": peak_mb,
+        "latency_samples": len(single),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("prompts", type=Path, help="JSON list of prompts, each a list of {role, content}")
+    parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args(argv)
+    prompts = json.loads(args.prompts.read_text())
+    if not prompts:
+        parser.error("no prompts to time")
+    print(json.dumps(probe(args.model_dir, prompts, args.samples, args.batch_size)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

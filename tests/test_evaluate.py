@@ -1,0 +1,125 @@
+"""Metrics by answer format, bootstrap intervals, and the routing threshold chosen on validation only."""
+
+import json
+
+import evaluate as hf_evaluate
+import numpy as np
+import pytest
+
+from stillroom import evaluate
+from stillroom.config import Layout, Params
+from stillroom.evaluate import NO_THRESHOLD, choose_threshold, expected_calibration_error, routing_on_test
+from stillroom.metrics import module_path, scoring
+from stillroom.schema import TaskCard, write_cards, write_jsonl
+from stillroom.train import train_task
+from tests.test_classifier_student import rows
+
+PEOPLE_SCHEMA = {
+    "type": "object",
+    "properties": {"people": {"type": "array", "items": {"type": "string"}}},
+    "required": ["people"],
+}
+
+
+def test_field_f1_counts_each_entity_and_ignores_case_and_spacing():
+    assert scoring.field_counts('{"people": ["ann  LEE", "Bob"]}', '{"people": ["Ann Lee"]}') == (1, 1, 0)
+    assert scoring.field_counts("not json", '{"people": ["Ann", "Bob"]}') == (0, 0, 2)
+    assert scoring.example_agreement("json", '{"people": []}', '{"people": []}') == 1.0
+    assert scoring.example_agreement("json", '{"people": ["Ann"]}', '{"people": []}') == 0.0
+    assert scoring.example_agreement("json", '{"people": ["Ann", "Bob"]}', '{"people": ["Ann"]}') == pytest.approx(
+        2 / 3
+    )
+
+
+def test_rouge_l_matches_the_reference_implementation():
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    pairs = [
+        ("the cat sat on the mat", "a cat was sitting on the mat"),
+        ("Profits rose 5%.", "profits fell"),
+        ("", "x"),
+    ]
+    for prediction, reference in pairs:
+        expected = scorer.score(reference, prediction)["rougeL"].fmeasure
+        assert scoring.rouge_l(prediction, reference) == pytest.approx(expected)
+
+
+def test_json_metrics_micro_f1_exact_match_and_schema_validity():
+    predictions = ['{"people": ["Ann"]}', '{"people": ["Bob", "Cy"]}', '{"people": "Dee"}', "oops"]
+    references = ['{"people": ["Ann"]}', '{"people": ["Bob"]}', '{"people": ["Dee"]}', '{"people": ["Eve"]}']
+    result = hf_evaluate.load(module_path("json_agreement")).compute(
+        predictions=predictions, references=references, schema=PEOPLE_SCHEMA
+    )
+    # tp: Ann, Bob, Dee (a string where a list was due still names Dee); fp: Cy; fn: Eve
+    assert result["field_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    assert result["exact_match"] == 0.5  # "Dee" vs ["Dee"] is not the same object
+    assert result["schema_validity"] == 0.5  # a string is not an array, and "oops" is not JSON
+    assert result["field_f1_mean"] == pytest.approx((1 + 2 / 3 + 1 + 0) / 4)
+
+
+def test_intervals_bracket_every_metric_and_narrow_with_more_data():
+    small = scoring.example_arrays("label", ["a"] * 9 + ["b"], ["a"] * 10)
+    large = scoring.example_arrays("label", ["a"] * 900 + ["b"] * 100, ["a"] * 1000)
+    for arrays in (small, large):
+        result = scoring.with_intervals("label", arrays, resamples=500)
+        for name in ("accuracy", "macro_f1", "agreement"):
+            assert result[f"{name}_low"] <= result[name] <= result[f"{name}_high"]
+    wide = scoring.with_intervals("label", small, resamples=500)
+    narrow = scoring.with_intervals("label", large, resamples=500)
+    assert narrow["accuracy_high"] - narrow["accuracy_low"] < (wide["accuracy_high"] - wide["accuracy_low"]) / 3
+    assert narrow["accuracy_low"] > 0.87 and narrow["accuracy_high"] < 0.93
+
+
+def test_threshold_keeps_the_longest_confident_prefix_that_meets_the_target():
+    confidence = [0.99, 0.95, 0.9, 0.8, 0.7, 0.6]
+    agreement = [1, 1, 1, 1, 0, 1]
+    assert choose_threshold(confidence, agreement, target=1.0) == 0.8
+    assert choose_threshold(confidence, agreement, target=0.8) == 0.6  # 5 of 6 agree
+    assert choose_threshold(confidence, [0] * 6, target=0.5) == NO_THRESHOLD
+    assert choose_threshold([], [], target=0.9) == NO_THRESHOLD
+    # Tied confidences are routed together: no cut between two answers of confidence 0.9.
+    assert choose_threshold([0.95, 0.9, 0.9], [1, 1, 0], target=1.0) == 0.95
+
+
+def test_routing_on_test_reports_coverage_and_whether_the_target_held():
+    result = routing_on_test([0.99, 0.9, 0.5, 0.4], [1, 0, 1, 0], threshold=0.9, target=0.99)
+    assert result == {"coverage": 0.5, "routed_agreement": 0.5, "routed_n": 2, "target_held": False}
+    assert routing_on_test([0.2], [1], threshold=NO_THRESHOLD, target=0.9)["coverage"] == 0.0
+
+
+def test_calibration_error_is_zero_when_confidence_matches_agreement():
+    assert expected_calibration_error([0.75] * 4, [1, 1, 1, 0]) == pytest.approx(0.0)
+    assert expected_calibration_error([0.95] * 4, [0, 0, 0, 0]) == pytest.approx(0.95)
+
+
+def test_threshold_is_chosen_without_the_test_split(tmp_path):
+    """Corrupting every test answer changes the test metrics but not the threshold or the validation numbers."""
+    layout = Layout(tmp_path)
+    params = Params.model_validate({"evaluate": {"latency_samples": 2, "baselines": [], "target_agreement": 0.9}})
+    card = TaskCard(id="task-news", name="news", count=36, output_type="label", labels=["business", "sport", "tech"])
+    write_cards(layout.cards, [card])
+    train, test = rows("train"), rows("test")
+    write_jsonl(layout.dataset(card.id, "train"), train)
+    write_jsonl(layout.dataset(card.id, "validation"), test[:9])
+    write_jsonl(layout.dataset(card.id, "test"), test)
+    train_task(card, train, test[:9], params.train, layout.model(card.id), progress=False)
+    first = evaluate.run(params, layout)["news"]
+
+    for row in test:
+        row.target = {"business": "sport", "sport": "tech", "tech": "business"}[row.target]
+    write_jsonl(layout.dataset(card.id, "test"), test)
+    second = evaluate.run(params, layout)["news"]
+    routing_keys = ("threshold", "threshold_n_validation", "threshold_n_kept", "validation_agreement")
+    assert {k: first[k] for k in routing_keys} == {k: second[k] for k in routing_keys}
+    assert first["threshold_n_validation"] == 9 and first["threshold_stable"] is False
+    assert first["accuracy"] > 0.8 and second["accuracy"] < 0.2
+    assert first["coverage"] > 0 and second["target_held"] is False
+
+    report = layout.report(card.id)
+    for plot in ("confusion.png", "reliability.png", "coverage.png"):
+        assert (report / plot).stat().st_size > 1000
+    detail = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
+    assert {d["routed_to"] for d in detail} <= {"student", "teacher"}
+    assert all(np.isfinite([first["p50_ms"], first["batched_ms_per_request"], first["peak_memory_mb"]]))
+    assert first["peak_memory_mb"] > first["memory_mb"] > 0
