@@ -42,6 +42,7 @@ class TaskDataset:
     off_label: int = 0
     teacher_failures: int = 0
     budget_exhausted: bool = False
+    validation_fraction: float = 0.0
 
     def summary(self) -> dict:
         return {
@@ -50,17 +51,36 @@ class TaskDataset:
             "off_label_answers": self.off_label,
             "teacher_failures": self.teacher_failures,
             "budget_exhausted": self.budget_exhausted,
+            "validation_fraction": round(self.validation_fraction, 4),
         }
 
 
-def split_of(input_text: str, params: SynthesizeParams) -> Split:
-    """Deterministic from the input alone: the same input always lands in the same split."""
+def split_of(input_text: str, params: SynthesizeParams, validation_fraction: float | None = None) -> Split:
+    """Deterministic from the input alone: the same input always lands in the same split.
+
+    The test range of the hash comes first and never moves; a wider validation split
+    only takes inputs that would otherwise have been training rows.
+    """
     bucket = int(hashlib.sha256(input_text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if validation_fraction is None:
+        validation_fraction = params.validation_fraction
     if bucket < params.test_fraction:
         return "test"
-    if bucket < params.test_fraction + params.validation_fraction:
+    if bucket < params.test_fraction + validation_fraction:
         return "validation"
     return "train"
+
+
+def widened_validation(n_inputs: int, params: SynthesizeParams) -> float:
+    """The validation fraction that yields about `min_validation_examples` rows, within the cap.
+
+    Routing thresholds are picked on the validation split; a few dozen rows make them jump.
+    """
+    if n_inputs == 0 or params.min_validation_examples == 0:
+        return params.validation_fraction
+    wanted = params.min_validation_examples / n_inputs
+    cap = min(params.max_validation_fraction, 1 - params.test_fraction - 0.05)
+    return max(params.validation_fraction, min(wanted, cap))
 
 
 def _label_lookup(card: TaskCard) -> Callable[[str], str | None]:
@@ -86,6 +106,7 @@ def build_task_dataset(
     unique = sorted(by_input.values(), key=lambda r: r.id)
     random.Random(params.seed).shuffle(unique)
     unique = unique[: params.max_examples]
+    dataset.validation_fraction = widened_validation(len(unique), params)
 
     to_label = _label_lookup(card) if card.output_type == "label" else None
     asked = 0
@@ -108,7 +129,7 @@ def build_task_dataset(
                 dataset.off_label += 1
                 continue
             target = label
-        split = split_of(record.user_text, params)
+        split = split_of(record.user_text, params, dataset.validation_fraction)
         dataset.rows[split].append(
             DatasetRow(
                 id=stable_id(card.id, record.user_text, prefix="row-"),
@@ -173,5 +194,6 @@ def synthesized_cards(layout: Layout) -> list[TaskCard]:
     return [card for card in read_cards(layout.cards) if (layout.datasets / card.id).is_dir()]
 
 
-def load_splits(layout: Layout, task_id: str) -> dict[Split, list[DatasetRow]]:
-    return {split: list(read_jsonl(layout.dataset(task_id, split), DatasetRow)) for split in SPLITS}
+def load_splits(layout: Layout, task_id: str, splits: Sequence[Split] = SPLITS) -> dict[Split, list[DatasetRow]]:
+    """Training and threshold code asks for ("train", "validation") only: it never opens the test file."""
+    return {split: list(read_jsonl(layout.dataset(task_id, split), DatasetRow)) for split in splits}

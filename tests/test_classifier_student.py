@@ -7,15 +7,30 @@ from stillroom.students.base import load_student
 from stillroom.students.classifier import EmbeddingClassifier
 
 TOPICS = {
-    "sport": ["The striker scored twice in the cup final", "Tennis champion wins at Wimbledon",
-              "The team lost the rugby match", "Olympic sprinter breaks world record",
-              "Goalkeeper saves penalty in derby", "Cricket side wins the test series"],
-    "tech": ["New smartphone chip doubles battery life", "Software update fixes security flaw",
-             "Startup launches cloud computing service", "Laptop sales rise as processors improve",
-             "Researchers build faster internet router", "App store adds new privacy controls"],
-    "business": ["Shares fall as profits slump at the bank", "Oil prices rise after supply cuts",
-                 "Retailer reports record quarterly sales", "Central bank raises interest rates",
-                 "Airline merger approved by regulators", "Company cuts jobs to reduce costs"],
+    "sport": [
+        "The striker scored twice in the cup final",
+        "Tennis champion wins at Wimbledon",
+        "The team lost the rugby match",
+        "Olympic sprinter breaks world record",
+        "Goalkeeper saves penalty in derby",
+        "Cricket side wins the test series",
+    ],
+    "tech": [
+        "New smartphone chip doubles battery life",
+        "Software update fixes security flaw",
+        "Startup launches cloud computing service",
+        "Laptop sales rise as processors improve",
+        "Researchers build faster internet router",
+        "App store adds new privacy controls",
+    ],
+    "business": [
+        "Shares fall as profits slump at the bank",
+        "Oil prices rise after supply cuts",
+        "Retailer reports record quarterly sales",
+        "Central bank raises interest rates",
+        "Airline merger approved by regulators",
+        "Company cuts jobs to reduce costs",
+    ],
 }
 
 
@@ -24,16 +39,19 @@ def rows(split="train"):
     for label, texts in TOPICS.items():
         for i, text in enumerate(texts):
             prompt = [Message(role="system", content="Topic?"), Message(role="user", content=text)]
-            out.append(DatasetRow(id=f"{label}{i}", task_id="t", split=split, prompt=prompt,
-                                  input_text=text, target=label))
+            out.append(
+                DatasetRow(id=f"{label}{i}", task_id="t", split=split, prompt=prompt, input_text=text, target=label)
+            )
     return out
 
 
 def test_classifier_learns_labels_and_round_trips(tmp_path):
     student, info = EmbeddingClassifier.train(rows(), ClassifierParams())
     assert info["n_train"] == 18 and info["labels"] == 3
-    unseen = [[Message(role="user", content="The midfielder signed for a new football club")],
-              [Message(role="user", content="Profits at the car maker dropped sharply")]]
+    unseen = [
+        [Message(role="user", content="The midfielder signed for a new football club")],
+        [Message(role="user", content="Profits at the car maker dropped sharply")],
+    ]
     predictions = student.predict(unseen)
     assert [p.text for p in predictions] == ["sport", "business"]
     assert all(1 / 3 < p.confidence <= 1 for p in predictions)
@@ -65,3 +83,58 @@ def test_one_label_is_not_a_classifier():
 def test_loading_a_folder_that_is_not_a_student_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a stillroom student"):
         load_student(tmp_path)
+
+
+UNSEEN = [
+    "The midfielder signed for a new football club",
+    "Profits at the car maker dropped sharply",
+    "A new tablet computer with a faster processor",
+]
+
+
+@pytest.mark.parametrize("features", ["tfidf", "hybrid"])
+def test_tfidf_and_hybrid_features_round_trip_without_pickle(tmp_path, features):
+    student, info = EmbeddingClassifier.train(rows(), ClassifierParams(features=[features], calibrate=False))
+    assert info["features"] == features
+    student.save(tmp_path / "s")
+    assert not list((tmp_path / "s").rglob("*.pkl"))
+    assert ((tmp_path / "s" / "encoder").exists()) == (features == "hybrid")
+    loaded = load_student(tmp_path / "s")
+    assert np.allclose(loaded.probabilities(UNSEEN), student.probabilities(UNSEEN), atol=1e-5)
+
+
+def test_the_candidate_with_the_best_validation_accuracy_is_kept():
+    train = rows()
+    # TF-IDF cannot place validation texts that share no word with training; embeddings can.
+    validation = [
+        DatasetRow(
+            id=f"v{i}",
+            task_id="t",
+            split="validation",
+            input_text=text,
+            target=label,
+            prompt=[Message(role="user", content=text)],
+        )
+        for i, (text, label) in enumerate(
+            [
+                ("Footballer transferred for millions", "sport"),
+                ("Chipmaker unveils quicker semiconductors", "tech"),
+                ("Lender's earnings dropped", "business"),
+            ]
+        )
+    ]
+    _, info = EmbeddingClassifier.train(train, ClassifierParams(features=["tfidf", "embedding"]), validation=validation)
+    assert info["validation_accuracy_embedding"] > info["validation_accuracy_tfidf"]
+    assert info["features"] == "embedding" and info["n_validation"] == 3
+
+
+def test_calibration_softens_an_overconfident_head():
+    """With noisy labels and a huge C, the raw head is near-certain where it is wrong; the temperature spreads it."""
+    train = rows()
+    for row, wrong in zip(train[::6], ["tech", "business", "sport"], strict=True):
+        row.target = wrong
+    raw, _ = EmbeddingClassifier.train(train, ClassifierParams(C=1e4, calibrate=False))
+    calibrated, info = EmbeddingClassifier.train(train, ClassifierParams(C=1e4, calibrate=True))
+    assert info["temperature"] > 1.0
+    assert calibrated.probabilities(UNSEEN).max(axis=1).mean() < raw.probabilities(UNSEEN).max(axis=1).mean()
+    assert (calibrated.probabilities(UNSEEN).argmax(1) == raw.probabilities(UNSEEN).argmax(1)).all()
