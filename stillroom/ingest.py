@@ -131,8 +131,18 @@ def parse_openai(obj: dict, source: str) -> LogRecord:
             input_tokens=int(usage.get("prompt_tokens") or 0),
             output_tokens=int(usage.get("completion_tokens") or 0),
         ),
+        latency_ms=_latency_ms(obj),
         source=source,
     )
+
+
+def _latency_ms(obj: dict) -> float | None:
+    """Call duration under the names loggers and proxies use; None when not logged."""
+    for key, scale in (("latency_ms", 1.0), ("duration_ms", 1.0), ("response_ms", 1.0), ("latency", 1000.0)):
+        value = obj.get(key)
+        if isinstance(value, int | float) and value >= 0:
+            return float(value) * scale
+    return None
 
 
 # Log shapes by name, each with a test for whether a parsed line is of that shape.

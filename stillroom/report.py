@@ -32,6 +32,11 @@ def summary_rows(layout: Layout) -> list[dict]:
                 "train": sizes.get("train"),
                 "test": metrics.get("n_test"),
                 "student": training.get(card.name, {}).get("kind"),
+                "rung": training.get(card.name, {}).get("rung"),
+                "coverage": metrics.get("coverage"),
+                "threshold": metrics.get("threshold"),
+                "baseline_tfidf_lr": metrics.get("baseline_tfidf_lr_agreement"),
+                "baseline_zero_shot": metrics.get("baseline_zero_shot_agreement"),
                 "agreement": metrics.get("agreement"),
                 "agreement_low": metrics.get("agreement_low"),
                 "agreement_high": metrics.get("agreement_high"),
@@ -49,7 +54,20 @@ def render_table(rows: list[dict]):
     from rich.table import Table
 
     table = Table(title="stillroom: students against their teacher (held-out test split)")
-    for column in ("task", "records", "train/test", "student", "agreement (95% CI)", "p50", "size", "model", "alias"):
+    columns = (
+        "task",
+        "records",
+        "train/test",
+        "rung",
+        "agreement (95% CI)",
+        "baselines tfidf / zero-shot",
+        "coverage",
+        "p50",
+        "size",
+        "model",
+        "alias",
+    )
+    for column in columns:
         table.add_column(column)
 
     def fmt(value, pattern: str) -> str:
@@ -64,8 +82,10 @@ def render_table(rows: list[dict]):
             row["task"],
             str(row["records"]),
             f"{row['train'] or '-'}/{row['test'] or '-'}",
-            row["student"] or "-",
+            row["rung"] or row["student"] or "-",
             interval,
+            f"{fmt(row['baseline_tfidf_lr'], '{:.3f}')} / {fmt(row['baseline_zero_shot'], '{:.3f}')}",
+            fmt(row["coverage"], "{:.0%}"),
             fmt(row["p50_ms"], "{:.1f} ms"),
             fmt(row["size_mb"], "{:.0f} MB"),
             row["model_uri"] or "-",

@@ -295,12 +295,25 @@ def _iso(when: datetime) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Simulated API wall time, the shape of published gpt-4o(-mini) measurements: a time to first
+# token that grows with the prompt, then a steady output rate; log-normal jitter. Synthetic:
+# the datasets carry no timings, and the teacher's latency in reports comes from these.
+TEACHER_SPEED = {"gpt-4o-mini": (350.0, 0.05, 12.0), "gpt-4o": (450.0, 0.08, 18.0)}  # ms, ms/in token, ms/out token
+
+
+def _latency_ms(model: str, prompt_tokens: int, completion_tokens: int, seed: str) -> float:
+    first_token, per_input, per_output = TEACHER_SPEED[model]
+    jitter = random.Random(seed).lognormvariate(0.0, 0.35)
+    return round((first_token + per_input * prompt_tokens + per_output * completion_tokens) * jitter, 1)
+
+
 def _log_line(call: _Call, completion_id: str) -> dict:
     prompt_tokens = sum(_tokens(m["content"]) + 4 for m in call.messages) + 3
     completion_tokens = _tokens(call.answer)
     fingerprint = "fp_" + hashlib.sha256(call.model.encode()).hexdigest()[:10]
     return {
         "timestamp": _iso(call.when),
+        "latency_ms": _latency_ms(call.model, prompt_tokens, completion_tokens, completion_id),
         "request": {"model": call.model, "messages": call.messages, **call.options},
         "response": {
             "id": completion_id,

@@ -47,6 +47,7 @@ class LogRecord(BaseModel):
     response_format: dict | None = None
     response_text: str = ""
     usage: Usage = Field(default_factory=Usage)
+    latency_ms: float | None = Field(None, description="wall time of the call, when the logger recorded it")
     source: str = Field("", description="file:line the record was read from")
 
     @property

@@ -91,3 +91,13 @@ def test_stage_writes_records_quarantine_and_metrics(tmp_path, make_log_line):
     quarantined = [json.loads(line) for line in layout.quarantine.read_text().splitlines()]
     assert quarantined[0]["raw"].startswith("{broken")
     assert json.loads(layout.stage_metrics("ingest").read_text())["quarantined"] == 1
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [("latency_ms", 812, 812.0), ("latency", 1.5, 1500.0)])
+def test_logged_call_latency_is_kept_for_the_teacher_report(make_log_line, field, value, expected):
+    line = json.loads(make_log_line("Label the email.", "Win a prize now", "spam"))
+    _, record = parse_line(json.dumps(line), "f:1")
+    assert record.latency_ms is None  # not logged: unknown, not zero
+    line[field] = value
+    _, record = parse_line(json.dumps(line), "f:1")
+    assert record.latency_ms == expected
