@@ -177,7 +177,7 @@ class EvaluateParams(_Section):
     )
     min_threshold_examples: int = Field(30, ge=1, description="fewer validation answers: say the threshold is unstable")
     baselines: list[Baseline] = Field(default_factory=lambda: ["tfidf_lr", "zero_shot"])
-    baseline_max_examples: int = Field(100, ge=1, description="test rows the zero-shot base model answers")
+    baseline_max_examples: int = Field(50, ge=1, description="test rows the zero-shot base model answers")
 
 
 class GateParams(_Section):

@@ -59,19 +59,23 @@ def directory_size_mb(directory: Path) -> float:
 
 
 def choose_threshold(confidence: Sequence[float], agreement: Sequence[float], target: float) -> float:
-    """The lowest confidence at which the answers kept (confidence >= it) still agree at `target` on average.
+    """The lowest confidence at which the answers kept (confidence >= it) agree at `target` on average.
 
     Answers are kept from the most confident down; the threshold is where the longest such
-    prefix that meets the target ends, which maximises the traffic the student serves.
+    prefix that meets the target ends, which maximises the traffic the student serves. The
+    kept answers' mean confidence must reach the target too: on a small validation set a
+    run of luck (80 right answers in a row) would otherwise open the gate to everything.
     """
     if len(confidence) == 0:
         return NO_THRESHOLD
     order = np.argsort(-np.asarray(confidence, dtype=float), kind="stable")
     conf = np.asarray(confidence, dtype=float)[order]
-    kept_agreement = np.cumsum(np.asarray(agreement, dtype=float)[order]) / np.arange(1, len(order) + 1)
+    kept = np.arange(1, len(order) + 1)
+    kept_agreement = np.cumsum(np.asarray(agreement, dtype=float)[order]) / kept
+    kept_confidence = np.cumsum(conf) / kept
     # Only cut between distinct confidences: equal confidences are routed alike.
     cut_ok = np.append(conf[1:] < conf[:-1], True)
-    good = np.flatnonzero((kept_agreement >= target) & cut_ok)
+    good = np.flatnonzero((kept_agreement >= target) & (kept_confidence >= target) & cut_ok)
     return float(conf[good[-1]]) if len(good) else NO_THRESHOLD
 
 

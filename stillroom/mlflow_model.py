@@ -1,7 +1,8 @@
 """A student as an MLflow pyfunc model, so `mlflow.pyfunc.load_model` serves any kind the same way.
 
 Input: a DataFrame with a `messages` column (the chat turns, as the teacher got them) or
-a `text` column (the user turn alone). Output: a DataFrame of `answer` and `confidence`.
+a `text` column (the user turn alone). Output: a DataFrame of `answer`, `confidence` and `valid`
+(the answer is in the label set, or JSON that matches the task's schema).
 """
 
 from __future__ import annotations
@@ -27,5 +28,9 @@ class StudentModel(mlflow.pyfunc.PythonModel):
             raise ValueError("input needs a 'messages' or a 'text' column")
         predictions = self.student.predict(prompts)
         return pd.DataFrame(
-            {"answer": [p.text for p in predictions], "confidence": [p.confidence for p in predictions]}
+            {
+                "answer": [p.text for p in predictions],
+                "confidence": [p.confidence for p in predictions],
+                "valid": [p.valid for p in predictions],
+            }
         )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -24,6 +23,17 @@ def _rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 1e6
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. Not getrusage: Linux carries ru_maxrss across exec,
+    so a child of a big evaluating process would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1e3  # kB
+    import resource  # not Linux: the best there is
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -42,10 +52,10 @@ def probe(model_dir: Path, prompts: list, samples: int, batch_size: int) -> dict
     from stillroom.students.base import read_manifest
 
     kind = read_manifest(model_dir)["kind"]
-    if kind == "lm":
-        import transformers  # noqa: F401
+    if kind == "lm":  # transformers imports lazily: name the classes to pay for them here
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: F401
     else:
-        import sentence_transformers  # noqa: F401
+        from sentence_transformers import SentenceTransformer  # noqa: F401
     imports_s = time.perf_counter() - import_started
     rss_before = _rss_mb()
 
@@ -66,7 +76,7 @@ def probe(model_dir: Path, prompts: list, samples: int, batch_size: int) -> dict
         started = time.perf_counter()
         student.predict(batch, batch_size=batch_size)
         batched.append((time.perf_counter() - started) * 1000 / len(batch))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kilobytes on Linux
+    peak_mb = _peak_rss_mb()
     return {
         "load_s": load_s,
         "imports_s": imports_s,

@@ -72,14 +72,20 @@ def test_intervals_bracket_every_metric_and_narrow_with_more_data():
 
 
 def test_threshold_keeps_the_longest_confident_prefix_that_meets_the_target():
-    confidence = [0.99, 0.95, 0.9, 0.8, 0.7, 0.6]
+    confidence = [0.99, 0.97, 0.95, 0.93, 0.7, 0.6]
     agreement = [1, 1, 1, 1, 0, 1]
-    assert choose_threshold(confidence, agreement, target=1.0) == 0.8
-    assert choose_threshold(confidence, agreement, target=0.8) == 0.6  # 5 of 6 agree
+    assert choose_threshold(confidence, agreement, target=0.9) == 0.93
+    assert choose_threshold(confidence, agreement, target=0.8) == 0.6  # 5 of 6 agree, mean confidence 0.857
     assert choose_threshold(confidence, [0] * 6, target=0.5) == NO_THRESHOLD
     assert choose_threshold([], [], target=0.9) == NO_THRESHOLD
-    # Tied confidences are routed together: no cut between two answers of confidence 0.9.
-    assert choose_threshold([0.95, 0.9, 0.9], [1, 1, 0], target=1.0) == 0.95
+    # Tied confidences are routed together: no cut between two answers of confidence 0.96.
+    assert choose_threshold([0.99, 0.96, 0.96], [1, 1, 0], target=0.95) == 0.99
+
+
+def test_a_lucky_run_of_unsure_answers_does_not_open_the_gate():
+    """Forty right answers at confidence 0.6 say more about luck than about a 99% student."""
+    assert choose_threshold([0.6] * 40, [1] * 40, target=0.99) == NO_THRESHOLD
+    assert choose_threshold([0.995] * 10 + [0.6] * 30, [1] * 40, target=0.99) == 0.995
 
 
 def test_routing_on_test_reports_coverage_and_whether_the_target_held():
