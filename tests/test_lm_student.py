@@ -27,7 +27,7 @@ from stillroom.config import LMParams
 from stillroom.schema import DatasetRow, Message
 from stillroom.students import lm as lm_module
 from stillroom.students.base import load_student, read_manifest
-from stillroom.students.lm import LMStudent
+from stillroom.students.lm import LMStudent, answer_constraints, ground_in_source
 
 SYSTEM = 'Extract the names of people mentioned in the tweet. Answer with JSON: {"people": [...]}'
 NAMES = [["Ann Lee"], ["Bob Stone", "Cy Young"], [], ["Dee Ray"]]
@@ -635,3 +635,23 @@ def test_distillation_refuses_a_teacher_with_another_tokenizer(
     assert str(teacher) in str(error.value)
     assert str(tiny_base) in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_answer_constraints_learn_the_shared_json_start_and_whether_values_are_copied():
+    rows = make_rows(NAMES)
+    assert answer_constraints(rows) == {"answer_prefix": '{"people":', "grounded": True}
+    invented = make_rows([["Zed Quill"], ["Bob Stone"], [], ["Dee Ray"]])
+    invented[0].target = json.dumps({"people": ["Somebody Else"]})
+    assert answer_constraints(invented)["grounded"] is False  # 1 of 3 values is not in its input
+    mixed = make_rows(NAMES)
+    mixed[0].target = json.dumps({"names": ["Ann Lee"]})
+    assert answer_constraints(mixed)["answer_prefix"] == ""  # no shared key: nothing to write ahead
+
+
+def test_grounding_snaps_extracted_values_to_the_input_and_drops_inventions():
+    source = "met -Larry Bird and LADY GAGA at the Joaquin Phoenix premiere"
+    answer = {"people": ["Larry Bird", "lady gaga", "J Joaquin Phoenix", "Nobody Known"], "count": 3}
+    assert ground_in_source(answer, source) == {
+        "people": ["-Larry Bird", "LADY GAGA", "Joaquin Phoenix"],
+        "count": 3,
+    }

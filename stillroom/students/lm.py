@@ -27,7 +27,7 @@ import torch
 from stillroom.base_lm import resolve_base_lm
 from stillroom.config import LMParams
 from stillroom.schema import DatasetRow, Message, Prediction
-from stillroom.students.base import Prompt, Student, read_manifest, write_manifest
+from stillroom.students.base import Prompt, Student, last_user_turn, read_manifest, write_manifest
 
 
 def _chat(messages: Sequence[Message]) -> list[dict[str, str]]:
@@ -83,6 +83,87 @@ def _schema_validator(schema: dict[str, Any]) -> Any:
     validator_class = validator_for(schema)
     validator_class.check_schema(schema)
     return validator_class(schema)
+
+
+def answer_constraints(rows: Sequence[DatasetRow], grounded_share: float = 0.98) -> dict[str, Any]:
+    """What every training answer of a JSON task has in common, so inference need not guess it.
+
+    `answer_prefix`: the answers' shared start up to the last ':' (e.g. `{"people":`); it is
+    written after the prompt instead of generated, saving a third of the decoding steps.
+    `grounded`: nearly every extracted string appears verbatim in the input, so the task is
+    extraction and answers are snapped back to the input's own spans (see ground_in_source).
+    """
+    targets = [row.target for row in rows]
+    prefix = _common_prefix(targets)
+    prefix = prefix[: prefix.rfind(":") + 1] if prefix.startswith("{") else ""
+    values = found = 0
+    for row in rows:
+        parsed = _json_object(row.target)
+        for value in _string_values(parsed) if parsed is not None else []:
+            values += 1
+            found += value in row.input_text
+    return {"answer_prefix": prefix, "grounded": bool(values) and found >= grounded_share * values}
+
+
+def _common_prefix(texts: Sequence[str]) -> str:
+    if not texts:
+        return ""
+    shortest, longest = min(texts), max(texts)  # the lexical extremes bound every other text's prefix
+    end = next((i for i, (a, b) in enumerate(zip(shortest, longest, strict=False)) if a != b), len(shortest))
+    return shortest[:end]
+
+
+def _json_object(text: str) -> dict | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _string_values(obj: dict) -> list[str]:
+    """Top-level string values and strings inside top-level lists: what an extraction task copies."""
+    out = []
+    for value in obj.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                out.append(item)
+    return out
+
+
+def ground_in_source(obj: dict, source: str) -> dict:
+    """Snap each extracted string to the input's own text; drop what the input does not contain.
+
+    A value is found as written, else ignoring case, else by the longest run of its words the
+    input contains ("J Joaquin Phoenix" -> "Joaquin Phoenix"); the span then grows left to the
+    start of its word, as the teacher copies whole words ("-Larry Bird" in "-Larry Bird said").
+    """
+    lowered = source.casefold()
+
+    def snap(value: str) -> str | None:
+        words = value.split()
+        for size in range(len(words), 0, -1):
+            for first in range(len(words) - size + 1):
+                piece = " ".join(words[first : first + size])
+                at = source.find(piece)
+                at = at if at >= 0 else lowered.find(piece.casefold())
+                if at >= 0:
+                    start = at
+                    while start > 0 and not source[start - 1].isspace():
+                        start -= 1
+                    return source[start : at + len(piece)]
+        return None
+
+    grounded: dict = {}
+    for key, value in obj.items():
+        if isinstance(value, list):
+            snapped = [snap(item) if isinstance(item, str) else item for item in value]
+            grounded[key] = [item for item in snapped if item is not None]
+        elif isinstance(value, str):
+            grounded[key] = snap(value) or value
+        else:
+            grounded[key] = value
+    return grounded
 
 
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -153,6 +234,10 @@ class LMStudent(Student):
         self.json_schema: dict[str, Any] | None = info.get("json_schema")
         self._validator = _schema_validator(self.json_schema) if self.json_schema is not None else None
         self._label_ids: list[list[int]] | None = None  # built on first use
+        # Learnt from the training answers (see `answer_constraints`): a constant start every answer
+        # shares, written instead of generated, and whether extracted values are copied from the input.
+        self.answer_prefix: str = info.get("answer_prefix") or ""
+        self.grounded: bool = bool(info.get("grounded"))
 
     @classmethod
     def train(
@@ -237,6 +322,7 @@ class LMStudent(Student):
             "n_train": len(rows),
             "labels": labels,
             "json_schema": json_schema,
+            **(answer_constraints(rows) if json_schema is not None else {}),
         }
         student = cls(model, tokenizer, info)
         with _progress_bars(progress):
@@ -301,13 +387,15 @@ class LMStudent(Student):
                 best = max(distribution, key=distribution.__getitem__)
                 predictions.append(Prediction(text=best, confidence=min(max(distribution[best], 0.0), 1.0)))
             return predictions
-        texts = [self._prompt_text(prompt) for prompt in prompts]
+        texts = [self._prompt_text(prompt) + self.answer_prefix for prompt in prompts]
+        inputs = [last_user_turn(prompt) for prompt in prompts]
         # Batches of similar length waste less compute on padding; answers go back in input order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         results: list[Prediction | None] = [None] * len(texts)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            for index, prediction in zip(chunk, self._generate([texts[i] for i in chunk]), strict=True):
+            generated = self._generate([texts[i] for i in chunk], [inputs[i] for i in chunk])
+            for index, prediction in zip(chunk, generated, strict=True):
                 results[index] = prediction
         return [prediction for prediction in results if prediction is not None]
 
@@ -349,7 +437,9 @@ class LMStudent(Student):
             distributions.append(dict(zip(self.labels, probabilities, strict=True)))
         return distributions
 
-    def json_prediction(self, tokens: Sequence[int], logprobs: Sequence[float] | torch.Tensor) -> Prediction:
+    def json_prediction(
+        self, tokens: Sequence[int], logprobs: Sequence[float] | torch.Tensor, source: str | None = None
+    ) -> Prediction:
         """Judge one generated answer against the schema: valid JSON gets its weakest field's confidence.
 
         Each token is mapped to the characters it adds to the decoded text; a field's confidence is the
@@ -359,7 +449,8 @@ class LMStudent(Student):
             raise ValueError("this student has no JSON schema")
         tokens = list(tokens)
         scores = torch.as_tensor(logprobs, dtype=torch.float32)[: len(tokens)]
-        raw = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        prefix = self.answer_prefix  # written, not generated: it has no token scores of its own
+        raw = prefix + self.tokenizer.decode(tokens, skip_special_tokens=True)
         text = raw.strip()
         try:
             parsed = json.loads(text)
@@ -371,9 +462,9 @@ class LMStudent(Student):
         ends, reached = [], 0
         for k in range(1, len(tokens) + 1):
             # Decoding prefixes (not single tokens) keeps multi-byte characters and merged spaces right.
-            reached = max(reached, len(self.tokenizer.decode(tokens[:k], skip_special_tokens=True)))
+            reached = max(reached, len(prefix) + len(self.tokenizer.decode(tokens[:k], skip_special_tokens=True)))
             ends.append(reached)
-        starts = [0, *ends[:-1]]
+        starts = [len(prefix), *ends[:-1]]
         confidences = []
         for start, end in json_field_spans(text).values():
             start, end = start + lead, end + lead
@@ -382,6 +473,8 @@ class LMStudent(Student):
                 confidences.append(float(torch.exp(scores[inside].mean())))
         if not confidences:  # `{}`: nothing to single out, so the answer as a whole
             confidences.append(float(torch.exp(scores.mean())) if len(tokens) else 0.0)
+        if self.grounded and source is not None:
+            text = json.dumps(ground_in_source(parsed, source), ensure_ascii=False)
         return Prediction(text=text, confidence=min(max(min(confidences), 0.0), 1.0))
 
     def _prompt_text(self, prompt: Prompt) -> str:
@@ -399,7 +492,7 @@ class LMStudent(Student):
                 raise ValueError("a label renders to no tokens")
         return self._label_ids
 
-    def _generate(self, texts: list[str]) -> list[Prediction]:
+    def _generate(self, texts: list[str], sources: Sequence[str] | None = None) -> list[Prediction]:
         from transformers import GenerationConfig
 
         self.tokenizer.padding_side = "left"  # generation continues from the last position of every row
@@ -417,14 +510,15 @@ class LMStudent(Student):
         answers = output.sequences[:, batch["input_ids"].shape[1] :]
         logprobs = self.model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
         predictions = []
-        for tokens, scores in zip(answers.tolist(), logprobs, strict=True):
+        sources = list(sources) if sources is not None else [None] * len(texts)
+        for tokens, scores, source in zip(answers.tolist(), logprobs, sources, strict=True):
             # Count tokens up to and including the first end-of-turn: deciding to stop is part of the answer,
             # the padding after it is not.
             length = next((i + 1 for i, token in enumerate(tokens) if token in eos_ids), len(tokens))
             if self._validator is not None:
-                predictions.append(self.json_prediction(tokens[:length], scores[:length]))
+                predictions.append(self.json_prediction(tokens[:length], scores[:length], source))
                 continue
-            text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True).strip()
+            text = (self.answer_prefix + self.tokenizer.decode(tokens[:length], skip_special_tokens=True)).strip()
             confidence = float(torch.exp(scores[:length].float().mean())) if length else 0.0
             predictions.append(Prediction(text=text, confidence=min(max(confidence, 0.0), 1.0)))
         return predictions
