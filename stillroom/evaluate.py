@@ -30,6 +30,7 @@ from stillroom.config import ClassifierParams, Layout, Params
 from stillroom.metrics.scoring import (
     AGREEMENT_NAME,
     example_arrays,
+    expected_calibration_error,
     per_example_agreement,
     per_label_f1,
     with_intervals,
@@ -115,18 +116,6 @@ def routing_on_test(confidence: Sequence[float], agreement: Sequence[float], thr
         "routed_n": int(keep.sum()),
         "target_held": bool(kept_agreement is not None and kept_agreement >= target),
     }
-
-
-def expected_calibration_error(confidence: Sequence[float], agreement: Sequence[float], bins: int = 10) -> float:
-    conf, agree = np.asarray(confidence, dtype=float), np.asarray(agreement, dtype=float)
-    which = np.minimum((conf * bins).astype(int), bins - 1)
-    return float(
-        sum(
-            abs(conf[which == b].mean() - agree[which == b].mean()) * np.mean(which == b)
-            for b in range(bins)
-            if np.any(which == b)
-        )
-    )
 
 
 # ------------------------------------------------------------------ cost of running it

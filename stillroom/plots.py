@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from stillroom.metrics.scoring import calibration_bins
+
 
 def confusion_matrix_plot(teacher: Sequence[str], student: Sequence[str], path: Path) -> Path:
     labels = sorted(set(teacher) | set(student))
@@ -63,15 +65,8 @@ def coverage_plot(
 
 def reliability_plot(confidence: Sequence[float], agree: Sequence[float], path: Path, bins: int = 10) -> Path:
     """Is a confidence of 0.9 right 9 times in 10? Bars on the diagonal mean the router can trust it."""
-    conf, agreement = np.asarray(confidence, dtype=float), np.asarray(agree, dtype=float)
-    which = np.minimum((conf * bins).astype(int), bins - 1)
-    centers, observed, counts = [], [], []
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            centers.append((b + 0.5) / bins)
-            observed.append(agreement[mask].mean())
-            counts.append(int(mask.sum()))
+    found = calibration_bins(confidence, agree, bins)
+    centers, observed, counts = [b[0] for b in found], [b[2] for b in found], [b[3] for b in found]
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.bar(centers, observed, width=0.9 / bins, alpha=0.8, label="agreement in bin")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")

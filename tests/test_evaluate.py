@@ -8,8 +8,9 @@ import pytest
 
 from stillroom import evaluate
 from stillroom.config import Layout, Params
-from stillroom.evaluate import NO_THRESHOLD, choose_threshold, expected_calibration_error, routing_on_test
+from stillroom.evaluate import NO_THRESHOLD, choose_threshold, routing_on_test
 from stillroom.metrics import module_path, scoring
+from stillroom.metrics.scoring import expected_calibration_error
 from stillroom.schema import TaskCard, write_cards, write_jsonl
 from stillroom.train import train_task
 from tests.test_classifier_student import rows

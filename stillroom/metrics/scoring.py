@@ -205,3 +205,23 @@ def with_intervals(
         low, high = np.percentile([draw[name] for draw in draws], [2.5, 97.5])
         out[f"{name}_low"], out[f"{name}_high"] = float(low), float(high)
     return out
+
+
+def calibration_bins(
+    confidence: Sequence[float], agreement: Sequence[float], bins: int = 10
+) -> list[tuple[float, float, float, int]]:
+    """(bin centre, mean confidence, mean agreement, answers) for each non-empty confidence bin."""
+    conf, agree = np.asarray(confidence, dtype=float), np.asarray(agreement, dtype=float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    out = []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            out.append(((b + 0.5) / bins, float(conf[mask].mean()), float(agree[mask].mean()), int(mask.sum())))
+    return out
+
+
+def expected_calibration_error(confidence: Sequence[float], agreement: Sequence[float], bins: int = 10) -> float:
+    """Mean gap between confidence and agreement over the bins, weighted by how many answers each holds."""
+    n = len(confidence)
+    return float(sum(abs(c - a) * k / n for _, c, a, k in calibration_bins(confidence, agreement, bins)))

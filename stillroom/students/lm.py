@@ -26,6 +26,7 @@ import torch
 
 from stillroom.base_lm import resolve_base_lm
 from stillroom.config import LMParams
+from stillroom.metrics.scoring import parse_json
 from stillroom.schema import DatasetRow, Message, Prediction
 from stillroom.students.base import Prompt, Student, last_user_turn, read_manifest, write_manifest
 
@@ -98,7 +99,7 @@ def answer_constraints(rows: Sequence[DatasetRow], grounded_share: float = 0.98)
     prefix = prefix[: prefix.rfind(":") + 1] if prefix.startswith("{") else ""
     values = found = 0
     for row in rows:
-        parsed = _json_object(row.target)
+        parsed = parse_json(row.target)
         for value in _string_values(parsed) if parsed is not None else []:
             values += 1
             found += value in row.input_text
@@ -111,14 +112,6 @@ def _common_prefix(texts: Sequence[str]) -> str:
     shortest, longest = min(texts), max(texts)  # the lexical extremes bound every other text's prefix
     end = next((i for i, (a, b) in enumerate(zip(shortest, longest, strict=False)) if a != b), len(shortest))
     return shortest[:end]
-
-
-def _json_object(text: str) -> dict | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _string_values(obj: dict) -> list[str]:
