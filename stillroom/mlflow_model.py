@@ -12,12 +12,14 @@ import pandas as pd
 
 from stillroom.schema import Message
 
+STUDENT_ARTIFACT = "student"  # the artifact that holds the student folder
+
 
 class StudentModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from stillroom.students.base import load_student
 
-        self.student = load_student(context.artifacts["student"])
+        self.student = load_student(context.artifacts[STUDENT_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if "messages" in model_input.columns:

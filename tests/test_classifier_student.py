@@ -5,6 +5,7 @@ from stillroom.config import ClassifierParams
 from stillroom.schema import DatasetRow, Message
 from stillroom.students.base import load_student
 from stillroom.students.classifier import EmbeddingClassifier
+from stillroom.students.classifier_train import save_classifier, train_classifier
 
 TOPICS = {
     "sport": [
@@ -46,7 +47,7 @@ def rows(split="train"):
 
 
 def test_classifier_learns_labels_and_round_trips(tmp_path):
-    student, info = EmbeddingClassifier.train(rows(), ClassifierParams())
+    student, info = train_classifier(rows(), ClassifierParams())
     assert info["n_train"] == 18 and info["labels"] == 3
     unseen = [
         [Message(role="user", content="The midfielder signed for a new football club")],
@@ -56,7 +57,7 @@ def test_classifier_learns_labels_and_round_trips(tmp_path):
     assert [p.text for p in predictions] == ["sport", "business"]
     assert all(1 / 3 < p.confidence <= 1 for p in predictions)
 
-    student.save(tmp_path / "s")
+    save_classifier(student, tmp_path / "s")
     loaded = load_student(tmp_path / "s")
     assert isinstance(loaded, EmbeddingClassifier)
     again = loaded.predict(unseen)
@@ -66,7 +67,7 @@ def test_classifier_learns_labels_and_round_trips(tmp_path):
 
 def test_binary_labels_give_proper_probabilities():
     two = [r for r in rows() if r.target != "tech"]
-    student, _ = EmbeddingClassifier.train(two, ClassifierParams())
+    student, _ = train_classifier(two, ClassifierParams())
     probs = student.probabilities(["Shares fall at the bank", "The striker scored"])
     assert probs.shape == (2, 2)
     assert np.allclose(probs.sum(axis=1), 1)
@@ -77,7 +78,7 @@ def test_binary_labels_give_proper_probabilities():
 def test_one_label_is_not_a_classifier():
     only_sport = [r for r in rows() if r.target == "sport"]
     with pytest.raises(ValueError, match="at least two labels"):
-        EmbeddingClassifier.train(only_sport, ClassifierParams())
+        train_classifier(only_sport, ClassifierParams())
 
 
 def test_loading_a_folder_that_is_not_a_student_fails_clearly(tmp_path):
@@ -94,9 +95,9 @@ UNSEEN = [
 
 @pytest.mark.parametrize("features", ["tfidf", "hybrid"])
 def test_tfidf_and_hybrid_features_round_trip_without_pickle(tmp_path, features):
-    student, info = EmbeddingClassifier.train(rows(), ClassifierParams(features=[features], calibrate=False))
+    student, info = train_classifier(rows(), ClassifierParams(features=[features], calibrate=False))
     assert info["features"] == features
-    student.save(tmp_path / "s")
+    save_classifier(student, tmp_path / "s")
     assert not list((tmp_path / "s").rglob("*.pkl"))
     assert ((tmp_path / "s" / "encoder").exists()) == (features == "hybrid")
     loaded = load_student(tmp_path / "s")
@@ -123,7 +124,7 @@ def test_the_candidate_with_the_best_validation_accuracy_is_kept():
             ]
         )
     ]
-    _, info = EmbeddingClassifier.train(train, ClassifierParams(features=["tfidf", "embedding"]), validation=validation)
+    _, info = train_classifier(train, ClassifierParams(features=["tfidf", "embedding"]), validation=validation)
     assert info["validation_accuracy_embedding"] > info["validation_accuracy_tfidf"]
     assert info["features"] == "embedding" and info["n_validation"] == 3
 
@@ -133,8 +134,8 @@ def test_calibration_softens_an_overconfident_head():
     train = rows()
     for row, wrong in zip(train[::6], ["tech", "business", "sport"], strict=True):
         row.target = wrong
-    raw, _ = EmbeddingClassifier.train(train, ClassifierParams(C=1e4, calibrate=False))
-    calibrated, info = EmbeddingClassifier.train(train, ClassifierParams(C=1e4, calibrate=True))
+    raw, _ = train_classifier(train, ClassifierParams(C=1e4, calibrate=False))
+    calibrated, info = train_classifier(train, ClassifierParams(C=1e4, calibrate=True))
     assert info["temperature"] > 1.0
     assert calibrated.probabilities(UNSEEN).max(axis=1).mean() < raw.probabilities(UNSEEN).max(axis=1).mean()
     assert (calibrated.probabilities(UNSEEN).argmax(1) == raw.probabilities(UNSEEN).argmax(1)).all()

@@ -27,7 +27,9 @@ from stillroom.config import LMParams
 from stillroom.schema import DatasetRow, Message
 from stillroom.students import lm as lm_module
 from stillroom.students.base import load_student, read_manifest
-from stillroom.students.lm import LMStudent, answer_constraints, ground_in_source
+from stillroom.students.json_answers import ground_in_source
+from stillroom.students.lm import LMStudent
+from stillroom.students.lm_train import answer_constraints, save_lm, train_lm
 
 SYSTEM = 'Extract the names of people mentioned in the tweet. Answer with JSON: {"people": [...]}'
 NAMES = [["Ann Lee"], ["Bob Stone", "Cy Young"], [], ["Dee Ray"]]
@@ -120,7 +122,7 @@ def memorised(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
         base_model=str(tiny_base), lora=False, learning_rate=5e-3, batch_size=4, max_steps=60, max_new_tokens=16
     )
     out_dir = tmp_path_factory.mktemp("memorised")
-    student, stats = LMStudent.train(rows, rows[:2], params, out_dir, seed=0, progress=False)
+    student, stats = train_lm(rows, rows[:2], params, out_dir, seed=0, progress=False)
     return student, stats, out_dir
 
 
@@ -241,7 +243,7 @@ def test_manifest_names_the_kind(memorised: tuple[LMStudent, dict, Path], tiny_b
 
 def test_save_load_round_trip_predicts_the_same(memorised: tuple[LMStudent, dict, Path], tmp_path: Path) -> None:
     student, _, _ = memorised
-    student.save(tmp_path)
+    save_lm(student, tmp_path)
     loaded = LMStudent.load(tmp_path)
     prompts = [row.prompt for row in make_rows(NAMES)] + [[Message(role="user", content="Tweet: who?")]]
     before, after = student.predict(prompts), loaded.predict(prompts)
@@ -266,7 +268,7 @@ def test_lora_is_merged_into_a_plain_model(memorised: tuple[LMStudent, dict, Pat
         max_train_examples=3,
         max_new_tokens=16,
     )
-    _, stats = LMStudent.train(rows, [], params, tmp_path, seed=0, progress=False)
+    _, stats = train_lm(rows, [], params, tmp_path, seed=0, progress=False)
     assert stats["n_train"] == 3
     assert stats["eval_loss"] is None
     assert stats["final_loss"] < 0.8 * stats["first_loss"]
@@ -346,7 +348,7 @@ def label_student(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         base_model=str(tiny_base), lora=False, learning_rate=1e-2, batch_size=5, max_steps=60, max_new_tokens=8
     )
     out_dir = tmp_path_factory.mktemp("labels")
-    student, stats = LMStudent.train(rows, [], params, out_dir, seed=0, progress=False, labels=LABELS)
+    student, stats = train_lm(rows, [], params, out_dir, seed=0, progress=False, labels=LABELS)
     return student, stats, out_dir
 
 
@@ -539,7 +541,7 @@ def test_distillation_trains_with_lora_and_records_the_rung(
         max_steps=6,
         max_new_tokens=16,
     )
-    _, stats = LMStudent.train(rows, rows[:2], params, tmp_path, progress=False, json_schema=PEOPLE_SCHEMA)
+    _, stats = train_lm(rows, rows[:2], params, tmp_path, progress=False, json_schema=PEOPLE_SCHEMA)
     assert stats["rung"] == "distill"
     assert stats["teacher_model"] == str(wide_teacher)
     assert stats["distill_alpha"] == 0.5
@@ -563,8 +565,8 @@ def test_distillation_loss_mixes_teacher_divergence_and_answer_cross_entropy(
     """The trainer's loss on one row, recomputed by hand from both models' full logits."""
     from transformers import AutoModelForCausalLM
 
+    from stillroom.students.chat import eos_token_ids, load_tokenizer, prompt_answer_ids
     from stillroom.students.distill import distillation_trainer, load_teacher
-    from stillroom.students.lm import _load_tokenizer, eos_token_ids, prompt_answer_ids
 
     _, _, teacher_dir = memorised  # sure of the answers, so far from the random student
     alpha, temperature = 0.3, 2.0
@@ -576,7 +578,7 @@ def test_distillation_loss_mixes_teacher_divergence_and_answer_cross_entropy(
         lora=False,
         max_length=256,
     )
-    tokenizer = _load_tokenizer(str(tiny_base))
+    tokenizer = load_tokenizer(str(tiny_base))
     student = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
     teacher = load_teacher(str(teacher_dir), tokenizer, str(tiny_base))
     row = make_rows(NAMES)[1]
@@ -616,7 +618,7 @@ def test_distillation_from_teacher_logits_alone_teaches_the_answers(
         max_steps=60,
         max_new_tokens=16,
     )
-    student, stats = LMStudent.train(rows, [], params, tmp_path, seed=0, progress=False)
+    student, stats = train_lm(rows, [], params, tmp_path, seed=0, progress=False)
     assert stats["final_loss"] < stats["first_loss"] / 4
     assert [p.text for p in student.predict([row.prompt for row in rows])] == [row.target for row in rows]
 
@@ -631,7 +633,7 @@ def test_distillation_refuses_a_teacher_with_another_tokenizer(
     teacher = save_tiny_llama(tokenizer, tmp_path / "teacher")
     params = LMParams(base_model=str(tiny_base), teacher_model=str(teacher), max_steps=1)
     with pytest.raises(ValueError, match="different tokenizers") as error:
-        LMStudent.train(make_rows(NAMES), [], params, tmp_path / "out", progress=False)
+        train_lm(make_rows(NAMES), [], params, tmp_path / "out", progress=False)
     assert str(teacher) in str(error.value)
     assert str(tiny_base) in str(error.value)
     assert not (tmp_path / "out").exists()

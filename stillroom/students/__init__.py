@@ -1,11 +1,9 @@
-"""Students by kind. Imported lazily: the LM student pulls in transformers and TRL."""
+"""Students by kind, at inference. Imported lazily: the LM student pulls in torch and transformers.
 
-from stillroom.students.base import Student, load_student
+Each kind has an inference module (named in `base.KINDS`: load and answer) and a training module beside it
+(`<kind>_train`: fit and write the folder); the inference side never imports the training side.
+"""
 
-# kind -> "module:Class"; the kind is what a student folder's manifest names.
-KINDS = {
-    "classifier": "stillroom.students.classifier:EmbeddingClassifier",
-    "lm": "stillroom.students.lm:LMStudent",
-}
+from stillroom.students.base import KINDS, Student, load_student
 
 __all__ = ["KINDS", "Student", "load_student"]

@@ -1,7 +1,8 @@
-"""What every student is: something that answers a task's prompts with a confidence, and saves to a folder.
+"""What every student is: something that answers a task's prompts with a confidence, loaded from a folder.
 
 The folder holds a `student.json` manifest naming the kind, so evaluation, MLflow and
-serving load any student the same way without knowing how it was trained.
+serving load any student the same way without knowing how it was trained. Writing a folder
+is the training side's job (`lm_train.save_lm`, `classifier_train.save_classifier`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from typing import ClassVar
 from stillroom.schema import Message, Prediction
 
 MANIFEST = "student.json"
+# kind -> "module:Class" of its inference side; the kind is what a student folder's manifest names.
+KINDS = {
+    "classifier": "stillroom.students.classifier:EmbeddingClassifier",
+    "lm": "stillroom.students.lm:LMStudent",
+}
 
 Prompt = Sequence[Message]
 
@@ -26,10 +32,6 @@ class Student(ABC):
     @abstractmethod
     def predict(self, prompts: Sequence[Prompt], batch_size: int = 16) -> list[Prediction]:
         """Answer each prompt (system prompt and turns, as the teacher saw them)."""
-
-    @abstractmethod
-    def save(self, directory: Path) -> None:
-        """Write everything needed to answer without the training data or the hub."""
 
     @classmethod
     @abstractmethod
@@ -57,8 +59,6 @@ def read_manifest(directory: Path) -> dict:
 
 def load_student(directory: Path | str) -> Student:
     """Load whichever kind of student the folder holds."""
-    from stillroom.students import KINDS
-
     directory = Path(directory)
     kind = read_manifest(directory)["kind"]
     if kind not in KINDS:

@@ -27,7 +27,8 @@ from trl import DistillationConfig, DistillationTrainer
 from stillroom.base_lm import resolve_base_lm
 from stillroom.config import LMParams
 from stillroom.schema import DatasetRow
-from stillroom.students.lm import _chat, eos_token_ids, lora_config, prompt_answer_ids, training_args
+from stillroom.students.chat import chat, eos_token_ids, prompt_answer_ids
+from stillroom.students.lm_args import lora_config, training_args
 
 
 def load_teacher(name: str, student_tokenizer: Any, student_name: str) -> Any:
@@ -53,11 +54,11 @@ def distillation_dataset(rows: Sequence[DatasetRow], tokenizer: Any, eos_ids: Se
 
     records = []
     for row in rows:
-        chat = _chat(row.prompt)
-        prompt_ids, answer_ids = prompt_answer_ids(tokenizer, chat, row.target, eos_ids)
+        turns = chat(row.prompt)
+        prompt_ids, answer_ids = prompt_answer_ids(tokenizer, turns, row.target, eos_ids)
         answer_ids = answer_ids[: max(0, max_length - len(prompt_ids))]
         if answer_ids:
-            records.append({"prompt": chat, "prompt_ids": prompt_ids, "completion_ids": answer_ids})
+            records.append({"prompt": turns, "prompt_ids": prompt_ids, "completion_ids": answer_ids})
     if not records:
         raise ValueError(f"no row keeps any answer token within max_length={max_length}; raise lm.max_length")
     return Dataset.from_list(records)

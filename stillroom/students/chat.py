@@ -1,0 +1,69 @@
+"""What training and inference of the LM student must do identically: render a prompt, load the tokenizer,
+find where an answer ends, read the label set and the JSON schema.
+
+Both `lm_train` (what is learnt) and `lm` (what answers) import this, so an answer is always
+decoded from exactly the prompt format and tokens it was trained on. No training packages here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from stillroom.schema import Message
+
+
+def chat(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """The turns as the chat template (and TRL) takes them."""
+    return [{"role": message.role, "content": message.content} for message in messages]
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ValueError(f"{path}: the tokenizer has no chat template; the LM student needs an instruct model")
+    return tokenizer
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a turn: the tokenizer's eos and whatever the model's generation config adds."""
+    configured = model.generation_config.eos_token_id
+    ids = configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})
+
+
+def prompt_answer_ids(
+    tokenizer: Any, chat: list[dict[str, str]], answer: str, eos_ids: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """The prompt's tokens and the answer's, in the chat template, the answer ending at its end-of-turn token.
+
+    Split on the rendered text, as TRL does, so the answer tokens are exactly the ones trained on.
+    """
+    prompt_text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template([*chat, {"role": "assistant", "content": answer}], tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise ValueError("the chat template renders the prompt differently once an answer follows it")
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+    end = next((i + 1 for i, token in enumerate(answer_ids) if token in eos_ids), len(answer_ids))
+    return prompt_ids, answer_ids[:end]
+
+
+def clean_labels(labels: Sequence[str] | None) -> list[str] | None:
+    """Distinct labels in their given order; None when there is no label set."""
+    if not labels:
+        return None
+    return list(dict.fromkeys(labels))
+
+
+def schema_validator(schema: dict[str, Any]) -> Any:
+    """A validator for the schema's own draft; a malformed schema fails here, not on the first answer."""
+    from jsonschema.validators import validator_for
+
+    validator_class = validator_for(schema)
+    validator_class.check_schema(schema)
+    return validator_class(schema)

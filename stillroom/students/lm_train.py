@@ -1,0 +1,224 @@
+"""Training the LM student: SFT of a small causal LM on the teacher's answers, or the distill rung.
+
+Trained with TRL on prompt/completion pairs in the model's own chat template (see `chat`), so the
+loss falls on the answer only and inference sees exactly the prompt format it was trained on.
+LoRA keeps training cheap on a CPU; the adapter is merged back before saving so a student
+is a plain transformers folder that `lm.LMStudent.load` reads in a second, with no PEFT.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PrinterCallback, set_seed
+from trl import SFTConfig, SFTTrainer
+
+from stillroom.answers import parse_json_object as parse_json
+from stillroom.base_lm import resolve_base_lm
+from stillroom.config import LMParams
+from stillroom.schema import DatasetRow
+from stillroom.students.base import write_manifest
+from stillroom.students.chat import chat, clean_labels, load_tokenizer, schema_validator
+from stillroom.students.distill import distillation_trainer, load_teacher
+from stillroom.students.lm import LMStudent
+from stillroom.students.lm_args import lora_config, training_args
+
+
+def train_lm(
+    train: list[DatasetRow],
+    validation: list[DatasetRow],
+    params: LMParams,
+    out_dir: Path,
+    seed: int = 0,
+    progress: bool = True,
+    labels: list[str] | None = None,
+    json_schema: dict[str, Any] | None = None,
+) -> tuple[LMStudent, dict[str, Any]]:
+    """Fine-tune the base model on the rows' targets, save the merged student to `out_dir`.
+
+    With `params.teacher_model` set this is the distill rung: the loss also pulls the student's
+    next-token distribution towards the teacher's. `labels` and `json_schema` are kept in the
+    manifest and decide how the student answers (see `LMStudent.predict`).
+    """
+    if not train:
+        raise ValueError("the LM student needs at least one training row")
+    labels = clean_labels(labels)
+    if json_schema is not None:
+        schema_validator(json_schema)  # a bad schema fails before an hour of training, not after
+    set_seed(seed)
+    rows = list(train)
+    if len(rows) > params.max_train_examples:
+        rows = random.Random(seed).sample(rows, params.max_train_examples)
+    rung = "distill" if params.teacher_model else "lm"
+
+    base_path = resolve_base_lm(params.base_model)
+    with _progress_bars(progress), tempfile.TemporaryDirectory(prefix="stillroom-lm-") as scratch:
+        tokenizer = load_tokenizer(base_path)
+        if params.teacher_model:
+            teacher = load_teacher(params.teacher_model, tokenizer, params.base_model)  # checked before loading
+            model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+            trainer = distillation_trainer(model, teacher, tokenizer, rows, validation, params, scratch, seed, progress)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+            trainer = SFTTrainer(
+                model=model,
+                args=_sft_config(params, scratch, seed, progress, evaluate=bool(validation)),
+                train_dataset=_sft_dataset(rows),
+                eval_dataset=_sft_dataset(validation) if validation else None,
+                processing_class=tokenizer,
+                peft_config=lora_config(params) if params.lora else None,
+            )
+        if not progress:
+            trainer.remove_callback(PrinterCallback)  # with tqdm off, the trainer prints every log line
+        started = time.perf_counter()
+        result = trainer.train()
+        train_seconds = time.perf_counter() - started
+        curve, eval_curve = _curves(trainer.state.log_history)
+        eval_loss = None
+        if validation:
+            # The epoch-end evaluation usually already scored the final weights; only re-run it if not.
+            if eval_curve and eval_curve[-1]["step"] == result.global_step:
+                eval_loss = eval_curve[-1]["eval_loss"]
+            else:
+                eval_loss = trainer.evaluate()["eval_loss"]
+
+    model = trainer.model
+    if params.lora:
+        model = model.merge_and_unload()
+    info = {
+        "base_model": params.base_model,
+        "rung": rung,
+        "teacher_model": params.teacher_model,
+        "max_new_tokens": params.max_new_tokens,
+        "max_length": params.max_length,
+        "lora": params.lora,
+        "lora_r": params.lora_r if params.lora else None,
+        "lora_alpha": params.lora_alpha if params.lora else None,
+        "seed": seed,
+        "n_train": len(rows),
+        "labels": labels,
+        "json_schema": json_schema,
+        **(answer_constraints(rows) if json_schema is not None else {}),
+    }
+    student = LMStudent(model, tokenizer, info)
+    with _progress_bars(progress):
+        save_lm(student, out_dir)
+    stats: dict[str, Any] = {
+        "rung": rung,
+        "train_seconds": round(train_seconds, 2),
+        "train_loss": result.training_loss,
+        "first_loss": curve[0]["loss"] if curve else None,
+        "final_loss": curve[-1]["loss"] if curve else None,
+        "eval_loss": eval_loss,
+        "steps": result.global_step,
+        "epochs": trainer.state.epoch,
+        "n_train": len(rows),
+        "n_validation": len(validation),
+        "base_model": params.base_model,
+        "teacher_model": params.teacher_model,
+        "curve": curve,
+        "eval_curve": eval_curve,
+    }
+    if rung == "distill":
+        stats["distill_alpha"] = params.distill_alpha
+        stats["distill_temperature"] = params.distill_temperature
+    return student, stats
+
+
+def save_lm(student: LMStudent, directory: Path) -> None:
+    """Write the student folder: the merged model, its tokenizer and the manifest `LMStudent.load` reads."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    student.model.save_pretrained(directory)
+    student.tokenizer.save_pretrained(directory)
+    write_manifest(directory, student.kind, **student.info)
+
+
+def answer_constraints(rows: Sequence[DatasetRow], grounded_share: float = 0.98) -> dict[str, Any]:
+    """What every training answer of a JSON task has in common, so inference need not guess it.
+
+    `answer_prefix`: the answers' shared start up to the last ':' (e.g. `{"people":`); it is
+    written after the prompt instead of generated, saving a third of the decoding steps.
+    `grounded`: nearly every extracted string appears verbatim in the input, so the task is
+    extraction and answers are snapped back to the input's own spans (see `json_answers.ground_in_source`).
+    """
+    targets = [row.target for row in rows]
+    prefix = _common_prefix(targets)
+    prefix = prefix[: prefix.rfind(":") + 1] if prefix.startswith("{") else ""
+    values = found = 0
+    for row in rows:
+        parsed = parse_json(row.target)
+        for value in _string_values(parsed) if parsed is not None else []:
+            values += 1
+            found += value in row.input_text
+    return {"answer_prefix": prefix, "grounded": bool(values) and found >= grounded_share * values}
+
+
+def _common_prefix(texts: Sequence[str]) -> str:
+    if not texts:
+        return ""
+    shortest, longest = min(texts), max(texts)  # the lexical extremes bound every other text's prefix
+    end = next((i for i, (a, b) in enumerate(zip(shortest, longest, strict=False)) if a != b), len(shortest))
+    return shortest[:end]
+
+
+def _string_values(obj: dict) -> list[str]:
+    """Top-level string values and strings inside top-level lists: what an extraction task copies."""
+    out = []
+    for value in obj.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                out.append(item)
+    return out
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Silence the datasets and transformers bars (dataset preparation, weight loading) when asked to."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    was_datasets = not datasets.utils.are_progress_bars_disabled()
+    was_transformers = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        datasets.utils.disable_progress_bars()
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_datasets:
+            datasets.utils.enable_progress_bars()
+        if was_transformers:
+            hf_logging.enable_progress_bar()
+
+
+def _curves(log_history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training loss and validation loss by optimizer step, for MLflow step metrics."""
+    curve = [{"step": int(e["step"]), "loss": float(e["loss"])} for e in log_history if "loss" in e]
+    by_step = {int(e["step"]): float(e["eval_loss"]) for e in log_history if "eval_loss" in e}  # last one per step
+    return curve, [{"step": step, "eval_loss": loss} for step, loss in sorted(by_step.items())]
+
+
+def _sft_config(params: LMParams, output_dir: str, seed: int, progress: bool, evaluate: bool) -> SFTConfig:
+    return SFTConfig(
+        **training_args(params, output_dir, seed, progress, evaluate),
+        max_length=params.max_length,
+        completion_only_loss=True,
+        train_sampling_strategy="group_by_length",  # batches of similar length: less padding to compute
+    )
+
+
+def _sft_dataset(rows: Sequence[DatasetRow]) -> Any:
+    """Conversational prompt/completion pairs: TRL then masks the prompt out of the loss."""
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [{"prompt": chat(row.prompt), "completion": [{"role": "assistant", "content": row.target}]} for row in rows]
+    )
