@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sklearn.metrics import adjusted_rand_score
 
 from stillroom.config import DetectParams
-from stillroom.detect import Detection, detect_tasks
+from stillroom.detect.detection import Detection
+from stillroom.detect.pipeline import detect_tasks
 from stillroom.embeddings import load_embedder
 from stillroom.samples import _bbc_articles, _chat_turns, _wnut_tweets
 from stillroom.schema import LogRecord, Message, Usage

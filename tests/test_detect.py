@@ -9,21 +9,17 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from stillroom.config import DetectParams, Layout, Params, SampleParams
-from stillroom.detect import Detection, detect_tasks, is_generic_prompt, normalize_label, run
+from stillroom.answers import normalize_label
+from stillroom.config import DetectParams, Params, SampleParams
+from stillroom.data import Layout, read_assignments, read_cards, write_assignments, write_cards, write_jsonl
+from stillroom.detect import run
+from stillroom.detect.detection import Detection
+from stillroom.detect.fingerprints import is_generic_prompt
+from stillroom.detect.pipeline import detect_tasks
 from stillroom.embeddings import embed
 from stillroom.ingest import ingest
 from stillroom.samples import build_sample_logs
-from stillroom.schema import (
-    LogRecord,
-    Message,
-    Usage,
-    read_assignments,
-    read_cards,
-    write_assignments,
-    write_cards,
-    write_jsonl,
-)
+from stillroom.schema import LogRecord, Message, Usage
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
 PARAMS = DetectParams()

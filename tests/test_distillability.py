@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stillroom.config import DistillParams
-from stillroom.distillability import WEIGHTS, assess, break_even_days
+from stillroom.detect.distillability import WEIGHTS, assess, break_even_days
 from stillroom.schema import TaskCard
 
 PARAMS = DistillParams()

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from stillroom.config import DetectParams, Price
+from stillroom.detect.cards import AnswerShape, build_card, infer_json_schema, price_of
 from stillroom.schema import LogRecord, Message, Usage
-from stillroom.task_cards import AnswerShape, build_card, infer_json_schema, price_of
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
 PARAMS = DetectParams()

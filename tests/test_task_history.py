@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from stillroom.detect import Detection
+from stillroom.detect.detection import Detection
+from stillroom.detect.history import append_history, reconcile
 from stillroom.schema import TaskCard
-from stillroom.task_history import append_history, reconcile
 
 
 def cards(*ids: str) -> list[TaskCard]:

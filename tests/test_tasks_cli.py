@@ -7,9 +7,10 @@ import json
 from typer.testing import CliRunner
 
 from stillroom.cli import app
-from stillroom.config import DistillParams, Layout
-from stillroom.distillability import assess
-from stillroom.schema import Example, TaskCard, write_cards
+from stillroom.config import DistillParams
+from stillroom.data import Layout, write_cards
+from stillroom.detect.distillability import assess
+from stillroom.schema import Example, TaskCard
 
 runner = CliRunner()
 

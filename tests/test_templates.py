@@ -7,7 +7,7 @@ from importlib.resources import files
 
 import pytest
 
-from stillroom.templates import candidates, mask, mine
+from stillroom.detect.templates import candidates, mask, mine
 
 
 def test_mask_folds_what_varies_between_calls_of_one_template():

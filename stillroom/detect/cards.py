@@ -7,15 +7,14 @@ stages read to build one, so every number on it comes from the logged calls them
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 
 import numpy as np
 
+from stillroom.answers import DAYS_PER_MONTH, estimate_tokens, normalize_label, parse_json
 from stillroom.config import DetectParams, Price
 from stillroom.schema import DetectedBy, Example, LogRecord, OutputFormat, OutputType, TaskCard
 
@@ -32,23 +31,6 @@ _MIN_LABEL_OVERLAP = 0.5
 _MAX_LENGTH_RATIO = 3.0
 _EXAMPLES = 5
 _EXAMPLE_CHARS = 200
-_CHARS_PER_TOKEN = 4  # when a log has no usage numbers
-_DAYS_PER_MONTH = 30
-
-
-def normalize_label(text: str) -> str:
-    """One spelling per answer, so "Sport", "sport." and " sport" count as the same label
-    here, in the dataset and in evaluation."""
-    return " ".join(text.split()).casefold().rstrip(".").rstrip()
-
-
-@lru_cache(maxsize=65536)
-def parse_json(text: str) -> object | None:
-    """The answer as JSON, or None; cached because detect looks at each answer several times."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -168,10 +150,10 @@ def price_of(model: str, prices: dict[str, Price]) -> tuple[str, Price]:
 def _tokens(record: LogRecord) -> tuple[int, int]:
     """Billed tokens, estimated from characters when the log has no usage."""
     usage = record.usage
-    prompt_chars = sum(len(m.content) for m in record.prompt())
+    prompt_text = "".join(m.content for m in record.prompt())
     return (
-        usage.input_tokens or math.ceil(prompt_chars / _CHARS_PER_TOKEN),
-        usage.output_tokens or math.ceil(len(record.response_text) / _CHARS_PER_TOKEN),
+        usage.input_tokens or estimate_tokens(prompt_text),
+        usage.output_tokens or estimate_tokens(record.response_text),
     )
 
 
@@ -299,7 +281,7 @@ def build_card(
     last_seen: datetime | None = max(stamps, default=None)
     span_days = max(1.0, (last_seen - first_seen).total_seconds() / 86400) if first_seen and last_seen else 1.0
     tokens = [_tokens(r) for r in records]
-    user_tokens = [math.ceil(len(r.user_text) / _CHARS_PER_TOKEN) for r in records]
+    user_tokens = [estimate_tokens(r.user_text) for r in records]
     cost, used = 0.0, {}
     for record, (tokens_in, tokens_out) in zip(records, tokens, strict=True):
         entry, price = price_of(record.model, params.prices)
@@ -333,7 +315,7 @@ def build_card(
         output_tokens_p95=_percentile([t[1] for t in tokens], 95),
         user_tokens_p50=_percentile(user_tokens, 50),
         user_tokens_p95=_percentile(user_tokens, 95),
-        monthly_spend_usd=round(cost / span_days * _DAYS_PER_MONTH, 4),
+        monthly_spend_usd=round(cost / span_days * DAYS_PER_MONTH, 4),
         prices=dict(sorted(used.items())),
         representative=_representative(records, shape),
         edge_cases=_edge_cases(records, shape, consistency),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from stillroom.answers import DAYS_PER_MONTH
 from stillroom.config import DistillParams
 from stillroom.schema import Distillability, TaskCard
 
@@ -87,7 +88,7 @@ def _consistency(card: TaskCard, params: DistillParams) -> tuple[float, str, str
 
 def break_even_days(card: TaskCard, params: DistillParams) -> float | None:
     """Days of the task's current spend that pay for training its student; None if it costs nothing."""
-    daily = card.monthly_spend_usd / 30
+    daily = card.monthly_spend_usd / DAYS_PER_MONTH
     return params.training_cost_usd[card.output_type] / daily if daily > 0 else None
 
 

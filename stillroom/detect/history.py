@@ -13,12 +13,10 @@ import json
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from stillroom.schema import TaskCard, write_json
-
-if TYPE_CHECKING:
-    from stillroom.detect import Detection
+from stillroom.data import write_json
+from stillroom.detect.detection import Detection
+from stillroom.schema import TaskCard
 
 # A task whose calls went this share or more to another task is said to have gone there.
 _PART = 0.2

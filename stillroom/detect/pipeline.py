@@ -13,37 +13,34 @@ unassigned: a student for a one-off prompt would be wasted work.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import DBSCAN
 
-from stillroom.config import DetectParams, Layout, Params
-from stillroom.distillability import assess
-from stillroom.embeddings import embed
-from stillroom.schema import (
-    DetectedBy,
-    LogRecord,
-    TaskCard,
+from stillroom.config import DetectParams, Params
+from stillroom.data import (
+    Layout,
     read_assignments,
     read_cards,
-    read_jsonl,
-    stable_id,
+    read_records,
     write_assignments,
     write_cards,
     write_json,
 )
-from stillroom.task_cards import AnswerShape, build_card, normalize_label
-from stillroom.task_history import append_history, reconcile
-from stillroom.templates import mine
-
-__all__ = ["Detection", "detect_tasks", "is_generic_prompt", "normalize_label", "run"]
+from stillroom.detect.cards import AnswerShape, build_card
+from stillroom.detect.detection import Detection
+from stillroom.detect.distillability import assess
+from stillroom.detect.fingerprints import canonical_format, is_generic_prompt, structure_key
+from stillroom.detect.history import append_history, reconcile
+from stillroom.detect.matcher import build_index, write_index
+from stillroom.detect.templates import mine
+from stillroom.embeddings import embed
+from stillroom.schema import DetectedBy, LogRecord, TaskCard, stable_id
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 
@@ -54,17 +51,6 @@ _MAX_EMBED_CHARS = 1000
 _CORE_NEIGHBOURS = 3
 _NAME_WORDS = 3
 _TEMPLATES_ON_CARD = 5
-
-# Sentences that set a tone but name no task: a prompt made only of these is generic.
-_GENERIC_SENTENCE = re.compile(
-    r"(you are|you're|act as) (an? |the )?"
-    r"((very|helpful|friendly|useful|smart|kind|honest|harmless|polite|respectful|knowledgeable|intelligent"
-    r"|concise|general-purpose|virtual|personal|large|language|ai|and) ){0,6}"
-    r"(assistant|chatbot|bot|ai|model)( trained by [\w ]+)?"
-    r"|you are chatgpt( a large language model trained by openai)?"
-    r"|(knowledge cutoff|current date)\b.*"
-    r"|(please )?(be|answer|respond|reply)( as)? (helpful|concise|concisely|brief|briefly|polite)( as possible)?"
-)
 
 
 def _wordset(words: str) -> frozenset[str]:
@@ -86,31 +72,6 @@ _STOPWORDS = _wordset(
     "nothing else single word words lowercase uppercase if not no yes do does than then them they their "
     "will would should must can could may might read json format"
 )
-
-
-def _fold(text: str) -> str:
-    """Whitespace, case and digits folded: dates, counters and ids inside a prompt
-    template must not split one task into many."""
-    return re.sub(r"\d+", "0", " ".join(text.split()).casefold())
-
-
-def _canonical_format(response_format: dict | None) -> str:
-    if not response_format or response_format == {"type": "text"}:
-        return ""
-    return json.dumps(response_format, sort_keys=True, separators=(",", ":"))
-
-
-@lru_cache(maxsize=4096)
-def is_generic_prompt(system_prompt: str) -> bool:
-    """A prompt that could front any request ("You are a helpful assistant.") says nothing
-    about the task, so it must not make unrelated calls one group."""
-    sentences = (s.strip(" ,;:-'\"") for s in re.split(r"[.!?\n]+", _fold(system_prompt)))
-    return all(_GENERIC_SENTENCE.fullmatch(re.sub(r"[,;]", "", s)) for s in sentences if s)
-
-
-@lru_cache(maxsize=4096)
-def _structure_key(system_prompt: str, response_format: str) -> tuple[str, ...]:
-    return ("structure", _fold(system_prompt), response_format)
 
 
 def _cohesion(vectors: np.ndarray, weights: np.ndarray) -> float:
@@ -143,39 +104,8 @@ def _main_prompt(records: Sequence[LogRecord]) -> str:
 
 def _structure_group(records: list[LogRecord], params: DetectParams) -> _Group:
     first = records[0]
-    key = _structure_key(first.system_prompt, _canonical_format(first.response_format))
+    key = structure_key(first.system_prompt, canonical_format(first.response_format))
     return _Group(records, "structure", key, _main_prompt(records), AnswerShape.of(records, params))
-
-
-@dataclass
-class Detection:
-    """Task cards plus where every record went, so later stages and metrics agree."""
-
-    cards: list[TaskCard]
-    assignments: dict[str, str | None]
-    passes: dict[str, int] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-
-    def summary(self) -> dict:
-        assigned = sum(task is not None for task in self.assignments.values())
-        return {
-            "records": len(self.assignments),
-            "tasks": len(self.cards),
-            "assigned": assigned,
-            "unassigned": len(self.assignments) - assigned,
-            "passes": dict(self.passes),
-            "decisions": dict(Counter(c.distillability.decision for c in self.cards if c.distillability)),
-            "by_task": {
-                c.name: {
-                    "count": c.count,
-                    "output_type": c.output_type,
-                    "output_format": c.output_format,
-                    "decision": c.distillability.decision if c.distillability else None,
-                }
-                for c in self.cards
-            },
-            "history": self.history,
-        }
 
 
 def _structure_groups(records: Sequence[LogRecord], params: DetectParams) -> tuple[list[_Group], list[LogRecord]]:
@@ -187,7 +117,7 @@ def _structure_groups(records: Sequence[LogRecord], params: DetectParams) -> tup
         if is_generic_prompt(record.system_prompt):
             pool.append(record)
         else:
-            key = _structure_key(record.system_prompt, _canonical_format(record.response_format))
+            key = structure_key(record.system_prompt, canonical_format(record.response_format))
             by_key.setdefault(key, []).append(record)
     return [_structure_group(rs, params) for rs in by_key.values()], pool
 
@@ -277,7 +207,7 @@ def _cluster_pool(pool: Sequence[LogRecord], params: DetectParams, embed_fn: Emb
     mined templates. A call with no template shared by another call is a one-off."""
     partitions: dict[str, list[LogRecord]] = {}
     for record in pool:
-        partitions.setdefault(_canonical_format(record.response_format), []).append(record)
+        partitions.setdefault(canonical_format(record.response_format), []).append(record)
     found = []
     for response_format, records in partitions.items():
         templates = mine([r.user_text for r in records])
@@ -451,19 +381,24 @@ def detect_tasks(
 
 
 def run(params: Params, layout: Layout) -> dict:
-    """The detect stage: data/records.jsonl -> data/tasks/{cards.json,assignments.jsonl,history.json}.
+    """The detect stage: data/records.jsonl -> data/tasks/{cards.json,assignments.jsonl,history.json,index.json}.
 
     Cards from an earlier run, when present, let a task keep its id through a re-cluster
-    and record merges and splits (see stillroom.task_history)."""
+    and record merges and splits (see history.py). The index is what the request matcher loads."""
     started = time.perf_counter()
-    records = list(read_jsonl(layout.records, LogRecord))
-    detection = detect_tasks(records, params.detect)
+    records = read_records(layout)
+    embed_fn = _memoized(lambda texts: embed(texts, params.detect.embedder))
+    detection = detect_tasks(records, params.detect, embed_fn)
     if layout.cards.exists() and layout.assignments.exists():
         detection = reconcile(detection, read_cards(layout.cards), read_assignments(layout.assignments))
         stamps = [r.timestamp for r in records if r.timestamp is not None]
         append_history(layout.tasks_dir / "history.json", detection.history, str(max(stamps, default="")) or None)
     write_cards(layout.cards, detection.cards)
     write_assignments(layout.assignments, detection.assignments)
+    index = build_index(
+        records, detection.assignments, detection.cards, embed_fn, params.detect.cluster_similarity
+    )
+    write_index(layout.task_index, index)
     summary = detection.summary() | {"seconds": round(time.perf_counter() - started, 2)}
     write_json(layout.stage_metrics("detect"), summary)
     return summary
