@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stillroom import detect, evaluate, ingest, synthesize, train  # noqa: E402
-from stillroom.config import Layout, load_params  # noqa: E402
+from stillroom.config import load_params  # noqa: E402
+from stillroom.data import Layout  # noqa: E402
 from stillroom.samples import build_sample_logs  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "students.json"

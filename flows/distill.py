@@ -1,4 +1,4 @@
-"""The `distill` flow: logs in, registered students out. Each stage is a Prefect task.
+"""The `distill` flow: logs in, registered students out. Each stage of the registry is a Prefect task.
 
 Run it directly (`python flows/distill.py` or `stillroom run`), or as a deployment
 (`prefect deployment run 'distill/stillroom-local'`, see prefect.yaml).
@@ -11,23 +11,21 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from stillroom.config import Layout, load_params
+from stillroom.config import load_params
+from stillroom.data import Layout
 from stillroom.report import summary_rows
-from tasks.detect import detect
-from tasks.evaluate import evaluate
-from tasks.ingest import ingest
-from tasks.register import register
-from tasks.synthesize import synthesize
-from tasks.train import train
-from tasks.version import version
+from stillroom.stages import flow_stages
+from tasks import stage_task
 
 ROOT = Path(__file__).resolve().parent.parent
+# The numbers worth a log line, when a stage's summary has them.
+_HEADLINE_KEYS = ("records", "quarantined", "tasks", "assigned", "dvc")
 
 
 # log_prints stays off: it patches print(), which breaks libraries that capture stdout (dill in datasets).
 @flow(name="distill")
 def distill(root: str = str(ROOT), params_file: str = "params.yaml", force: bool = False) -> list[dict]:
-    """Ingest, detect, synthesize, train, evaluate, register; then version the outputs in DVC.
+    """Every stage of stillroom/stages.py in order (ingest .. register, then version the outputs in DVC).
 
     Stages that dvc.lock shows up to date are skipped unless `force`.
     """
@@ -36,15 +34,10 @@ def distill(root: str = str(ROOT), params_file: str = "params.yaml", force: bool
     params = load_params(layout.resolve(params_file))
     # dvc.lock speaks for params.yaml only: with another parameters file, nothing counts as up to date.
     force = force or layout.resolve(params_file) != layout.root / "params.yaml"
-    found = ingest(params, layout, force)
-    logger.info("ingested %s records (%s quarantined)", found.get("records"), found.get("quarantined"))
-    tasks = detect(params, layout, force)
-    logger.info("detected %s tasks", tasks.get("tasks"))
-    synthesize(params, layout, force)
-    train(params, layout, force)
-    evaluate(params, layout, force)
-    register(params, layout, force)
-    version(params, layout)
+    for stage in flow_stages():
+        summary = stage_task(stage)(params, layout, force)
+        headline = {k: summary[k] for k in _HEADLINE_KEYS if isinstance(summary, dict) and k in summary}
+        logger.info("%s done %s", stage.name, headline or "")
     rows = summary_rows(layout)
     create_table_artifact(key="stillroom-summary", table=rows, description="students against their teacher")
     return rows

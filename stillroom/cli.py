@@ -16,7 +16,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from stillroom.config import Layout, Params, load_params
+from stillroom.config import Params, load_params
+from stillroom.data import Layout
+from stillroom.stages import Stage, all_stages, dvc_yaml
 
 app = typer.Typer(
     help="Distil the repetitive calls you send to cloud LLMs into small local students.",
@@ -67,31 +69,51 @@ def _fails_cleanly(func: Callable) -> Callable:
     return wrapper
 
 
-def _stage_command(name: str, module: str, doc: str) -> None:
+def _stage_command(stage: Stage) -> None:
+    """`stillroom <stage>`: run one stage on its own, as `dvc repro` or the flow would."""
+
     @_fails_cleanly
     def command(
         root: RootOpt = Path("."), params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False
     ) -> None:
-        import importlib
-
         params, layout = _setup(root, params_file)
-        summary = importlib.import_module(module).run(params, layout)
-        _print(summary, as_json)
+        _print(stage.function()(params, layout), as_json)
 
-    command.__doc__ = doc
-    app.command(name)(command)
+    command.__doc__ = stage.help
+    app.command(stage.command_name)(command)
 
 
-for _name, _module, _doc in [
-    ("ingest", "stillroom.ingest", "Read LLM call logs into data/records.jsonl; bad lines go to quarantine."),
-    ("detect", "stillroom.detect", "Find repeated tasks in the records; write task cards to data/tasks/."),
-    ("synthesize", "stillroom.synthesize", "Build train/validation/test sets per task from the teacher's answers."),
-    ("train", "stillroom.train", "Train one student per task into data/models/."),
-    ("evaluate", "stillroom.evaluate", "Score each student against the teacher on the held-out test split."),
-    ("register", "stillroom.register", "Log and register students in MLflow; champion only past the gate."),
-    ("version", "stillroom.versioning", "Record all stage outputs in DVC (dvc commit), as after `dvc repro`."),
-]:
-    _stage_command(_name, _module, _doc)
+for _stage in all_stages():
+    if _stage.cli:
+        _stage_command(_stage)
+
+
+@app.command("stages")
+@_fails_cleanly
+def stages_command(
+    root: RootOpt = Path("."),
+    write_dvc: Annotated[bool, typer.Option("--write-dvc", help="Regenerate dvc.yaml from the registry.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the pipeline stages (the registry in stillroom/stages.py) in the order the flow runs them."""
+    if write_dvc:
+        (Path(root) / "dvc.yaml").write_text(dvc_yaml())
+    rows = [
+        {"stage": s.name, "flow": s.in_flow, "dvc": s.in_dvc, "params": list(s.params), "help": s.help}
+        for s in all_stages()
+    ]
+    if as_json:
+        _print(rows, True)
+        return
+    from rich.table import Table
+
+    table = Table(title="stillroom stages (stillroom/stages.py)")
+    for column in ("stage", "flow", "dvc", "params", "does"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["stage"], "yes" if row["flow"] else "-", "yes" if row["dvc"] else "-",
+                      ", ".join(row["params"]) or "-", row["help"])
+    out.print(table)
 
 
 @app.command("sample-logs")
@@ -176,7 +198,7 @@ def tasks_list(ctx: typer.Context, root: RootOpt = Path("."), as_json: JsonOpt =
         return
     from rich.table import Table
 
-    from stillroom.schema import read_cards
+    from stillroom.data import read_cards
 
     cards = read_cards(Layout(root).cards)
     if as_json:
@@ -213,7 +235,7 @@ def tasks_show(
     from rich.table import Table
     from rich.text import Text
 
-    from stillroom.schema import read_cards
+    from stillroom.data import read_cards
 
     cards = [c for c in read_cards(Layout(root).cards) if task in (c.id, c.name)]
     if not cards:

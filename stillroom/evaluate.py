@@ -26,7 +26,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stillroom.config import ClassifierParams, Layout, Params
+from stillroom.answers import DAYS_PER_MONTH
+from stillroom.config import ClassifierParams, Params
+from stillroom.data import (
+    Layout,
+    load_splits,
+    read_assignments,
+    read_jsonl,
+    synthesized_cards,
+    write_json,
+    write_jsonl,
+)
 from stillroom.metrics.scoring import (
     AGREEMENT_NAME,
     example_arrays,
@@ -36,18 +46,8 @@ from stillroom.metrics.scoring import (
     with_intervals,
 )
 from stillroom.plots import confusion_matrix_plot, coverage_plot, reliability_plot
-from stillroom.schema import (
-    DatasetRow,
-    LogRecord,
-    Prediction,
-    TaskCard,
-    read_assignments,
-    read_jsonl,
-    write_json,
-    write_jsonl,
-)
+from stillroom.schema import DatasetRow, LogRecord, Prediction, TaskCard
 from stillroom.students.base import Student, load_student
-from stillroom.synthesize import load_splits, synthesized_cards
 
 NO_THRESHOLD = 1.01  # above every confidence: everything goes to the teacher
 
@@ -137,7 +137,7 @@ def measure_performance(model_dir: Path, rows: Sequence[DatasetRow], samples: in
 def teacher_costs(card: TaskCard, records: Sequence[LogRecord]) -> dict:
     """What the teacher costs per call, from the logged calls of this task."""
     latencies = sorted(r.latency_ms for r in records if r.latency_ms is not None)
-    calls_per_month = card.calls_per_day * 30
+    calls_per_month = card.calls_per_day * DAYS_PER_MONTH
     out: dict[str, float | int | None] = {
         "teacher_calls_timed": len(latencies),
         "teacher_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
@@ -157,7 +157,7 @@ def baseline_predictions(
     if name == "tfidf_lr":
         if card.output_type != "label":
             return None
-        from stillroom.students.classifier import EmbeddingClassifier
+        from stillroom.students.classifier_train import train_classifier
 
         settings = ClassifierParams(
             features=["tfidf"],
@@ -165,7 +165,7 @@ def baseline_predictions(
             C=params.train.classifier.C,
             max_train_examples=params.train.classifier.max_train_examples,
         )
-        model, _ = EmbeddingClassifier.train(train, settings, seed=params.train.seed)
+        model, _ = train_classifier(train, settings, seed=params.train.seed)
         return model.predict([row.prompt for row in rows])
     from stillroom.students.lm import LMStudent
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stillroom.config import Layout, Params
-from stillroom.schema import LogRecord, Message, Usage, stable_id, write_json, write_jsonl
+from stillroom.config import Params
+from stillroom.data import Layout, write_json, write_jsonl
+from stillroom.schema import LogRecord, Message, Usage, stable_id
 
 
 class BadRecord(ValueError):

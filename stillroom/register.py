@@ -15,7 +15,6 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -24,40 +23,18 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from stillroom.config import Layout, Params
+from stillroom.config import Params
+from stillroom.data import Layout, load_splits, synthesized_cards, write_json
 from stillroom.metrics.scoring import AGREEMENT_NAME, per_example_agreement
 from stillroom.mlflow_model import StudentModel
-from stillroom.schema import DatasetRow, TaskCard, write_json
+from stillroom.requirements import inference_requirements
+from stillroom.schema import DatasetRow, TaskCard
 from stillroom.students.base import load_student
-from stillroom.synthesize import load_splits, synthesized_cards
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 STUDENT_ARTIFACT = "student"  # the pyfunc artifact holding the student folder (see mlflow_model.py)
 PACKAGE_DIR = Path(__file__).parent
-
-# What a loaded student needs; the versions are the ones this run used.
-RUNTIME_PACKAGES = [
-    "torch",
-    "transformers",
-    "sentence-transformers",
-    "scikit-learn",
-    "numpy",
-    "pandas",
-    "pydantic",
-    "safetensors",
-    "mlflow",
-]
-
-
-def pip_requirements() -> list[str]:
-    pins = []
-    for package in RUNTIME_PACKAGES:
-        try:
-            pins.append(f"{package}=={metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            pins.append(package)
-    return pins
 
 
 def tracking_uri(params: Params, layout: Layout) -> str:
@@ -279,7 +256,7 @@ def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id:
             python_model=StudentModel(),
             artifacts={STUDENT_ARTIFACT: str(layout.model(card.id))},
             code_paths=[str(PACKAGE_DIR)],
-            pip_requirements=pip_requirements(),
+            pip_requirements=inference_requirements(layout.model(card.id)),  # what its inference imports
             registered_model_name=name,
         )
     version = str(info.registered_model_version)

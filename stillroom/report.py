@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from stillroom.config import Layout
-from stillroom.schema import read_cards
+from stillroom.data import Layout, read_cards
 
 
 def _read(path) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import math
 import random
 import re
 from collections import Counter
@@ -24,7 +23,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TypeVar
 
-from stillroom.config import SampleParams
+from stillroom.answers import estimate_tokens
+from stillroom.config import Params, SampleParams
+from stillroom.data import Layout
 
 T = TypeVar("T")
 
@@ -287,10 +288,6 @@ def _completion_id(*parts: object) -> str:
     return "chatcmpl-" + "".join(chars)
 
 
-def _tokens(text: str) -> int:
-    return max(1, math.ceil(len(text) / 4))
-
-
 def _iso(when: datetime) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -308,8 +305,8 @@ def _latency_ms(model: str, prompt_tokens: int, completion_tokens: int, seed: st
 
 
 def _log_line(call: _Call, completion_id: str) -> dict:
-    prompt_tokens = sum(_tokens(m["content"]) + 4 for m in call.messages) + 3
-    completion_tokens = _tokens(call.answer)
+    prompt_tokens = sum(estimate_tokens(m["content"]) + 4 for m in call.messages) + 3
+    completion_tokens = estimate_tokens(call.answer)
     fingerprint = "fp_" + hashlib.sha256(call.model.encode()).hexdigest()[:10]
     return {
         "timestamp": _iso(call.when),
@@ -430,3 +427,8 @@ def build_sample_logs(params: SampleParams, out_dir: Path) -> dict:
             "multi_turn": sum(sum(m["role"] == "user" for m in c.messages) > 1 for c in oneoff),
         },
     }
+
+
+def run(params: Params, layout: Layout) -> dict:
+    """The sample_logs stage: the bundled sample logs where `ingest.logs` points."""
+    return build_sample_logs(params.sample, layout.resolve(params.ingest.logs))

@@ -1,17 +1,13 @@
-"""The records that pass between stages, defined once.
+"""The types that pass between stages, defined once: log record, task card, dataset row, prediction.
 
-Every stage reads and writes these as JSON Lines, so a stage can be run, inspected
-or replaced on its own (see README, "Data between stages").
+The files holding them, and their readers and writers, are in `stillroom.data`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterable, Iterator
 from datetime import datetime
-from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -148,52 +144,3 @@ def stable_id(*parts: str, prefix: str = "", length: int = 12) -> str:
     """A short id that depends only on the content, so re-runs agree."""
     digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:length]
     return f"{prefix}{digest}"
-
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def write_jsonl(path: Path, rows: Iterable[BaseModel | dict]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with path.open("w", encoding="utf-8") as out:
-        for row in rows:
-            line = row.model_dump_json() if isinstance(row, BaseModel) else json.dumps(row, ensure_ascii=False)
-            out.write(line + "\n")
-            count += 1
-    return count
-
-
-def read_jsonl(path: Path, model: type[ModelT]) -> Iterator[ModelT]:
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                yield model.model_validate_json(line)
-
-
-def write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, BaseModel):
-        text = data.model_dump_json(indent=2)
-    else:
-        text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
-    path.write_text(text + "\n", encoding="utf-8")
-
-
-def write_cards(path: Path, cards: Iterable[TaskCard]) -> None:
-    write_json(path, [card.model_dump(mode="json") for card in cards])
-
-
-def read_cards(path: Path) -> list[TaskCard]:
-    if not path.exists():
-        raise FileNotFoundError(f"no task cards at {path}: run the detect stage first (stillroom detect)")
-    return [TaskCard.model_validate(card) for card in json.loads(path.read_text(encoding="utf-8"))]
-
-
-def write_assignments(path: Path, assignments: dict[str, str | None]) -> int:
-    return write_jsonl(path, ({"record_id": rid, "task_id": tid} for rid, tid in assignments.items()))
-
-
-def read_assignments(path: Path) -> dict[str, str | None]:
-    with path.open(encoding="utf-8") as lines:
-        return {row["record_id"]: row["task_id"] for row in map(json.loads, lines) if row}

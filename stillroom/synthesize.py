@@ -10,27 +10,23 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
-from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from stillroom.config import Layout, Params, SynthesizeParams
-from stillroom.detect import normalize_label
-from stillroom.schema import (
-    SPLITS,
-    DatasetRow,
-    LogRecord,
-    Split,
-    TaskCard,
+from stillroom.answers import normalize_label
+from stillroom.config import Params, SynthesizeParams
+from stillroom.data import (
+    Layout,
+    group_records,
     read_assignments,
     read_cards,
     read_jsonl,
-    stable_id,
     write_json,
     write_jsonl,
 )
+from stillroom.schema import DatasetRow, LogRecord, Split, TaskCard, stable_id
 from stillroom.teachers import BudgetExceeded, Teacher, TeacherError, make_teacher, request_key
 
 
@@ -149,17 +145,6 @@ def build_task_dataset(
     return dataset
 
 
-def group_records(records: Sequence[LogRecord], assignments: dict[str, str | None]) -> dict[str, list[LogRecord]]:
-    groups: dict[str, list[LogRecord]] = defaultdict(list)
-    for record in records:
-        task_id = assignments.get(record.id)
-        if task_id:
-            groups[task_id].append(record)
-    return groups
-
-
-def label_balance(rows: Sequence[DatasetRow]) -> dict[str, int]:
-    return dict(Counter(row.target for row in rows).most_common())
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -188,12 +173,3 @@ def run(params: Params, layout: Layout) -> dict:
     write_json(layout.stage_metrics("synthesize"), summary)
     return summary
 
-
-def synthesized_cards(layout: Layout) -> list[TaskCard]:
-    """The tasks synthesize built a dataset for: the ones train, evaluate and register work on."""
-    return [card for card in read_cards(layout.cards) if (layout.datasets / card.id).is_dir()]
-
-
-def load_splits(layout: Layout, task_id: str, splits: Sequence[Split] = SPLITS) -> dict[Split, list[DatasetRow]]:
-    """Training and threshold code asks for ("train", "validation") only: it never opens the test file."""
-    return {split: list(read_jsonl(layout.dataset(task_id, split), DatasetRow)) for split in splits}

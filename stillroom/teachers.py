@@ -169,6 +169,4 @@ def _completion_text(payload: dict) -> str:
 def make_teacher(params: TeacherParams, records: Sequence[LogRecord], cache_dir: Path) -> Teacher:
     if params.backend == "replay":
         return ReplayTeacher(records)
-    if params.backend == "openai":
-        return OpenAITeacher(params, cache_dir)
-    raise ValueError(f"unknown teacher backend {params.backend!r}: use 'replay' or 'openai'")
+    return OpenAITeacher(params, cache_dir)  # the only other backend TeacherParams allows

@@ -14,10 +14,10 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from stillroom.config import Layout, Params, TrainParams
-from stillroom.schema import DatasetRow, Rung, TaskCard, write_json
+from stillroom.config import Params, TrainParams
+from stillroom.data import Layout, load_splits, synthesized_cards, write_json
+from stillroom.schema import DatasetRow, Rung, TaskCard
 from stillroom.students.base import Student
-from stillroom.synthesize import load_splits, synthesized_cards
 
 TRAIN_INFO = "train_info.json"
 
@@ -62,14 +62,14 @@ def train_task(
         shutil.rmtree(out_dir)
     rung, reason = choose_rung(card, params)
     if rung == "classifier":
-        from stillroom.students.classifier import EmbeddingClassifier
+        from stillroom.students.classifier_train import save_classifier, train_classifier
 
-        student, info = EmbeddingClassifier.train(
+        student, info = train_classifier(
             train, params.classifier, seed=params.seed, progress=progress, validation=validation
         )
-        student.save(out_dir)
+        save_classifier(student, out_dir)
     else:
-        from stillroom.students.lm import LMStudent
+        from stillroom.students.lm_train import train_lm
 
         lm_params = params.lm.model_copy(
             update={
@@ -78,7 +78,7 @@ def train_task(
                 "max_length": max(params.lm.max_length, fitted_length(card)),
             }
         )
-        student, info = LMStudent.train(
+        student, info = train_lm(
             list(train),
             list(validation),
             lm_params,

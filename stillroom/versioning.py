@@ -12,10 +12,8 @@ import sys
 
 import yaml
 
-from stillroom.config import Layout, Params
-
-# The stages the distill flow runs, in dvc.yaml's names.
-FLOW_STAGES = ["ingest", "detect", "synthesize", "train", "evaluate", "register"]
+from stillroom.config import Params
+from stillroom.data import Layout
 
 
 class VersioningError(RuntimeError):
@@ -61,10 +59,20 @@ def up_to_date(layout: Layout, stage: str) -> bool:
         return False
 
 
+def committable_stages(layout: Layout) -> list[str]:
+    """dvc.yaml's stages whose outputs are all on disk: the ones `dvc commit` can record."""
+    stages = (yaml.safe_load((layout.root / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    ready = []
+    for name, body in stages.items():
+        outs = [next(iter(out)) if isinstance(out, dict) else out for out in body.get("outs", [])]
+        if all((layout.root / out).exists() for out in outs):
+            ready.append(name)
+    return ready
+
+
 def run(params: Params, layout: Layout) -> dict:
     if not is_dvc_repo(layout):
         return {"dvc": "skipped: the project root is not a DVC repository (run `dvc init`)"}
-    # The sample logs are built outside the flow (`stillroom sample-logs`); lock them too when present.
-    samples = ["sample_logs"] if (layout.data / "raw" / "logs").is_dir() else []
-    dvc(layout, "commit", "--force", *samples, *FLOW_STAGES)
+    # Every dvc.yaml stage whose outputs exist (the sample logs are built outside the flow, if at all).
+    dvc(layout, "commit", "--force", *committable_stages(layout))
     return {"dvc": "committed", "outputs": locked_outputs(layout)}

@@ -2,16 +2,16 @@
 
 import json
 
-import evaluate as hf_evaluate
 import numpy as np
 import pytest
 
 from stillroom import evaluate
-from stillroom.config import Layout, Params
+from stillroom.config import Params
+from stillroom.data import Layout, write_cards, write_jsonl
 from stillroom.evaluate import NO_THRESHOLD, choose_threshold, routing_on_test
-from stillroom.metrics import module_path, scoring
+from stillroom.metrics import scoring
 from stillroom.metrics.scoring import expected_calibration_error
-from stillroom.schema import TaskCard, write_cards, write_jsonl
+from stillroom.schema import TaskCard
 from stillroom.train import train_task
 from tests.test_classifier_student import rows
 
@@ -49,9 +49,8 @@ def test_rouge_l_matches_the_reference_implementation():
 def test_json_metrics_micro_f1_exact_match_and_schema_validity():
     predictions = ['{"people": ["Ann"]}', '{"people": ["Bob", "Cy"]}', '{"people": "Dee"}', "oops"]
     references = ['{"people": ["Ann"]}', '{"people": ["Bob"]}', '{"people": ["Dee"]}', '{"people": ["Eve"]}']
-    result = hf_evaluate.load(module_path("json_agreement")).compute(
-        predictions=predictions, references=references, schema=PEOPLE_SCHEMA
-    )
+    arrays = scoring.example_arrays("json", predictions, references, PEOPLE_SCHEMA)
+    result = scoring.aggregate("json", arrays, np.arange(len(predictions)))
     # tp: Ann, Bob, Dee (a string where a list was due still names Dee); fp: Cy; fn: Eve
     assert result["field_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
     assert result["exact_match"] == 0.5  # "Dee" vs ["Dee"] is not the same object

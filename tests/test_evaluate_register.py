@@ -15,10 +15,10 @@ from dvc_objects.fs.local import LocalFileSystem
 from mlflow.tracking import MlflowClient
 
 from stillroom import evaluate, register
-from stillroom.config import Layout, Params
+from stillroom.config import Params
+from stillroom.data import Layout, load_splits, write_cards, write_json, write_jsonl
 from stillroom.metrics import scoring
-from stillroom.schema import TaskCard, write_cards, write_json, write_jsonl
-from stillroom.synthesize import load_splits
+from stillroom.schema import TaskCard
 from stillroom.train import train_task
 from tests.test_classifier_student import rows
 

@@ -2,9 +2,10 @@ import json
 
 import pytest
 
-from stillroom.config import Layout, Params
+from stillroom.config import Params
+from stillroom.data import Layout, read_jsonl
 from stillroom.ingest import ingest, parse_line, run
-from stillroom.schema import LogRecord, read_jsonl
+from stillroom.schema import LogRecord
 
 
 def test_reads_openai_lines_into_records(tmp_path, make_log_line):

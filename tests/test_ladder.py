@@ -3,8 +3,9 @@
 import pytest
 
 from stillroom import train
-from stillroom.config import Layout, LMParams, Params, SynthesizeParams, TrainParams
-from stillroom.schema import TaskCard, write_cards, write_jsonl
+from stillroom.config import LMParams, Params, SynthesizeParams, TrainParams
+from stillroom.data import Layout, write_cards, write_jsonl
+from stillroom.schema import TaskCard
 from stillroom.synthesize import split_of, widened_validation
 from tests.test_classifier_student import rows
 

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 from stillroom import evaluate, synthesize, train
-from stillroom.config import Layout, Params
-from stillroom.schema import (
-    Distillability,
-    LogRecord,
-    Message,
-    TaskCard,
-    write_assignments,
-    write_cards,
-    write_jsonl,
-)
+from stillroom.config import Params
+from stillroom.data import Layout, write_assignments, write_cards, write_jsonl
+from stillroom.schema import Distillability, LogRecord, Message, TaskCard
 
 
 def project(tmp_path) -> Layout:

@@ -77,6 +77,6 @@ def test_replay_teacher_returns_logged_answers(make_log_line):
         teacher.answer([Message(role="user", content="never logged")])
 
 
-def test_unknown_backend_is_rejected():
-    with pytest.raises(ValueError, match="unknown teacher backend"):
-        make_teacher(TeacherParams(backend="carrier-pigeon"), [], cache_dir=None)
+def test_unknown_backend_is_rejected_at_load_with_the_allowed_values():
+    with pytest.raises(ValueError, match="'replay' or 'openai'"):
+        TeacherParams(backend="carrier-pigeon")

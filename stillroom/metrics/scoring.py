@@ -1,7 +1,7 @@
 """Per-example scores of a student's answer against the teacher's, by answer format.
 
-Plain functions, shared by the `evaluate` modules beside this file, the bootstrap in
-evaluation and the champion comparison in register, so every number that gates a model
+Plain functions, shared by the bootstrap in evaluation, the routing threshold and the
+champion comparison in register, so every number that gates a model
 is computed one way. `agreement` is always the mean of a per-example score, which is
 what makes a bootstrap interval over examples meaningful for every format.
 """
@@ -10,30 +10,40 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
-from stillroom.metrics.text_agreement import normalize, token_f1
+from stillroom.answers import fold_case_and_spacing
+from stillroom.answers import parse_json_object as parse_json
 from stillroom.schema import OutputFormat
-
-_SPACE = re.compile(r"\s+")
 
 
 def normalize_value(value: object) -> str:
     """Case and spacing do not make two extracted values different."""
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return _SPACE.sub(" ", text).strip().casefold()
+    return fold_case_and_spacing(value if isinstance(value, str) else json.dumps(value, sort_keys=True))
 
 
-def parse_json(text: str) -> dict | None:
-    """The answer as a JSON object, or None when it is not one."""
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize(text: str) -> list[str]:
+    """Lowercased word tokens with punctuation dropped: what ROUGE-L and token F1 compare."""
+    return _PUNCT.sub(" ", text.lower()).split()
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style token overlap F1."""
+    pred, ref = normalize(prediction), normalize(reference)
+    if not pred and not ref:
+        return 1.0
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
 
 
 def json_items(obj: dict) -> Counter:
