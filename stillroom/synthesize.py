@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,7 +28,10 @@ from stillroom.data import (
     write_jsonl,
 )
 from stillroom.schema import DatasetRow, LogRecord, Split, TaskCard, stable_id
-from stillroom.teachers import BudgetExceeded, Teacher, TeacherError, make_teacher, request_key
+from stillroom.teachers import Teacher, TeacherAnswer, TeacherError, TeacherRequest, make_teacher, request_key
+
+# MinHash permutations: enough for a stable Jaccard estimate around the usual 0.8-0.9 thresholds.
+_NUM_PERM = 128
 
 
 @dataclass
@@ -35,18 +39,42 @@ class TaskDataset:
     task_id: str
     rows: dict[Split, list[DatasetRow]] = field(default_factory=lambda: {"train": [], "validation": [], "test": []})
     duplicates: int = 0
+    near_duplicates: int = 0
     off_label: int = 0
     teacher_failures: int = 0
-    budget_exhausted: bool = False
+    budget_skipped: int = 0
+    teacher_calls: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
     validation_fraction: float = 0.0
+
+    def count(self, outcome: TeacherAnswer) -> None:
+        """What one teacher answer cost this task (a cached one costs nothing)."""
+        self.budget_skipped += outcome.budget
+        self.teacher_failures += outcome.text is None and not outcome.budget
+        self.cache_hits += outcome.cached
+        if outcome.text is not None and not outcome.cached:
+            self.teacher_calls += 1
+            self.input_tokens += outcome.input_tokens
+            self.output_tokens += outcome.output_tokens
+            self.cost_usd += outcome.cost_usd
 
     def summary(self) -> dict:
         return {
             **{split: len(rows) for split, rows in self.rows.items()},
             "duplicate_inputs": self.duplicates,
+            "near_duplicate_inputs": self.near_duplicates,
             "off_label_answers": self.off_label,
             "teacher_failures": self.teacher_failures,
-            "budget_exhausted": self.budget_exhausted,
+            "budget_exhausted": self.budget_skipped > 0,
+            "budget_skipped": self.budget_skipped,
+            "teacher_calls": self.teacher_calls,
+            "cache_hits": self.cache_hits,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": round(self.cost_usd, 6),
             "validation_fraction": round(self.validation_fraction, 4),
         }
 
@@ -84,14 +112,44 @@ def _label_lookup(card: TaskCard) -> Callable[[str], str | None]:
     return lambda answer: canonical.get(normalize_label(answer))
 
 
+def _shingles(text: str) -> set[bytes]:
+    """Word 3-grams of the folded text (the words themselves for a very short text)."""
+    words = text.casefold().split()
+    grams = [" ".join(words[i : i + 3]) for i in range(len(words) - 2)] or words or [""]
+    return {gram.encode() for gram in grams}
+
+
+def drop_near_duplicates(records: Sequence[LogRecord], threshold: float | None) -> tuple[list[LogRecord], int]:
+    """The records whose user turn is not a near-duplicate (MinHash Jaccard >= threshold) of an earlier one's.
+
+    One article asked in three wordings is one example: kept three times, it would sit in
+    train and test at once and make the test split easy.
+    """
+    if threshold is None or len(records) < 2:
+        return list(records), 0
+    from datasketch import MinHash, MinHashLSH
+
+    index = MinHashLSH(threshold=threshold, num_perm=_NUM_PERM)
+    kept = []
+    for i, record in enumerate(records):
+        signature = MinHash(num_perm=_NUM_PERM)
+        signature.update_batch(list(_shingles(record.user_text)))
+        if index.query(signature):
+            continue
+        index.insert(str(i), signature)
+        kept.append(record)
+    return kept, len(records) - len(kept)
+
+
 def build_task_dataset(
     card: TaskCard,
     records: Sequence[LogRecord],
     teacher: Teacher,
     params: SynthesizeParams,
     max_failures: float = 0.2,
+    progress: bool = False,
 ) -> TaskDataset:
-    """One row per distinct input; the teacher's answer is the target."""
+    """One row per distinct input (near-duplicates dropped); the teacher's answer is the target."""
     dataset = TaskDataset(task_id=card.id)
     by_input: dict[str, LogRecord] = {}
     for record in records:
@@ -101,24 +159,18 @@ def build_task_dataset(
         by_input[key] = record
     unique = sorted(by_input.values(), key=lambda r: r.id)
     random.Random(params.seed).shuffle(unique)
+    unique, dataset.near_duplicates = drop_near_duplicates(unique, params.near_duplicate_jaccard)
     unique = unique[: params.max_examples]
     dataset.validation_fraction = widened_validation(len(unique), params)
 
+    requests = [TeacherRequest(record.prompt(), record.response_format) for record in unique]
+    outcomes = teacher.answer_many(requests, progress=progress)
     to_label = _label_lookup(card) if card.output_type == "label" else None
-    asked = 0
-    for record in unique:
-        prompt = record.prompt()
-        asked += 1
-        try:
-            answer = teacher.answer(prompt, record.response_format)
-        except BudgetExceeded:
-            dataset.budget_exhausted = True
-            asked -= 1
-            break
-        except TeacherError:
-            dataset.teacher_failures += 1
+    for record, request, outcome in zip(unique, requests, outcomes, strict=True):
+        dataset.count(outcome)
+        if outcome.text is None:
             continue
-        target = answer.strip()
+        target = outcome.text.strip()
         if to_label is not None:
             label = to_label(target)
             if label is None:
@@ -131,20 +183,19 @@ def build_task_dataset(
                 id=stable_id(card.id, record.user_text, prefix="row-"),
                 task_id=card.id,
                 split=split,
-                prompt=prompt,
+                prompt=list(request.prompt),
                 input_text=record.user_text,
                 target=target,
                 source="logged" if teacher.name == "replay" else "teacher",
             )
         )
+    asked = len(unique) - dataset.budget_skipped
     if asked and dataset.teacher_failures > max_failures * asked:
         raise TeacherError(
             f"task {card.id}: the teacher failed on {dataset.teacher_failures} of {asked} inputs; "
             "check the teacher settings in params.yaml (synthesize.teacher)"
         )
     return dataset
-
-
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -155,21 +206,26 @@ def run(params: Params, layout: Layout) -> dict:
     cards = [c for c in read_cards(layout.cards) if c.distillability is None or c.distillability.decision in wanted]
     assignments = read_assignments(layout.assignments)
     groups = group_records(records, assignments)
-    teacher = make_teacher(params.synthesize.teacher, records, layout.resolve(params.synthesize.cache))
+    teacher = make_teacher(
+        params.synthesize.teacher, records, layout.resolve(params.synthesize.cache), params.detect.prices
+    )
     if layout.datasets.exists():
         shutil.rmtree(layout.datasets)
     summary: dict = {}
     try:
         for card in tqdm(cards, desc="synthesize", unit="task"):
-            dataset = build_task_dataset(card, groups.get(card.id, []), teacher, params.synthesize)
+            dataset = build_task_dataset(
+                card, groups.get(card.id, []), teacher, params.synthesize, progress=sys.stderr.isatty()
+            )
             for split, rows in dataset.rows.items():
                 write_jsonl(layout.dataset(card.id, split), rows)
             summary[card.name] = dataset.summary()
     finally:
-        close = getattr(teacher, "close", None)
-        if close:
-            close()
+        teacher.close()
     summary["teacher"] = teacher.stats()
+    if teacher.budget_stops:
+        stops = teacher.budget_stops
+        summary["teacher"]["stopped"] = f"budget spent: {stops} inputs were not asked; kept what was answered"
     write_json(layout.stage_metrics("synthesize"), summary)
     return summary
 

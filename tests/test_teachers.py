@@ -1,12 +1,35 @@
+"""Teachers against a real local HTTP server speaking the OpenAI and Anthropic protocols."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
 import pytest
 
-from stillroom.config import TeacherParams
-from stillroom.ingest import parse_line
-from stillroom.schema import Message
-from stillroom.teachers import BudgetExceeded, OpenAITeacher, ReplayTeacher, TeacherError, make_teacher
+from stillroom.config import Price, TeacherParams
+from stillroom.schema import LogRecord, Message
+from stillroom.teachers import (
+    AnswerCache,
+    AnthropicTeacher,
+    BudgetExceeded,
+    OpenAITeacher,
+    ReplayTeacher,
+    TeacherError,
+    TeacherRequest,
+    make_teacher,
+    request_key,
+)
 from tests.fake_teacher import FakeTeacher
 
+ROOT = Path(__file__).resolve().parent.parent
 PROMPT = [Message(role="system", content="Label it."), Message(role="user", content="the cat sat")]
+SECRET = "sk-test-do-not-leak-4242"
 
 
 def upper_last(messages: list[dict]) -> str:
@@ -14,7 +37,12 @@ def upper_last(messages: list[dict]) -> str:
 
 
 def params_for(server: FakeTeacher, **overrides) -> TeacherParams:
-    return TeacherParams(backend="openai", base_url=server.base_url, model="teacher-x", retries=2, **overrides)
+    settings = {"backend": "openai", "base_url": server.base_url, "model": "teacher-x", "retries": 2} | overrides
+    return TeacherParams(**settings)
+
+
+def many(n: int) -> list[TeacherRequest]:
+    return [TeacherRequest([Message(role="user", content=f"input number {i}")]) for i in range(n)]
 
 
 def test_openai_teacher_speaks_http_and_caches_answers(tmp_path, monkeypatch):
@@ -26,50 +54,168 @@ def test_openai_teacher_speaks_http_and_caches_answers(tmp_path, monkeypatch):
         assert len(server.requests) == 1  # the second answer came from the cache
         assert server.requests[0]["model"] == "teacher-x"
         assert server.requests[0]["messages"][0] == {"role": "system", "content": "Label it."}
+        assert server.requests[0]["temperature"] == 0
         assert server.auth == ["Bearer sk-test"]
         teacher.close()
         # a new run (new process, same cache folder) costs nothing
         again = OpenAITeacher(params_for(server), tmp_path)
         assert again.answer(PROMPT) == "THE CAT SAT"
-        assert again.stats() == {"teacher": "openai", "calls": 0, "cache_hits": 1}
+        assert again.stats()["calls"] == 0 and again.stats()["cache_hits"] == 1
         assert len(server.requests) == 1
         again.close()
 
 
-def test_openai_teacher_retries_server_errors(tmp_path, monkeypatch):
-    monkeypatch.setattr("stillroom.teachers.time.sleep", lambda s: None)
-    with FakeTeacher(upper_last, fail_first=2, status=503) as server:
-        teacher = OpenAITeacher(params_for(server), tmp_path)
-        assert teacher.answer(PROMPT) == "THE CAT SAT"
-        assert len(server.requests) == 3
-
-
-def test_openai_teacher_gives_up_on_client_errors_without_retrying(tmp_path):
-    with FakeTeacher(upper_last, fail_first=5, status=401) as server:
-        teacher = OpenAITeacher(params_for(server), tmp_path)
-        with pytest.raises(TeacherError, match="HTTP 401"):
-            teacher.answer(PROMPT)
-        assert len(server.requests) == 1
-
-
-def test_openai_teacher_respects_the_budget(tmp_path):
+def test_anthropic_teacher_speaks_the_messages_protocol(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_TEST_KEY", SECRET)
     with FakeTeacher(upper_last) as server:
+        params = TeacherParams(
+            backend="anthropic", base_url=server.root_url, model="claude-x", api_key_env="ANTHROPIC_TEST_KEY"
+        )
+        teacher = make_teacher(params, [], tmp_path)
+        assert isinstance(teacher, AnthropicTeacher)
+        assert teacher.answer(PROMPT) == "THE CAT SAT"
+        body = server.requests[0]
+        assert body["system"] == "Label it." and body["messages"] == [{"role": "user", "content": "the cat sat"}]
+        assert body["max_tokens"] == params.max_tokens
+        # the key went as Anthropic's client sends it (x-api-key, or a bearer token in newer SDKs)
+        assert SECRET in (server.api_keys[0], (server.auth[0] or "").removeprefix("Bearer "))
+        assert teacher.stats()["input_tokens"] == 10 and teacher.stats()["output_tokens"] == 2
+        teacher.close()
+
+
+def test_concurrent_answers_arrive_exactly_once_in_order_and_a_rerun_makes_no_call(tmp_path):
+    with FakeTeacher(upper_last, latency_s=0.05) as server:
+        teacher = OpenAITeacher(params_for(server, concurrency=16), tmp_path)
+        requests = many(64) + many(8)  # asked twice in one batch: one call each
+        started = time.perf_counter()
+        outcomes = teacher.answer_many(requests)
+        elapsed = time.perf_counter() - started
+        assert [o.text for o in outcomes] == [f"INPUT NUMBER {i}" for i in [*range(64), *range(8)]]
+        asked = Counter(body["messages"][-1]["content"] for body in server.requests)
+        assert len(asked) == 64 and set(asked.values()) == {1}
+        assert elapsed < 64 * 0.05 / 4  # calls overlapped
+        teacher.close()
+        rerun = OpenAITeacher(params_for(server), tmp_path)
+        assert [o.text for o in rerun.answer_many(requests)] == [o.text for o in outcomes]
+        assert len(server.requests) == 64 and rerun.stats()["calls"] == 0
+        rerun.close()
+
+
+def test_rate_limit_with_retry_after_is_one_call_in_the_budget(tmp_path):
+    with FakeTeacher(upper_last, fail_first=2, status=429, retry_after=0.1) as server:
         teacher = OpenAITeacher(params_for(server, max_calls=1), tmp_path)
-        teacher.answer(PROMPT)
+        started = time.perf_counter()
+        assert teacher.answer(PROMPT) == "THE CAT SAT"
+        assert time.perf_counter() - started >= 0.2  # waited as Retry-After asked, twice
+        assert len(server.requests) == 3  # the client's own retries
+        assert teacher.stats()["calls"] == 1  # ... and one call in the budget
+
+
+def test_client_errors_are_not_retried_and_fail_only_that_request(tmp_path):
+    with FakeTeacher(upper_last, fail_first=1, status=401) as server:
+        teacher = OpenAITeacher(params_for(server), tmp_path)
+        first, second = teacher.answer_many(many(2))
+        assert len(server.requests) == 2
+        assert [first.text is None, second.text is None].count(True) == 1
+        failed = first if first.text is None else second
+        assert "HTTP 401" in failed.error
+
+
+def test_the_budget_stops_cleanly_in_calls(tmp_path):
+    with FakeTeacher(upper_last, latency_s=0.02) as server:
+        teacher = OpenAITeacher(params_for(server, max_calls=10, concurrency=8), tmp_path)
+        outcomes = teacher.answer_many(many(30))
+        assert sum(o.text is not None for o in outcomes) == 10
+        assert sum(o.budget for o in outcomes) == 20
+        assert len(server.requests) == 10  # no call past the cap, even with 8 in flight
         with pytest.raises(BudgetExceeded):
-            teacher.answer([Message(role="user", content="another")])
-        assert len(server.requests) == 1
+            teacher.answer([Message(role="user", content="one more")])
 
 
-def test_unreachable_teacher_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr("stillroom.teachers.time.sleep", lambda s: None)
-    params = TeacherParams(backend="openai", base_url="http://127.0.0.1:9/v1", retries=1, timeout_s=2)
-    with pytest.raises(TeacherError, match="failed"):
+def test_the_budget_stops_cleanly_in_money(tmp_path):
+    # $1 per 1k output tokens and max_tokens 100: each call may cost up to ~$0.10; the cap is $0.35
+    prices = {"default": Price(input=0.0, output=1000.0)}
+    with FakeTeacher(upper_last) as server:
+        teacher = OpenAITeacher(params_for(server, max_usd=0.35, max_tokens=100, concurrency=4), tmp_path, prices)
+        outcomes = teacher.answer_many(many(20))
+        answered = sum(o.text is not None for o in outcomes)
+        assert answered == 3  # a 4th call could have cost more than what was left
+        assert teacher.stats()["cost_usd"] == pytest.approx(3 * 2 * 1000.0 / 1e6)  # the fake bills 2 output tokens
+        assert teacher.stats()["cost_usd"] <= 0.35
+
+
+def test_an_unreachable_teacher_is_a_clear_error_without_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNREACHABLE_KEY", SECRET)
+    params = TeacherParams(
+        backend="openai", base_url="http://127.0.0.1:9/v1", retries=1, timeout_s=2, api_key_env="UNREACHABLE_KEY"
+    )
+    with pytest.raises(TeacherError, match="failed") as error:
         OpenAITeacher(params, tmp_path).answer(PROMPT)
+    assert SECRET not in str(error.value)
 
 
-def test_replay_teacher_returns_logged_answers(make_log_line):
-    _, record = parse_line(make_log_line("Label it.", "the cat sat", "animal"), "f:1")
+def test_the_cache_holds_no_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_KEY", SECRET)
+    with FakeTeacher(upper_last) as server:
+        teacher = OpenAITeacher(params_for(server, api_key_env="FAKE_KEY"), tmp_path)
+        teacher.answer_many(many(5))
+        teacher.close()
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def cached_keys(path: Path) -> set[str]:
+    cache = AnswerCache(path)
+    try:
+        return cache.keys()
+    finally:
+        cache.close()
+
+
+KILLED_RUN = """
+import sys
+from pathlib import Path
+from stillroom.config import TeacherParams
+from stillroom.schema import LogRecord, Message
+from stillroom.teachers import OpenAITeacher, TeacherRequest
+params = TeacherParams(backend="openai", base_url=sys.argv[1], model="teacher-x", concurrency=4)
+teacher = OpenAITeacher(params, Path(sys.argv[2]))
+requests = [TeacherRequest([Message(role="user", content=f"input number {i}")]) for i in range(40)]
+teacher.answer_many(requests)
+print("finished")
+"""
+
+
+def test_a_run_killed_midway_resumes_without_repeating_a_finished_call(tmp_path):
+    with FakeTeacher(upper_last, latency_s=0.1) as server:
+        run = [sys.executable, "-c", KILLED_RUN, server.base_url, str(tmp_path)]
+        process = subprocess.Popen(run, cwd=ROOT, env=os.environ.copy(), start_new_session=True)
+        cache = tmp_path / "answers.sqlite"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if cache.exists() and len(cached_keys(cache)) >= 16:
+                break
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        finished = cached_keys(cache)
+        assert 16 <= len(finished) < 40
+        done = subprocess.run(run, cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+        assert "finished" in done.stdout, done.stderr[-2000:]
+        asked = Counter(body["messages"][-1]["content"] for body in server.requests)
+        finished_texts = [
+            text for text in asked if request_key("teacher-x", [Message(role="user", content=text)], None) in finished
+        ]
+        assert len(finished_texts) == len(finished)
+        assert all(asked[text] == 1 for text in finished_texts)  # no finished call was paid for twice
+        # only calls in flight at the kill (at most `concurrency`) were asked again
+        assert sum(n > 1 for n in asked.values()) <= 4
+        assert len(cached_keys(cache)) == 40
+
+
+def test_replay_teacher_returns_logged_answers():
+    record = LogRecord(id="r1", system_prompt="Label it.", messages=[PROMPT[1]], response_text="animal")
     teacher = make_teacher(TeacherParams(), [record], cache_dir=None)
     assert isinstance(teacher, ReplayTeacher)
     assert teacher.answer(PROMPT) == "animal"
@@ -78,5 +224,5 @@ def test_replay_teacher_returns_logged_answers(make_log_line):
 
 
 def test_unknown_backend_is_rejected_at_load_with_the_allowed_values():
-    with pytest.raises(ValueError, match="'replay' or 'openai'"):
+    with pytest.raises(ValueError, match="'replay', 'openai' or 'anthropic'"):
         TeacherParams(backend="carrier-pigeon")
