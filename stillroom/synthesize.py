@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from stillroom.answers import normalize_label
+from stillroom.answers import normalize_label, parse_json
 from stillroom.config import Params, SynthesizeParams
 from stillroom.data import (
     Layout,
@@ -40,6 +40,8 @@ class TaskDataset:
     rows: dict[Split, list[DatasetRow]] = field(default_factory=lambda: {"train": [], "validation": [], "test": []})
     duplicates: int = 0
     near_duplicates: int = 0
+    relabelled: int = 0
+    relabel_agreed: int = 0
     off_label: int = 0
     teacher_failures: int = 0
     budget_skipped: int = 0
@@ -76,6 +78,8 @@ class TaskDataset:
             "output_tokens": self.output_tokens,
             "cost_usd": round(self.cost_usd, 6),
             "validation_fraction": round(self.validation_fraction, 4),
+            # the teacher asked again agrees with the logged answer this often: a consistency signal for the card
+            "relabel_agreement": round(self.relabel_agreed / self.relabelled, 4) if self.relabelled else None,
         }
 
 
@@ -110,6 +114,14 @@ def widened_validation(n_inputs: int, params: SynthesizeParams) -> float:
 def _label_lookup(card: TaskCard) -> Callable[[str], str | None]:
     canonical = {normalize_label(label): label for label in card.labels}
     return lambda answer: canonical.get(normalize_label(answer))
+
+
+def _same_answer(answer: str, logged: str, card: TaskCard) -> bool:
+    """Labels by spelling-folded label, JSON by value, text by folded text."""
+    if card.answer_format == "json":
+        parsed = parse_json(answer)
+        return parsed is not None and parsed == parse_json(logged)
+    return normalize_label(answer) == normalize_label(logged)
 
 
 def _shingles(text: str) -> set[bytes]:
@@ -171,6 +183,9 @@ def build_task_dataset(
         if outcome.text is None:
             continue
         target = outcome.text.strip()
+        if teacher.name != "replay":  # relabelled: does the teacher now say what the log said?
+            dataset.relabelled += 1
+            dataset.relabel_agreed += _same_answer(target, record.response_text, card)
         if to_label is not None:
             label = to_label(target)
             if label is None:

@@ -100,6 +100,10 @@ def test_the_stage_asks_a_live_teacher_concurrently_and_stops_cleanly_at_the_bud
         assert task["teacher_calls"] == 40 and task["budget_skipped"] == 20 and task["budget_exhausted"]
         assert task["input_tokens"] == 400 and task["output_tokens"] == 80
         assert "budget spent" in summary["teacher"]["stopped"]
+        # the log said "yes" everywhere; the live teacher says "yes" only where the input has a 1
+        answered = [r for split in load_splits(layout, "task-a").values() for r in split]
+        agreed = sum(r.target == "yes" for r in answered)
+        assert task["relabel_agreement"] == round(agreed / 40, 4) < 1
         rows = load_splits(layout, "task-a")
         assert sum(len(split) for split in rows.values()) == 40  # what was answered is kept
         assert json.loads(layout.stage_metrics("synthesize").read_text())["label-a"]["teacher_calls"] == 40
