@@ -20,7 +20,11 @@ def test_code_defaults_equal_params_yaml():
 @pytest.mark.parametrize(
     ("section", "value", "allowed"),
     [
-        ({"synthesize": {"teacher": {"backend": "carrier-pigeon"}}}, "carrier-pigeon", "'replay', 'openai' or 'anthropic'"),
+        (
+            {"synthesize": {"teacher": {"backend": "carrier-pigeon"}}},
+            "carrier-pigeon",
+            "'replay', 'openai' or 'anthropic'",
+        ),
         ({"train": {"rung": "ensemble"}}, "ensemble", "'classifier', 'lm' or 'distill'"),
     ],
 )
