@@ -29,7 +29,7 @@ from stillroom.students import lm as lm_module
 from stillroom.students.base import load_student, read_manifest
 from stillroom.students.json_answers import ground_in_source
 from stillroom.students.lm import LMStudent
-from stillroom.students.lm_train import answer_constraints, save_lm, train_lm
+from stillroom.students.lm_train import answer_budget, answer_constraints, save_lm, train_lm
 
 SYSTEM = 'Extract the names of people mentioned in the tweet. Answer with JSON: {"people": [...]}'
 NAMES = [["Ann Lee"], ["Bob Stone", "Cy Young"], [], ["Dee Ray"]]
@@ -657,3 +657,20 @@ def test_grounding_snaps_extracted_values_to_the_input_and_drops_inventions():
         "people": ["-Larry Bird", "LADY GAGA", "Joaquin Phoenix"],
         "count": 3,
     }
+
+
+def test_grounding_never_glues_an_opening_quote_or_bracket_to_a_copied_value():
+    source = 'From: "Jane Q. Doe" <jq@example.org>\nSubject: "Spring" sale starts (today)'
+    answer = {"sender": "Jane Q. Doe", "subject": '"Spring" sale starts', "when": "today"}
+    assert ground_in_source(answer, source) == answer  # values that hold quotes keep them, framing quotes stay out
+
+
+def test_the_answer_budget_follows_the_longest_training_answers():
+    def words(text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": text.split()}
+
+    rows = make_rows([["Ann"]] * 4) * 25
+    rows = [row.model_copy() for row in rows]
+    rows[0].target = " ".join(["word"] * 63)  # one answer of 63 tokens
+    assert answer_budget(words, rows[1:], floor=32) == 32  # short answers: the floor
+    assert answer_budget(words, rows, floor=32) == math.ceil(64 * 1.25) + 4  # the longest answer (+ its end) fits

@@ -8,6 +8,8 @@ import json
 import re
 
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+# Characters that open a quoted or bracketed value: a copied span never starts with one.
+_OPENERS = frozenset("\"'“‘«([{<")
 
 
 def ground_in_source(obj: dict, source: str) -> dict:
@@ -15,7 +17,9 @@ def ground_in_source(obj: dict, source: str) -> dict:
 
     A value is found as written, else ignoring case, else by the longest run of its words the
     input contains ("J Joaquin Phoenix" -> "Joaquin Phoenix"); the span then grows left to the
-    start of its word, as the teacher copies whole words ("-Larry Bird" in "-Larry Bird said").
+    start of its word, as the teacher copies whole words ("-Larry Bird" in "-Larry Bird said"),
+    but never over an opening quote or bracket, which frames a value rather than belongs to it
+    ('"Jane Q. Doe" <jq@x.org>' gives Jane Q. Doe).
     """
     lowered = source.casefold()
 
@@ -28,7 +32,7 @@ def ground_in_source(obj: dict, source: str) -> dict:
                 at = at if at >= 0 else lowered.find(piece.casefold())
                 if at >= 0:
                     start = at
-                    while start > 0 and not source[start - 1].isspace():
+                    while start > 0 and not source[start - 1].isspace() and source[start - 1] not in _OPENERS:
                         start -= 1
                     return source[start : at + len(piece)]
         return None

@@ -8,6 +8,7 @@ is a plain transformers folder that `lm.LMStudent.load` reads in a second, with 
 
 from __future__ import annotations
 
+import math
 import random
 import tempfile
 import time
@@ -96,7 +97,7 @@ def train_lm(
         "base_model": params.base_model,
         "rung": rung,
         "teacher_model": params.teacher_model,
-        "max_new_tokens": params.max_new_tokens,
+        "max_new_tokens": answer_budget(tokenizer, rows, params.max_new_tokens),
         "max_length": params.max_length,
         "lora": params.lora,
         "lora_r": params.lora_r if params.lora else None,
@@ -130,6 +131,14 @@ def train_lm(
         stats["distill_alpha"] = params.distill_alpha
         stats["distill_temperature"] = params.distill_temperature
     return student, stats
+
+
+def answer_budget(tokenizer: Any, rows: Sequence[DatasetRow], floor: int, margin: float = 1.25) -> int:
+    """Tokens the student may write: the longest answer seen in training with room to spare, never
+    under `floor`. A fixed cap cuts long lists off mid-string; decoding stops at the end of the
+    answer anyway, so a generous cap costs time only when the student would run on."""
+    longest = max((len(tokenizer(row.target, add_special_tokens=False)["input_ids"]) + 1 for row in rows), default=0)
+    return max(floor, math.ceil(longest * margin) + 4)
 
 
 def save_lm(student: LMStudent, directory: Path) -> None:
