@@ -139,3 +139,47 @@ def test_calibration_softens_an_overconfident_head():
     assert info["temperature"] > 1.0
     assert calibrated.probabilities(UNSEEN).max(axis=1).mean() < raw.probabilities(UNSEEN).max(axis=1).mean()
     assert (calibrated.probabilities(UNSEEN).argmax(1) == raw.probabilities(UNSEEN).argmax(1)).all()
+
+
+def file_rows(split: str, names: list[tuple[str, str]]) -> list[DatasetRow]:
+    return [
+        DatasetRow(
+            id=f"{split}{i}",
+            task_id="files",
+            split=split,
+            prompt=[Message(role="user", content=name)],
+            input_text=name,
+            target=folder,
+        )
+        for i, (name, folder) in enumerate(names)
+    ]
+
+
+FILES = (
+    [(f"IMG_{1000 + i}.JPG", "photos") for i in range(8)]
+    + [(f"report-{i}-final.pdf", "documents") for i in range(8)]
+    + [(f"setup-v{i}.{i + 1}.dmg", "installers") for i in range(8)]
+)
+UNSEEN_FILES = [("IMG_2931.JPG", "photos"), ("minutes-final.pdf", "documents"), ("tool-v9.2.dmg", "installers")]
+
+
+def test_character_ngrams_read_what_words_miss_and_the_cheapest_good_candidate_wins(tmp_path):
+    params = ClassifierParams(features=["embedding", "tfidf"], selection_tolerance=0.01)
+    student, info = train_classifier(file_rows("train", FILES), params, validation=file_rows("validation", UNSEEN_FILES))
+    assert info["features"] == "tfidf"  # as good as the encoder on validation, and far cheaper to answer
+    assert student.features.tfidf.char is not None
+    unseen = [[Message(role="user", content=name)] for name, _ in UNSEEN_FILES]
+    assert [p.text for p in student.predict(unseen)] == [folder for _, folder in UNSEEN_FILES]
+    save_classifier(student, tmp_path / "s")
+    loaded = load_student(tmp_path / "s")
+    assert [p.text for p in loaded.predict(unseen)] == [p.text for p in student.predict(unseen)]
+
+
+def test_selection_prefers_accuracy_beyond_the_tolerance():
+    from stillroom.students.classifier_train import cheapest_within_tolerance
+
+    scores = {"embedding": 0.95, "hybrid": 0.96, "tfidf": 0.90}
+    assert cheapest_within_tolerance(["embedding", "hybrid", "tfidf"], scores, 0.01) == "embedding"
+    assert cheapest_within_tolerance(["embedding", "hybrid", "tfidf"], scores, 0.0) == "hybrid"
+    assert cheapest_within_tolerance(["embedding", "hybrid", "tfidf"], scores, 0.1) == "tfidf"
+    assert cheapest_within_tolerance(["hybrid", "tfidf"], {"hybrid": None, "tfidf": None}, 0.01) == "hybrid"

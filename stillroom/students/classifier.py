@@ -23,7 +23,15 @@ from stillroom.students.base import Prompt, Student, last_user_turn, read_manife
 ENCODER_DIR = "encoder"
 HEAD_FILE = "head.npz"
 VOCABULARY_FILE = "tfidf_vocabulary.json"
+CHAR_VOCABULARY_FILE = "tfidf_char_vocabulary.json"
 TFIDF_OPTIONS: dict[str, Any] = {"sublinear_tf": True, "ngram_range": (1, 2), "min_df": 2}
+CHAR_TFIDF_OPTIONS: dict[str, Any] = {
+    "sublinear_tf": True,
+    "analyzer": "char_wb",
+    "ngram_range": (2, 5),
+    "min_df": 2,
+    "max_features": 50_000,
+}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -44,6 +52,36 @@ def load_encoder(name_or_path: str, max_seq_length: int, quantize: bool) -> Any:
     return encoder
 
 
+def restore_tfidf(options: dict[str, Any], vocabulary: dict[str, int], idf: np.ndarray) -> TfidfVectorizer:
+    """A fitted TF-IDF vectorizer from its stored vocabulary and idf weights (no pickle)."""
+    vectorizer = TfidfVectorizer(**options, vocabulary=vocabulary)
+    vectorizer.idf_ = idf
+    return vectorizer
+
+
+class Ngrams:
+    """Word and character n-gram TF-IDF side by side. Words carry the topic; character n-grams carry what
+    a word vocabulary splits or never saw: file extensions, version numbers, typos, names."""
+
+    def __init__(self, word: TfidfVectorizer, char: TfidfVectorizer | None = None):
+        self.word = word
+        self.char = char
+
+    def transform(self, texts: list[str]) -> Any:
+        if self.char is None:
+            return self.word.transform(texts)
+        return hstack([self.word.transform(texts), self.char.transform(texts)]).tocsr()
+
+    @classmethod
+    def load(cls, directory: Path, head: Any) -> Ngrams:
+        word = restore_tfidf(TFIDF_OPTIONS, json.loads((directory / VOCABULARY_FILE).read_text()), head["idf"])
+        char = None
+        if (directory / CHAR_VOCABULARY_FILE).exists():  # folders from before character n-grams have none
+            vocabulary = json.loads((directory / CHAR_VOCABULARY_FILE).read_text())
+            char = restore_tfidf(CHAR_TFIDF_OPTIONS, vocabulary, head["char_idf"])
+        return cls(word, char)
+
+
 class Features:
     """Turns texts into the matrix a head reads: embeddings, TF-IDF, or both side by side."""
 
@@ -51,7 +89,7 @@ class Features:
         self,
         kind: ClassifierFeatures,
         encoder: Any = None,
-        tfidf: TfidfVectorizer | None = None,
+        tfidf: Ngrams | None = None,
         encoder_source: str | None = None,
     ):
         self.kind = kind
@@ -109,8 +147,6 @@ class EmbeddingClassifier(Student):
         if kind != "tfidf":
             encoder = load_encoder(source, manifest.get("max_seq_length", 256), manifest.get("quantize", False))
         if kind != "embedding":
-            vocabulary = json.loads((directory / VOCABULARY_FILE).read_text())
-            tfidf = TfidfVectorizer(**TFIDF_OPTIONS, vocabulary=vocabulary)
-            tfidf.idf_ = head["idf"]
+            tfidf = Ngrams.load(directory, head)
         info = {key: value for key, value in manifest.items() if key not in ("kind", "labels")}
         return cls(Features(kind, encoder, tfidf, source), manifest["labels"], head["weights"], head["bias"], info)

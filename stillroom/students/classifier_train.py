@@ -27,12 +27,15 @@ from stillroom.embeddings import resolve_embedder
 from stillroom.schema import DatasetRow
 from stillroom.students.base import write_manifest
 from stillroom.students.classifier import (
+    CHAR_TFIDF_OPTIONS,
+    CHAR_VOCABULARY_FILE,
     ENCODER_DIR,
     HEAD_FILE,
     TFIDF_OPTIONS,
     VOCABULARY_FILE,
     EmbeddingClassifier,
     Features,
+    Ngrams,
     load_encoder,
     softmax,
 )
@@ -60,7 +63,7 @@ def train_classifier(
     needs_encoder = any(kind in ("embedding", "hybrid") for kind in candidates)
     source = resolve_embedder(params.embedder)
     encoder = load_encoder(source, params.max_seq_length, params.quantize) if needs_encoder else None
-    tfidf = TfidfVectorizer(**TFIDF_OPTIONS).fit(texts) if any(k != "embedding" for k in candidates) else None
+    tfidf = fit_ngrams(texts, params.char_ngrams) if any(k != "embedding" for k in candidates) else None
     # Embed once; the hybrid reuses the same vectors.
     cache: dict[str, np.ndarray] = {}
 
@@ -81,8 +84,7 @@ def train_classifier(
             scores[kind] = float(np.mean([labels[p] == r.target for p, r in zip(predicted, held, strict=True)]))
         else:
             scores[kind] = None
-    # Best validation accuracy; ties (and no validation) go to the earliest candidate listed.
-    chosen = max(candidates, key=lambda kind: (scores[kind] or 0.0, -candidates.index(kind)))
+    chosen = cheapest_within_tolerance(candidates, scores, params.selection_tolerance)
     x = matrix(chosen, texts, "train")
     weights, bias = heads[chosen]
     temperature = 1.0
@@ -115,6 +117,28 @@ def train_classifier(
     return student, stats
 
 
+# What each feature set costs to answer, cheapest first: n-grams take microseconds, the encoder milliseconds.
+_COST = {"tfidf": 0, "embedding": 1, "hybrid": 2}
+
+
+def cheapest_within_tolerance(
+    candidates: Sequence[ClassifierFeatures], scores: dict[str, float | None], tolerance: float
+) -> ClassifierFeatures:
+    """The cheapest candidate whose validation accuracy is within `tolerance` of the best one's
+    (without validation: the first listed)."""
+    if not any(score is not None for score in scores.values()):
+        return candidates[0]
+    best = max(score or 0.0 for score in scores.values())
+    good = [kind for kind in candidates if (scores[kind] or 0.0) >= best - tolerance - 1e-12]
+    return min(good, key=lambda kind: (_COST[kind], candidates.index(kind)))
+
+
+def fit_ngrams(texts: list[str], chars: bool = True) -> Ngrams:
+    """Word (and character) n-gram TF-IDF fitted on the training texts."""
+    word = TfidfVectorizer(**TFIDF_OPTIONS).fit(texts)
+    return Ngrams(word, TfidfVectorizer(**CHAR_TFIDF_OPTIONS).fit(texts) if chars else None)
+
+
 def save_classifier(student: EmbeddingClassifier, directory: Path) -> None:
     """Write the student folder `EmbeddingClassifier.load` reads: head arrays, encoder, TF-IDF vocabulary, manifest."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -125,10 +149,16 @@ def save_classifier(student: EmbeddingClassifier, directory: Path) -> None:
         if student.info.get("quantize"):
             encoder = load_encoder(student.features.encoder_source, student.info["max_seq_length"], quantize=False)
         encoder.save(str(directory / ENCODER_DIR))
-    if student.features.tfidf is not None:
-        vocabulary = {term: int(i) for term, i in student.features.tfidf.vocabulary_.items()}
-        (directory / VOCABULARY_FILE).write_text(json.dumps(vocabulary, ensure_ascii=False))
-        arrays["idf"] = student.features.tfidf.idf_.astype(np.float64)
+    ngrams = student.features.tfidf
+    if ngrams is not None:
+        for vectorizer, file, key in (
+            (ngrams.word, VOCABULARY_FILE, "idf"),
+            (ngrams.char, CHAR_VOCABULARY_FILE, "char_idf"),
+        ):
+            if vectorizer is not None:
+                vocabulary = {term: int(i) for term, i in vectorizer.vocabulary_.items()}
+                (directory / file).write_text(json.dumps(vocabulary, ensure_ascii=False))
+                arrays[key] = vectorizer.idf_.astype(np.float64)
     np.savez(directory / HEAD_FILE, **arrays)
     write_manifest(directory, student.kind, labels=student.labels, **student.info)
 
