@@ -165,7 +165,9 @@ UNSEEN_FILES = [("IMG_2931.JPG", "photos"), ("minutes-final.pdf", "documents"), 
 
 def test_character_ngrams_read_what_words_miss_and_the_cheapest_good_candidate_wins(tmp_path):
     params = ClassifierParams(features=["embedding", "tfidf"], selection_tolerance=0.01)
-    student, info = train_classifier(file_rows("train", FILES), params, validation=file_rows("validation", UNSEEN_FILES))
+    student, info = train_classifier(
+        file_rows("train", FILES), params, validation=file_rows("validation", UNSEEN_FILES)
+    )
     assert info["features"] == "tfidf"  # as good as the encoder on validation, and far cheaper to answer
     assert student.features.tfidf.char is not None
     unseen = [[Message(role="user", content=name)] for name, _ in UNSEEN_FILES]
