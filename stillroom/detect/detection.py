@@ -16,6 +16,7 @@ class Detection:
     assignments: dict[str, str | None]
     passes: dict[str, int] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    skeleton_words: frozenset[str] = frozenset()  # the fixed words of skeletons, for the request matcher
 
     def summary(self) -> dict:
         assigned = sum(task is not None for task in self.assignments.values())

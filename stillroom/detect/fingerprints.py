@@ -47,3 +47,24 @@ def is_generic_prompt(system_prompt: str) -> bool:
 @lru_cache(maxsize=4096)
 def structure_key(system_prompt: str, response_format: str) -> tuple[str, ...]:
     return ("structure", fold(system_prompt), response_format)
+
+
+@lru_cache(maxsize=4096)
+def schema_keys(response_format: str) -> frozenset[str] | None:
+    """The top-level properties of a JSON-schema response_format (canonical form), else None."""
+    if not response_format:
+        return None
+    spec = json.loads(response_format)
+    schema = (spec.get("json_schema") or {}).get("schema") if spec.get("type") == "json_schema" else None
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    return frozenset(properties) if isinstance(properties, dict) else None
+
+
+def same_output(format_a: str, keys_a: frozenset[str] | None, format_b: str, keys_b: frozenset[str] | None) -> bool:
+    """Two groups answer in one output shape: the same response_format, or a JSON schema whose
+    properties are the keys the other group's JSON answers have (one job, one program asking
+    with a schema and another asking in its prompt)."""
+    if format_a == format_b:
+        return True
+    schema_a, schema_b = schema_keys(format_a), schema_keys(format_b)
+    return (schema_a is not None and schema_a == keys_b) or (schema_b is not None and schema_b == keys_a)

@@ -5,7 +5,8 @@ groups calls by (`fingerprints.py`, `templates.py`), so a request is matched the
 logged twin was assigned:
 
 1. structure: the folded system prompt and response_format of a program's calls;
-2. template: a mined instruction template of a hand-typed user turn;
+2. template: a mined instruction template of a hand-typed user turn, else its skeleton over
+   the fixed words detect kept (`templates.skeleton`);
 3. embedding (optional, free-form prompts only): the nearest template of a task by cosine,
    no looser than detect's own clustering (`detect.cluster_similarity`).
 
@@ -26,10 +27,10 @@ from typing import Any, Literal
 import numpy as np
 
 from stillroom.detect.fingerprints import canonical_format, fold, is_generic_prompt
-from stillroom.detect.templates import candidates
+from stillroom.detect.templates import candidates, skeleton
 from stillroom.schema import LogRecord, TaskCard
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 # A fingerprint names a task when at least this share of the calls carrying it went to that task.
 _PURITY = 0.9
 # ... and at least this many of them: one shared call is a coincidence, not a template.
@@ -93,10 +94,13 @@ def build_index(
     cards: Sequence[TaskCard],
     embed_fn: EmbedFn | None = None,
     similarity_floor: float = 0.8,
+    skeleton_words: frozenset[str] = frozenset(),
 ) -> dict:
-    """The task index detect writes: every structure and template fingerprint that names one task."""
+    """The task index detect writes: every structure, template and skeleton fingerprint that
+    names one task, and the fixed words skeletons are made over."""
     structures: dict[str, Counter] = defaultdict(Counter)
     templates: dict[str, Counter] = defaultdict(Counter)
+    skeletons: dict[str, Counter] = defaultdict(Counter)
     for record in records:
         task = assignments.get(record.id)
         response_format = canonical_format(record.response_format)
@@ -105,14 +109,19 @@ def build_index(
             structures[structure][task] += 1
         for template in candidates(record.user_text):
             templates[_key(response_format, template)][task] += 1
+        if skeleton_words and (form := skeleton(record.user_text, skeleton_words)):
+            skeletons[_key(response_format, form)][task] += 1
     known = {card.id for card in cards}
     by_structure = {k: t for k, t in _pure(structures).items() if t in known}
     by_template = {k: t for k, t in _pure(templates).items() if t in known}
+    by_skeleton = {k: t for k, t in _pure(skeletons).items() if t in known}
     index: dict = {
         "version": INDEX_VERSION,
         "tasks": {card.id: {"name": card.name, "output_format": card.answer_format} for card in cards},
         "structures": by_structure,
         "templates": by_template,
+        "skeletons": by_skeleton,
+        "skeleton_words": sorted(skeleton_words) if by_skeleton else [],  # a request's skeleton is made as detect's
         "embedding": None,
     }
     if embed_fn is not None and by_template:
@@ -140,6 +149,8 @@ class TaskMatcher:
         self.tasks: dict[str, dict] = index["tasks"]
         self.structures: dict[str, str] = index["structures"]
         self.templates: dict[str, str] = index["templates"]
+        self.skeletons: dict[str, str] = index["skeletons"]
+        self.skeleton_words = frozenset(index["skeleton_words"])
         embedding = index.get("embedding") or None
         self.embed_fn = embed_fn if embedding else None
         if embedding and embed_fn is not None:
@@ -168,6 +179,9 @@ class TaskMatcher:
         for template in found:
             if task := self.templates.get(_key(fmt, template)):
                 return self._found(task, "template")
+        form = skeleton(user, self.skeleton_words) if self.skeletons else None
+        if form and (task := self.skeletons.get(_key(fmt, form))):
+            return self._found(task, "template")
         if structure is None and found and self.embed_fn is not None:
             return self._nearest_template(fmt, found)
         return None

@@ -35,10 +35,10 @@ from stillroom.data import (
 from stillroom.detect.cards import AnswerShape, build_card
 from stillroom.detect.detection import Detection
 from stillroom.detect.distillability import assess
-from stillroom.detect.fingerprints import canonical_format, is_generic_prompt, structure_key
+from stillroom.detect.fingerprints import canonical_format, is_generic_prompt, same_output, structure_key
 from stillroom.detect.history import append_history, reconcile
 from stillroom.detect.matcher import build_index, write_index
-from stillroom.detect.templates import mine
+from stillroom.detect.templates import WILDCARD, mine, skeleton, skeleton_vocabulary
 from stillroom.embeddings import embed
 from stillroom.schema import DetectedBy, LogRecord, TaskCard, stable_id
 
@@ -139,7 +139,8 @@ class _UnionFind:
 def _merge_reworded(groups: list[_Group], params: DetectParams, embed_fn: EmbedFn) -> list[_Group]:
     """Pass 2a: one task whose system prompt was edited, or that two programs ask for in
     their own words, is several structural groups; join those whose prompts mean the same,
-    share a response_format and answer alike.
+    answer in one output shape (one response_format, or a JSON schema and JSON answers with
+    its keys) and answer alike.
 
     Runs before the size threshold so a recent rewording with few calls still joins its task.
     """
@@ -149,7 +150,8 @@ def _merge_reworded(groups: list[_Group], params: DetectParams, embed_fn: EmbedF
     similar = vectors @ vectors.T >= params.merge_similarity
     sets = _UnionFind(len(groups))
     for i, j in zip(*np.nonzero(np.triu(similar, k=1)), strict=True):
-        if groups[i].key[2] == groups[j].key[2] and groups[i].shape.compatible(groups[j].shape):
+        a, b = groups[i], groups[j]
+        if same_output(a.key[2], a.shape.json_keys, b.key[2], b.shape.json_keys) and a.shape.compatible(b.shape):
             sets.join(i, j)
     members: dict[int, list[LogRecord]] = {}
     for i, group in enumerate(groups):
@@ -186,11 +188,23 @@ def _consistent(group: _Group, params: DetectParams, embed_fn: EmbedFn) -> bool:
     template, uses = Counter(mine([r.user_text for r in group.records])).most_common(1)[0]
     if template is not None and 2 * uses > len(group.records):
         return True
-    picks = np.unique(np.linspace(0, len(group.records) - 1, params.embed_sample).round().astype(int))
-    sample = Counter(group.records[i].user_text[:_MAX_EMBED_CHARS] for i in picks)
+    return _turns_cohesive(group.records, params, embed_fn)
+
+
+def _turns_cohesive(records: Sequence[LogRecord], params: DetectParams, embed_fn: EmbedFn) -> bool:
+    """The user turns (a sample of them) are about one thing."""
+    picks = np.unique(np.linspace(0, len(records) - 1, params.embed_sample).round().astype(int))
+    sample = Counter(records[i].user_text[:_MAX_EMBED_CHARS] for i in picks)
     unique = list(sample)
     weights = np.array([sample[u] for u in unique], dtype=np.float64)
     return _cohesion(embed_fn(unique), weights) >= params.cluster_min_cohesion
+
+
+def _small_but_sure(group: _Group, params: DetectParams) -> bool:
+    """A group with fewer calls than min_task_records, or a cluster found by skeletons, needs
+    more evidence: enough distinct inputs (the same message sent again is no task) and answers
+    in one shape (a chat's replies are not)."""
+    return len({r.user_text for r in group.records}) >= params.min_cluster_records and group.shape.one_shape
 
 
 @dataclass
@@ -200,17 +214,24 @@ class _Cluster:
     group: _Group
     vector: np.ndarray  # the mean of its templates' vectors, weighted by calls
     cohesion: float
+    by_skeleton: bool  # some of its calls share only a skeleton, no exact template
 
 
-def _cluster_pool(pool: Sequence[LogRecord], params: DetectParams, embed_fn: EmbedFn) -> list[_Cluster]:
+def _cluster_pool(
+    pool: Sequence[LogRecord], params: DetectParams, embed_fn: EmbedFn, vocabulary: frozenset[str]
+) -> tuple[list[_Cluster], dict[str, tuple[str, str]]]:
     """Pass 2b: hand-typed repeated tasks among free-form calls, found by clustering their
-    mined templates. A call with no template shared by another call is a one-off."""
+    mined templates (or, second chance, skeletons over `vocabulary`). A call with no template
+    or skeleton shared by another call is a one-off. Also returns each templated call's
+    (response_format, template), for `_adopt_strays`."""
     partitions: dict[str, list[LogRecord]] = {}
     for record in pool:
         partitions.setdefault(canonical_format(record.response_format), []).append(record)
     found = []
+    forms: dict[str, tuple[str, str]] = {}
     for response_format, records in partitions.items():
-        templates = mine([r.user_text for r in records])
+        templates = mine([r.user_text for r in records], vocabulary=vocabulary)
+        forms.update((r.id, (response_format, t)) for r, t in zip(records, templates, strict=True) if t is not None)
         counts = Counter(t for t in templates if t is not None)
         if not counts:
             continue
@@ -240,8 +261,73 @@ def _cluster_pool(pool: Sequence[LogRecord], params: DetectParams, embed_fn: Emb
                 AnswerShape.of(group_records, params),
             )
             mean = (vectors[inside] * weights[inside, None]).sum(axis=0)
-            found.append(_Cluster(group, mean / np.linalg.norm(mean), _cohesion(vectors[inside], weights[inside])))
-    return found
+            cohesion = _cohesion(vectors[inside], weights[inside])
+            by_skeleton = any(WILDCARD in t for _, t in calls)
+            found.append(_Cluster(group, mean / np.linalg.norm(mean), cohesion, by_skeleton))
+    return found, forms
+
+
+def _adopt_strays(
+    tasks: list[_Group], pool: Sequence[LogRecord], forms: dict[str, tuple[str, str]], vocabulary: frozenset[str]
+) -> int:
+    """A free-form call left out of clustering (DBSCAN noise) whose template, or skeleton, the
+    calls of one task carry, and no other task's, is a call of that task. The request matcher
+    names a task by the same fingerprints, so serve and detect agree. Returns how many calls
+    were adopted."""
+    owner_of = {r.id: i for i, task in enumerate(tasks) for r in task.records}
+    owners: dict[tuple[str, str], Counter[int]] = {}
+    for record in pool:
+        if record.id in owner_of and record.id in forms:
+            owners.setdefault(forms[record.id], Counter())[owner_of[record.id]] += 1
+    adopted: dict[int, list[LogRecord]] = {}
+    for record in pool:
+        if record.id in owner_of:
+            continue
+        form = skeleton(record.user_text, vocabulary)
+        keys = [forms.get(record.id), (canonical_format(record.response_format), form) if form else None]
+        holders = next((h for key in keys if key and (h := owners.get(key)) and len(h) == 1), None)
+        if holders:
+            adopted.setdefault(next(iter(holders)), []).append(record)
+    for i, records in adopted.items():
+        tasks[i].records = sorted(tasks[i].records + records, key=_time_key)
+    return sum(len(rs) for rs in adopted.values())
+
+
+def _join_wordings(clusters: list[_Cluster], params: DetectParams) -> list[_Cluster]:
+    """Pass 2d: hand-typed clusters that ask the same in other words and answer alike are one
+    task (a low-volume task typed two ways is too small in either wording); each must be
+    answered in one shape, so a chat cluster never drags a task down. The merged task
+    keeps the id of its earliest wording, so a new wording never changes it."""
+    if len(clusters) < 2:
+        return clusters
+    similar = np.stack([c.vector for c in clusters]) @ np.stack([c.vector for c in clusters]).T
+    sets = _UnionFind(len(clusters))
+    for i, j in zip(*np.nonzero(np.triu(similar >= params.attach_similarity, k=1)), strict=True):
+        a, b = clusters[i].group, clusters[j].group
+        if a.key[2] == b.key[2] and a.shape.one_shape and b.shape.one_shape and a.shape.compatible(b.shape):
+            sets.join(i, j)
+    parts: dict[int, list[_Cluster]] = {}
+    for i, cluster in enumerate(clusters):
+        parts.setdefault(sets.root(i), []).append(cluster)
+    joined = []
+    for members in parts.values():
+        if len(members) == 1:
+            joined.append(members[0])
+            continue
+        first = min(members, key=lambda c: _time_key(c.group.records[0]))
+        records = sorted((r for c in members for r in c.group.records), key=_time_key)
+        weights = np.array([len(c.group.records) for c in members], dtype=np.float64)
+        mean = (np.stack([c.vector for c in members]) * weights[:, None]).sum(axis=0)
+        group = _Group(records, "embedding", first.group.key, first.group.topic, AnswerShape.of(records, params))
+        joined.append(
+            _Cluster(
+                group,
+                mean / np.linalg.norm(mean),
+                min(c.cohesion for c in members),
+                any(c.by_skeleton for c in members),
+            )
+        )
+    return joined
 
 
 def _attach(clusters: list[_Cluster], tasks: list[_Group], params: DetectParams, embed_fn: EmbedFn) -> list[_Cluster]:
@@ -267,6 +353,19 @@ def _attach(clusters: list[_Cluster], tasks: list[_Group], params: DetectParams,
     return alone
 
 
+def _is_task(cluster: _Cluster, params: DetectParams) -> bool:
+    """The size threshold, applied once wordings are joined: a cluster of min_task_records
+    cohesive templates is a task; a smaller one, or one found by skeletons or by an instruction
+    line over a payload, needs the stronger evidence of `_small_but_sure` (its user turns are
+    mostly payload, so their meaning says little)."""
+    size = len(cluster.group.records)
+    if size < params.min_cluster_records or cluster.cohesion < params.cluster_min_cohesion:
+        return False
+    if size >= params.min_task_records and not cluster.by_skeleton:
+        return True
+    return _small_but_sure(cluster.group, params)
+
+
 def _slug(text: str) -> str:
     """A readable name from the words that say what the task does ("classify-article-topic")."""
     text = re.sub(r"<\w+>", " ", text.casefold())  # a template's masked slots name nothing
@@ -283,8 +382,9 @@ def _name(group: _Group) -> str:
     return _slug(stated or group.key[1])
 
 
-def _card(group: _Group, params: DetectParams) -> TaskCard:
-    templates = Counter(t for t in mine([r.user_text for r in group.records], _CORE_NEIGHBOURS) if t is not None)
+def _card(group: _Group, params: DetectParams, vocabulary: frozenset[str]) -> TaskCard:
+    texts = [r.user_text for r in group.records]
+    templates = Counter(t for t in mine(texts, _CORE_NEIGHBOURS, vocabulary) if t is not None)
     card = build_card(
         group.records,
         task_id=stable_id(*group.key, prefix="task-"),
@@ -341,25 +441,25 @@ def detect_tasks(
     tasks: list[_Group] = []
     rejected: Counter[str] = Counter()
     for group in merged:
-        if len(group.records) < params.min_task_records:
+        small = len(group.records) < params.min_task_records
+        if small and len(group.records) < params.min_cluster_records:
             rejected["small_groups"] += 1
             pool.extend(group.records)
-        elif not _consistent(group, params, embed_fn):
-            rejected["inconsistent_groups"] += 1
+        elif not _consistent(group, params, embed_fn) or (small and not _small_but_sure(group, params)):
+            rejected["small_groups" if small else "inconsistent_groups"] += 1
             pool.extend(group.records)
         else:
             tasks.append(group)
     structure_tasks = len(tasks)
     pool.sort(key=_time_key)
-    clusters = _cluster_pool(pool, params, embed_fn)
-    alone = _attach(clusters, tasks, params, embed_fn)
-    tasks += [
-        c.group
-        for c in alone
-        if len(c.group.records) >= params.min_task_records and c.cohesion >= params.cluster_min_cohesion
-    ]
+    vocabulary = skeleton_vocabulary(r.user_text for r in pool)
+    clusters, forms = _cluster_pool(pool, params, embed_fn, vocabulary)
+    unattached = _attach(clusters, tasks, params, embed_fn)
+    alone = _join_wordings(unattached, params)
+    tasks += [c.group for c in alone if _is_task(c, params)]
+    adopted = _adopt_strays(tasks, pool, forms, vocabulary)
 
-    cards = [_card(group, params) for group in tasks]
+    cards = [_card(group, params, vocabulary) for group in tasks]
     _unique_names(cards)
     assignments: dict[str, str | None] = dict.fromkeys((r.id for r in ordered), None)
     for group, card in zip(tasks, cards, strict=True):
@@ -373,11 +473,13 @@ def detect_tasks(
         "inconsistent_groups": rejected["inconsistent_groups"],
         "free_form_records": len(pool),
         "template_clusters": len(clusters),
-        "attached_clusters": len(clusters) - len(alone),
+        "attached_clusters": len(clusters) - len(unattached),
+        "joined_wordings": len(unattached) - len(alone),
+        "adopted_calls": adopted,
         "embedding_tasks": len(tasks) - structure_tasks,
     }
     cards.sort(key=lambda c: (-c.count, c.id))
-    return Detection(cards=cards, assignments=assignments, passes=passes)
+    return Detection(cards=cards, assignments=assignments, passes=passes, skeleton_words=vocabulary)
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -396,7 +498,12 @@ def run(params: Params, layout: Layout) -> dict:
     write_cards(layout.cards, detection.cards)
     write_assignments(layout.assignments, detection.assignments)
     index = build_index(
-        records, detection.assignments, detection.cards, embed_fn, params.detect.cluster_similarity
+        records,
+        detection.assignments,
+        detection.cards,
+        embed_fn,
+        params.detect.cluster_similarity,
+        detection.skeleton_words,
     )
     write_index(layout.task_index, index)
     summary = detection.summary() | {"seconds": round(time.perf_counter() - started, 2)}

@@ -5,63 +5,195 @@ Calls that fill one template ("Summarize this: {text}", "{text}\\n\\ntl;dr", "Wh
 share that part, so they can be grouped by counting strings instead of embedding every call:
 at a million calls, embedding each one would take hours on a CPU, while the distinct templates
 number in the hundreds. Only places where people put an instruction are candidates (a head
-before a colon, a separate first or last paragraph, a short turn with masked slots), so the
-opening words two chat messages happen to share never make a template.
+before a colon, a separate first or last paragraph, a short turn once its payload is masked:
+a JSON document, a quoted span, a file name, a number, a URL), so the opening words two chat
+messages happen to share never make a template.
+
+A hand-typed sentence whose slots are free words ("got holiday photo (jpeg, 2 mb), keep it?")
+shares no exact template with its siblings; its second chance is a skeleton: the words rare
+in the free-form pool become a wildcard, so only the words a person repeats stay fixed.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+from stillroom.answers import parse_json
 
 # A candidate longer than this is content (an article's paragraph), not an instruction.
 MAX_TEMPLATE_WORDS = 60
 # A whole turn is its own template only when it is this short and has a masked slot.
 MAX_SHORT_TURN_WORDS = 12
+# A skeleton is only made of a turn this short (characters before masking, words after).
+MAX_SKELETON_CHARS = 400
+MAX_SKELETON_WORDS = 30
+# A word stays fixed in a skeleton when this many distinct free-form turns use it, and this share
+# of them: payload words recur as the log grows, a repeated instruction's words recur with every call.
+SKELETON_WORD_TEXTS = 5
+SKELETON_WORD_SHARE = 0.002
+# ... and a skeleton needs this many fixed content words (not function words), so "what <*> the <*>
+# of <*>" never names a task: any two questions share that much.
+_SKELETON_MIN_WORDS = 2
+_FUNCTION_WORD_LIST = (
+    "a an the and or but if of to in on at for from by with into about as is are was were be been am do does did "
+    "i me my you your we our us he she it its they them their this that these those there here what which who "
+    "how why when where can could would should will shall may might must not no yes so than then just very "
+    "have has had get got some any all one s t m ll re ve d"
+)
+_FUNCTION_WORDS = frozenset(_FUNCTION_WORD_LIST.split())
+WILDCARD = "<*>"
+# An instruction line is its own candidate over a payload of at least this many words (a chat message is shorter).
+_PAYLOAD_WORDS = 40
 
+_FILE_EXTENSIONS = (
+    "pdf doc docx odt rtf txt md csv tsv xls xlsx ods ppt pptx key json xml yaml yml toml ini log sql db "
+    "jpg jpeg png gif bmp tif tiff webp heic svg psd raw mp3 wav flac ogg m4a aac mp4 mov avi mkv webm "
+    "zip tar gz tgz bz2 xz 7z rar iso dmg exe msi apk deb rpm bin py js ts java c cpp h rb go rs php html css "
+    "sh bat ipynb bak tmp"
+)
+_FILE = "|".join(_FILE_EXTENSIONS.split())
 _MASKS = (
+    (re.compile(r"<[a-z]+(?:_[a-z]+)*_\d+>"), "<redacted>"),  # ingest's scrub placeholders (<EMAIL_1>, casefolded)
     (re.compile(r"(?:https?://|www\.)\S+"), "<url>"),
     (re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"), "<email>"),
+    (re.compile(rf"(?<![\w/.])(?:[a-z]:)?(?:[\w~.-]*/)*[\w-][\w.()-]{{0,80}}?\.(?:{_FILE})\b"), "<file>"),
+    (re.compile(r"\"[^\"\n]{1,300}\"|“[^”\n]{1,300}”|`[^`\n]{1,300}`|(?<!\w)'[^'\n]{1,300}'(?!\w)"), "<quote>"),
     (re.compile(r"(?<![\w@])@\w+"), "<user>"),
     (re.compile(r"\d+(?:[.,:/-]\d+)*"), "<num>"),
 )
-_SLOT_TOKENS = tuple(token for _, token in _MASKS)
+_JSON = "<json>"
+_SLOT_TOKENS = (*(token for _, token in _MASKS), _JSON)
 _EDGE_PUNCTUATION = " .:;,!?-\"'"
+_TOKEN = re.compile(r"<\w+>|[\w']+|[^\w\s]")
+
+
+def _json_end(text: str, start: int) -> int | None:
+    """Where the JSON object or array opening at `start` ends, if it is one."""
+    depth, quoted, escaped = 0, False, False
+    for i in range(start, len(text)):
+        char = text[i]
+        if quoted:
+            escaped, quoted = (False, quoted) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            quoted = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1 if parse_json(text[start : i + 1]) is not None else None
+    return None
+
+
+def mask_json(text: str) -> str:
+    """JSON documents pasted into a turn as one slot: the instruction around them is what repeats."""
+    out, i = [], 0
+    while (start := min((p for p in (text.find("{", i), text.find("[", i)) if p >= 0), default=-1)) >= 0:
+        end = _json_end(text, start)
+        out.append(text[i:start] + (_JSON if end else text[start]))
+        i = end or start + 1
+    return "".join(out) + text[i:] if out else text
 
 
 def mask(text: str) -> str:
     """Case, spacing and edge punctuation folded, variable tokens (numbers, URLs, e-mail
-    addresses, @handles) replaced by a slot name, so "Order 12:" and "order 7" agree."""
+    addresses, file names, quoted spans, @handles) replaced by a slot name, so "Order 12:"
+    and "order 7" agree."""
     text = " ".join(text.split()).casefold()
     for pattern, token in _MASKS:
         text = pattern.sub(token, text)
     return text.strip(_EDGE_PUNCTUATION)
 
 
+def _has_slot(masked: str) -> bool:
+    return "<" in masked and any(token in masked for token in _SLOT_TOKENS)
+
+
+def _words_besides_slots(masked: str) -> int:
+    return sum(token[0].isalnum() for token in _TOKEN.findall(masked))
+
+
 def candidates(text: str) -> list[str]:
     """The masked parts of a turn that could be its fixed instruction."""
-    text = text.strip()
+    text = mask_json(text.strip())
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
     head = re.match(r"([^\n]+?):(?:\s|$)", text)
     found = [head.group(1)] if head else []
     if len(paragraphs) > 1:
         found += [paragraphs[0], paragraphs[-1]]
     masked = [mask(part) for part in found if len(part.split()) <= MAX_TEMPLATE_WORDS]
-    if len(text.split()) <= MAX_SHORT_TURN_WORDS:
+    first, newline, rest = text.partition("\n")
+    # an instruction line over a longer payload; the payload is a wildcard, so a cluster of these needs more evidence
+    if newline and 3 <= len(first.split()) <= MAX_SHORT_TURN_WORDS and len(rest.split()) >= _PAYLOAD_WORDS:
+        masked.append(f"{mask(first)} {WILDCARD}")
+    if len(text) <= MAX_SKELETON_CHARS or len(text.split()) <= MAX_SHORT_TURN_WORDS:
         whole = mask(text)
-        if any(token in whole for token in _SLOT_TOKENS):
+        if len(whole.split()) <= MAX_SHORT_TURN_WORDS and _has_slot(whole) and _words_besides_slots(whole) >= 2:
             masked.append(whole)
     return list(dict.fromkeys(m for m in masked if m))
 
 
-def mine(texts: Sequence[str], min_support: int = 2) -> list[str | None]:
+def _skeleton_tokens(text: str) -> list[str] | None:
+    """The tokens of a short turn once masked, or None for a turn too long to be one sentence."""
+    if len(text) > MAX_SKELETON_CHARS:
+        return None
+    tokens = _TOKEN.findall(mask(mask_json(text)))
+    return tokens if len(tokens) <= 2 * MAX_SKELETON_WORDS else None
+
+
+def skeleton_vocabulary(texts: Iterable[str]) -> frozenset[str]:
+    """The words that many distinct short turns use: what a person repeats."""
+    used: Counter[str] = Counter()
+    short = 0
+    for text in set(texts):
+        tokens = _skeleton_tokens(text)
+        if tokens:
+            short += 1
+            used.update({t for t in tokens if t[0] != "<" and (t[0].isalnum() or t[0] == "_")})
+    floor = max(SKELETON_WORD_TEXTS, SKELETON_WORD_SHARE * short)
+    return frozenset(word for word, n in used.items() if n >= floor)
+
+
+def skeleton(text: str, vocabulary: frozenset[str]) -> str | None:
+    """A short turn with every word outside `vocabulary` as a wildcard (runs of them as one),
+    when it keeps a slot or wildcard, at least two fixed content words and no more wildcards
+    than those (a chat message is mostly its own words); else None."""
+    tokens = _skeleton_tokens(text)
+    if not tokens:
+        return None
+    out: list[str] = []
+    fixed = 0
+    for token in tokens:
+        if token[0] == "<" or not (token[0].isalnum() or token[0] == "_") or token in vocabulary:
+            fixed += token in vocabulary and token not in _FUNCTION_WORDS
+            out.append(token)
+        elif out[-1:] != [WILDCARD]:
+            out.append(WILDCARD)
+    form = " ".join(out)
+    wildcards = out.count(WILDCARD)
+    if fixed < max(_SKELETON_MIN_WORDS, wildcards) or not (wildcards or _has_slot(form)):
+        return None
+    return form
+
+
+def mine(texts: Sequence[str], min_support: int = 2, vocabulary: frozenset[str] | None = None) -> list[str | None]:
     """Per turn, the candidate it shares with the most other turns (ties: the first found),
-    or None when it shares none with at least `min_support - 1` others."""
+    or None when it shares none with at least `min_support - 1` others; support counts
+    distinct turns (the same turn sent again is not a template). With a `vocabulary`, a turn
+    left without one gets its skeleton when at least `min_support` distinct turns share it."""
     found = [candidates(text) for text in texts]
-    support = Counter(c for cs in found for c in cs)
+    support = Counter(c for cs in dict(zip(texts, found, strict=True)).values() for c in cs)
     picked: list[str | None] = []
     for cs in found:
         best = max(cs, key=support.__getitem__, default=None)
         picked.append(best if best is not None and support[best] >= min_support else None)
-    return picked
+    if vocabulary is None:
+        return picked
+    forms = {text: skeleton(text, vocabulary) for text, p in zip(texts, picked, strict=True) if p is None}
+    shared = Counter(form for form in forms.values() if form is not None)
+    return [
+        p if p is not None else (form if (form := forms[text]) and shared[form] >= min_support else None)
+        for text, p in zip(texts, picked, strict=True)
+    ]
