@@ -1,6 +1,7 @@
 """`stillroom`: the front door. `stillroom run` runs the whole flow; one subcommand per stage.
 
-Exit codes: 0 success, 1 the work failed (the message says why), 2 bad usage.
+Exit codes: 0 success, 1 the work failed (the message says why), 2 bad usage, or what a stage's
+summary names under `exit_code` (`stillroom ingest`: 3 when any line was quarantined).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def _fails_cleanly(func: Callable) -> Callable:
 
         try:
             return func(*args, **kwargs)
+        except typer.Exit:  # an exit status a command chose (click's Exit is a RuntimeError)
+            raise
         except (FileNotFoundError, ValueError, TeacherError, ValidationError, RuntimeError) as err:
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(1) from err
@@ -77,15 +80,50 @@ def _stage_command(stage: Stage) -> None:
         root: RootOpt = Path("."), params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False
     ) -> None:
         params, layout = _setup(root, params_file)
-        _print(stage.function()(params, layout), as_json)
+        summary = stage.function()(params, layout)
+        _print(summary, as_json)
+        _exit_with(summary)
 
     command.__doc__ = stage.help
     app.command(stage.command_name)(command)
 
 
+def _exit_with(summary: object) -> None:
+    """A stage's summary may name an exit status for scripts under `exit_code` (0: none)."""
+    code = summary.get("exit_code", 0) if isinstance(summary, dict) else 0
+    if code:
+        raise typer.Exit(int(code))
+
+
 for _stage in all_stages():
     if _stage.cli:
         _stage_command(_stage)
+
+
+@app.command("ingest")
+@_fails_cleanly
+def ingest_command(
+    root: RootOpt = Path("."),
+    params_file: ParamsOpt = Path("params.yaml"),
+    fmt: Annotated[str | None, typer.Option("--format", help="Read every line as this format (default: auto).")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="ISO date/time: leave out older calls.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO date/time: leave out calls from then on.")] = None,
+    quarantine_ok: Annotated[bool, typer.Option("--quarantine-ok", help="Exit 0 even if lines were quarantined.")] = (
+        False
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """Read LLM call logs into data/records.jsonl; bad lines go to quarantine (exit 3 when any was)."""
+    from stillroom.config import IngestParams
+    from stillroom.stages import get
+
+    params, layout = _setup(root, params_file)
+    overrides = {key: value for key, value in {"format": fmt, "since": since, "until": until}.items() if value}
+    params.ingest = IngestParams.model_validate({**params.ingest.model_dump(), **overrides})
+    summary = get("ingest").function()(params, layout)
+    _print(summary, as_json)
+    if not quarantine_ok:
+        _exit_with(summary)
 
 
 @app.command("stages")
@@ -277,6 +315,56 @@ def tasks_show(
             for example in examples:
                 why = f" [dim]({escape(example.why)})[/dim]" if example.why else ""
                 out.print(f"  {escape(example.input)}\n    -> {escape(example.output)}{why}", highlight=False)
+
+
+# ------------------------------------------------------------------ serving (stillroom/serve/)
+
+
+@app.command("serve")
+@_fails_cleanly
+def serve_command(
+    root: RootOpt = Path("."),
+    params_file: ParamsOpt = Path("params.yaml"),
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (default serve.host: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default serve.port: 8787).")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve an OpenAI-compatible /v1/chat/completions: known tasks by their student when it is sure, the rest by
+    the teacher (serve.upstream_base_url). Every exchange is captured for the next run."""
+    from stillroom.serve import serve
+
+    params, layout = _setup(root, params_file)
+    serve(params, layout, host or params.serve.host, port or params.serve.port, log_level)
+
+
+@app.command("status")
+@_fails_cleanly
+def status_command(
+    root: RootOpt = Path("."), params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False
+) -> None:
+    """Per task: the version that may serve (or why none may), live agreement from shadow audits, demotions, traffic."""
+    from rich.table import Table
+
+    from stillroom.serve.status import status_report
+
+    params, layout = _setup(root, params_file)
+    rows = status_report(params, layout)
+    if as_json:
+        _print(rows, True)
+        return
+    table = Table(title="stillroom serve: what may answer locally")
+    for column in ("task", "serving", "threshold", "live agreement (95% CI)", "audits", "last 24 h", "note"):
+        table.add_column(column)
+    for row in rows:
+        live = "-"
+        if row["live_agreement"] is not None:
+            live = f"{row['live_agreement']:.3f} [{row['live_low']:.3f}, {row['live_high']:.3f}]"
+        traffic = ", ".join(f"{route} {n}" for route, n in sorted(row["traffic_24h"].items())) or "-"
+        serving = f"{row['serving']} ({row['alias']})" if row["serving"] else "teacher only"
+        note = "; ".join(row["demoted"]) or row["not_serving_because"] or ""
+        threshold = f"{row['threshold']:.4f}" if row["threshold"] is not None else "-"
+        table.add_row(row["task"], serving, threshold, live, str(row["live_audits"]), traffic, note)
+    out.print(table)
 
 
 if __name__ == "__main__":

@@ -182,9 +182,13 @@ class ClassifierParams(_Section):
     max_train_examples: int = Field(500, ge=2)
     max_seq_length: int = Field(256, ge=16, description="word pieces of the input the encoder reads")
     features: list[ClassifierFeatures] = Field(
-        default_factory=lambda: ["embedding", "hybrid"],
+        default_factory=lambda: ["embedding", "hybrid", "tfidf"],
         description="candidates tried; the one with the best validation accuracy is kept",
     )
+    selection_tolerance: float = Field(
+        0.01, ge=0, le=1, description="the cheapest candidate this close to the best validation accuracy wins"
+    )
+    char_ngrams: bool = Field(True, description="TF-IDF reads character 2-5-grams beside word 1-2-grams")
     C: float = Field(10.0, gt=0)
     calibrate: bool = Field(True, description="temperature-scale probabilities on out-of-fold training predictions")
     quantize: bool = Field(False, description="int8 dynamic quantization of the encoder's linear layers at load")
@@ -200,7 +204,7 @@ class LMParams(_Section):
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(192, ge=16)
-    max_new_tokens: int = Field(32, ge=1)
+    max_new_tokens: int = Field(32, ge=1, description="at least; grows to the longest training answer + 25%")
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
     teacher_model: str | None = Field(
         None, description="a local LM sharing the student's tokenizer: distil on its logits (the `distill` rung)"
