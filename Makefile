@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export STILLROOM_ROOT := $(CURDIR)
 DVC_REMOTE ?= $(HOME)/.cache/stillroom/dvc-remote
 
-.PHONY: setup demo test lint bench repro retrain ui-mlflow ui-prefect clean
+.PHONY: setup demo test lint bench bench-serve serve repro retrain ui-mlflow ui-prefect clean
 
 ## setup: the virtual environment with pinned packages (torch first: a CPU build), base models prepared
 setup: $(VENV)/.stillroom-installed
@@ -43,6 +43,13 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/students.py
+
+## serve: the OpenAI-compatible endpoint on 127.0.0.1:8787 (point your client's base_url at http://127.0.0.1:8787/v1)
+serve: setup
+	$(BIN)/stillroom serve
+
+bench-serve: setup
+	$(BIN)/python bench/serve.py
 
 ## repro: the same stages through DVC (re-runs only what changed)
 repro: setup

@@ -39,6 +39,7 @@ from stillroom.data import (
 )
 from stillroom.metrics.scoring import (
     AGREEMENT_NAME,
+    agreement_interval,
     example_arrays,
     expected_calibration_error,
     per_example_agreement,
@@ -46,7 +47,7 @@ from stillroom.metrics.scoring import (
     with_intervals,
 )
 from stillroom.plots import confusion_matrix_plot, coverage_plot, reliability_plot
-from stillroom.schema import DatasetRow, LogRecord, Prediction, TaskCard
+from stillroom.schema import DatasetRow, LogRecord, OutputFormat, Prediction, TaskCard
 from stillroom.students.base import Student, load_student
 
 NO_THRESHOLD = 1.01  # above every confidence: everything goes to the teacher
@@ -105,14 +106,25 @@ def routing_on_validation(
     return info, detail
 
 
-def routing_on_test(confidence: Sequence[float], agreement: Sequence[float], threshold: float, target: float) -> dict:
-    """Did the validation threshold keep its promise on unseen data, and for what share of traffic?"""
+def routing_on_test(
+    confidence: Sequence[float],
+    agreement: Sequence[float],
+    threshold: float,
+    target: float,
+    output_format: OutputFormat = "label",
+) -> dict:
+    """Did the validation threshold keep its promise on unseen data, and for what share of traffic?
+
+    The routed share is what users of `stillroom serve` see, so its agreement gets its own lower
+    bound (Wilson for labels, bootstrap otherwise): register's routed gate reads it.
+    """
     keep = np.asarray(confidence, dtype=float) >= threshold
     kept = np.asarray(agreement, dtype=float)[keep]
     kept_agreement = float(kept.mean()) if len(kept) else None
     return {
         "coverage": float(keep.mean()) if len(keep) else 0.0,
         "routed_agreement": kept_agreement,
+        "routed_agreement_low": agreement_interval(output_format, kept)[0] if len(kept) else None,
         "routed_n": int(keep.sum()),
         "target_held": bool(kept_agreement is not None and kept_agreement >= target),
     }
@@ -242,7 +254,7 @@ def evaluate_student(
             "mean_confidence": float(np.mean(confidence)),
             "ece": expected_calibration_error(confidence, agreement),
             **routing,
-            **routing_on_test(confidence, agreement, routing["threshold"], settings.target_agreement),
+            **routing_on_test(confidence, agreement, routing["threshold"], settings.target_agreement, fmt),
             **measure_performance(model_dir, rows, settings.latency_samples, settings.batch_size),
             "size_mb": directory_size_mb(model_dir),
             **teacher_costs(card, teacher_records),

@@ -3,16 +3,81 @@
 Input: a DataFrame with a `messages` column (the chat turns, as the teacher got them) or
 a `text` column (the user turn alone). Output: a DataFrame of `answer`, `confidence` and `valid`
 (the answer is in the label set, or JSON that matches the task's schema).
+
+Also the MLflow plumbing register (writes versions) and serve (reads them) share: where the
+store is, what a task's registered model is called, and how a version's student folder is fetched.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import mlflow
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.models import Model
+from mlflow.tracking import MlflowClient
 
+from stillroom.config import Params
+from stillroom.data import Layout
 from stillroom.schema import Message
 
 STUDENT_ARTIFACT = "student"  # the artifact that holds the student folder
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def tracking_uri(params: Params, layout: Layout) -> str:
+    """MLFLOW_TRACKING_URI wins; a relative sqlite path in params is taken from the project root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.registry.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        uri = prefix + str(layout.resolve(uri[len(prefix) :]))
+    return uri
+
+
+def setup_mlflow(params: Params, layout: Layout) -> str:
+    """Point MLflow at the store and return the experiment id (created with our artifact root)."""
+    uri = tracking_uri(params, layout)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # else a registry URI resolved earlier in the process would stick
+    name = params.registry.experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        artifact_root = layout.resolve(params.registry.artifact_root)
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        return mlflow.create_experiment(name, artifact_location=artifact_root.as_uri())
+    return experiment.experiment_id
+
+
+def registry_client(params: Params, layout: Layout) -> MlflowClient:
+    """A client on the project's store, without touching MLflow's process-wide URIs."""
+    uri = tracking_uri(params, layout)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def model_name(task_name: str) -> str:
+    """The registered model of a task: `stillroom-<task name>`."""
+    return f"stillroom-{task_name}"
+
+
+def download_student(client: MlflowClient, name: str, version: str, destination: Path | str) -> Path:
+    """A model version's student folder, copied under `destination`.
+
+    The folder alone, not the pyfunc wrapper, whose code_paths would put that version's copy
+    of stillroom on sys.path.
+    """
+    source = client.get_model_version_download_uri(name, version)
+    destination = str(destination)
+    mlmodel = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{source}/MLmodel", dst_path=destination, tracking_uri=client.tracking_uri
+    )
+    student_path = Model.load(mlmodel).flavors["python_function"]["artifacts"][STUDENT_ARTIFACT]["path"]
+    folder = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{source}/{student_path}", dst_path=destination, tracking_uri=client.tracking_uri
+    )
+    return Path(folder)
 
 
 class StudentModel(mlflow.pyfunc.PythonModel):

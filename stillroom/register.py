@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import tempfile
 import time
@@ -20,44 +19,26 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from stillroom.config import Params
 from stillroom.data import Layout, load_splits, synthesized_cards, write_json
 from stillroom.metrics.scoring import AGREEMENT_NAME, per_example_agreement
-from stillroom.mlflow_model import StudentModel
+from stillroom.mlflow_model import (
+    CHALLENGER,
+    CHAMPION,
+    STUDENT_ARTIFACT,
+    StudentModel,
+    download_student,
+    setup_mlflow,
+    tracking_uri,
+)
+from stillroom.mlflow_model import model_name as registered_name
 from stillroom.requirements import inference_requirements
 from stillroom.schema import DatasetRow, TaskCard
 from stillroom.students.base import load_student
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-STUDENT_ARTIFACT = "student"  # the pyfunc artifact holding the student folder (see mlflow_model.py)
 PACKAGE_DIR = Path(__file__).parent
-
-
-def tracking_uri(params: Params, layout: Layout) -> str:
-    """MLFLOW_TRACKING_URI wins; a relative sqlite path in params is taken from the project root."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.registry.tracking_uri
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-        uri = prefix + str(layout.resolve(uri[len(prefix) :]))
-    return uri
-
-
-def setup_mlflow(params: Params, layout: Layout) -> str:
-    """Point MLflow at the store and return the experiment id (created with our artifact root)."""
-    uri = tracking_uri(params, layout)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # else a registry URI resolved earlier in the process would stick
-    name = params.registry.experiment
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is None:
-        artifact_root = layout.resolve(params.registry.artifact_root)
-        artifact_root.mkdir(parents=True, exist_ok=True)
-        return mlflow.create_experiment(name, artifact_location=artifact_root.as_uri())
-    return experiment.experiment_id
 
 
 def git_commit(root: Path) -> str:
@@ -86,7 +67,7 @@ def dvc_dir_md5(directory: Path) -> str:
 
 
 def model_name(card: TaskCard) -> str:
-    return f"stillroom-{card.name}"
+    return registered_name(card.name)
 
 
 def flatten(prefix: str, value: object) -> dict[str, object]:
@@ -147,6 +128,60 @@ class GateDecision:
         return tags
 
 
+@dataclass
+class RoutedGate:
+    """Whether the answers above the routing threshold may be served, even by a challenger.
+
+    With routing, users see only those answers, so their test agreement (with its lower bound)
+    and their share of traffic are what decide serving; overall agreement decides `champion`.
+    """
+
+    passed: bool
+    reason: str
+    agreement: float | None
+    low: float | None
+    coverage: float
+    routing_threshold: float
+
+    @classmethod
+    def decide(cls, metrics: dict, params: Params) -> RoutedGate:
+        gate = params.registry.gate.routed
+        agreement, low = metrics.get("routed_agreement"), metrics.get("routed_agreement_low")
+        coverage, threshold = float(metrics.get("coverage", 0.0)), float(metrics.get("threshold", 1.01))
+        if agreement is None or low is None or coverage == 0:
+            return cls(False, "no test answer clears the routing threshold", agreement, low, coverage, threshold)
+        passed = agreement >= gate.agreement and low >= gate.low and coverage >= gate.min_coverage
+        reason = (
+            f"routed share {coverage:.0%} (confidence >= {threshold:.4f}): agreement {agreement:.4f} "
+            f"{'>=' if agreement >= gate.agreement else '<'} {gate.agreement:.2f}, lower bound {low:.4f} "
+            f"{'>=' if low >= gate.low else '<'} {gate.low:.2f}"
+        )
+        if coverage < gate.min_coverage:
+            reason += f", coverage < {gate.min_coverage:.0%}"
+        return cls(bool(passed), reason, float(agreement), float(low), coverage, threshold)
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            "routed_gate": "passed" if self.passed else "failed",
+            "routed_gate_reason": self.reason,
+            "routing_threshold": f"{self.routing_threshold:.4f}",
+            "coverage": f"{self.coverage:.4f}",
+        }
+        if self.agreement is not None and self.low is not None:
+            tags["routed_agreement"] = f"{self.agreement:.4f}"
+            tags["routed_agreement_low"] = f"{self.low:.4f}"
+        return tags
+
+
+def serving_role(champion: bool, routed: RoutedGate) -> str:
+    """What `stillroom serve` will do with a version: the sentence the version's description opens with."""
+    if champion:
+        return "champion"
+    if routed.passed:
+        return "challenger that may serve its routed share"
+    return "challenger (teacher only)"
+
+
 def current_champion(client: MlflowClient, name: str) -> str | None:
     """The version the `champion` alias points to, or None when there is none yet."""
     try:
@@ -162,12 +197,8 @@ def current_champion(client: MlflowClient, name: str) -> str | None:
 def champion_predictions(client: MlflowClient, name: str, version: str, rows: list[DatasetRow]) -> list[str]:
     """The champion's answers to the rows, from its registered student folder (not the pyfunc wrapper,
     whose code_paths would put the champion's copy of stillroom on sys.path)."""
-    source = client.get_model_version_download_uri(name, version)
     with tempfile.TemporaryDirectory(prefix="stillroom-champion-") as tmp:
-        mlmodel = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/MLmodel", dst_path=tmp)
-        student_path = Model.load(mlmodel).flavors["python_function"]["artifacts"][STUDENT_ARTIFACT]["path"]
-        student_dir = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/{student_path}", dst_path=tmp)
-        student = load_student(student_dir)
+        student = load_student(download_student(client, name, version, tmp))
         return [p.text for p in student.predict([row.prompt for row in rows])]
 
 
@@ -224,6 +255,7 @@ def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id:
     name = model_name(card)
     client = MlflowClient(tracking_uri=mlflow.get_tracking_uri(), registry_uri=mlflow.get_registry_uri())
     decision = decide(card, params, layout, metrics, client)
+    routed = RoutedGate.decide(metrics, params)
     lineage = {
         "git_commit": git_commit(layout.root),
         "datasets_md5": dvc_dir_md5(layout.datasets),  # DVC's hash of data/datasets, as in dvc.lock
@@ -249,6 +281,7 @@ def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id:
                 "stillroom.task": card.name,
                 **{f"stillroom.{k}": v for k, v in lineage.items()},
                 **{f"stillroom.{k}": v for k, v in decision.tags().items()},
+                **{f"stillroom.{k}": v for k, v in routed.tags().items()},
             }
         )
         info = mlflow.pyfunc.log_model(
@@ -261,10 +294,12 @@ def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id:
         )
     version = str(info.registered_model_version)
     alias = CHAMPION if decision.passed else CHALLENGER
-    for key, value in {**lineage, **decision.tags()}.items():
+    for key, value in {**lineage, **decision.tags(), **routed.tags()}.items():
         client.set_model_version_tag(name, version, key, str(value))
+    role = serving_role(decision.passed, routed)
     description = (
         f"{alias}: {decision.reason}.\n"
+        f"Serves as {role}; routed gate {'passed' if routed.passed else 'failed'}: {routed.reason}.\n"
         f"Rung {lineage['rung']}, data/datasets {lineage['datasets_md5']}, commit {lineage['git_commit']}."
     )
     client.update_model_version(name, version, description=description)
@@ -283,6 +318,9 @@ def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id:
         "previous_champion_version": decision.previous_champion_version,
         "champion_agreement": decision.champion_agreement,
         "champion_error": decision.champion_error,
+        "routed_gate": "passed" if routed.passed else "failed",
+        "routed_gate_reason": routed.reason,
+        "serving": role,
     }
 
 

@@ -90,7 +90,10 @@ def test_a_lucky_run_of_unsure_answers_does_not_open_the_gate():
 
 def test_routing_on_test_reports_coverage_and_whether_the_target_held():
     result = routing_on_test([0.99, 0.9, 0.5, 0.4], [1, 0, 1, 0], threshold=0.9, target=0.99)
+    low = result.pop("routed_agreement_low")
     assert result == {"coverage": 0.5, "routed_agreement": 0.5, "routed_n": 2, "target_held": False}
+    assert low == pytest.approx(0.0945, abs=1e-4)  # Wilson's lower bound of 1 in 2: wide, as it should be
+    assert routing_on_test([0.9] * 3, [0.8, 0.9, 1.0], 0.5, 0.99, "json")["routed_agreement_low"] >= 0.8
     assert routing_on_test([0.2], [1], threshold=NO_THRESHOLD, target=0.9)["coverage"] == 0.0
 
 

@@ -217,6 +217,37 @@ def with_intervals(
     return out
 
 
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion: honest at the edges (all agree, or few answers),
+    where the bootstrap collapses to [1, 1] and the normal interval leaves [0, 1]."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def bootstrap_mean_interval(values: Sequence[float], resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of a mean, for scores in [0, 1] that are not plain right or wrong."""
+    scores = np.asarray(values, dtype=float)
+    if len(scores) == 0:
+        return 0.0, 1.0
+    draws = scores[np.random.default_rng(seed).integers(0, len(scores), size=(resamples, len(scores)))].mean(axis=1)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def agreement_interval(
+    output_format: OutputFormat, agreement: Sequence[float], resamples: int = 1000
+) -> tuple[float, float]:
+    """The interval of a mean agreement: Wilson for labels (each answer agrees or not), a bootstrap otherwise."""
+    if output_format == "label":
+        return wilson_interval(float(np.sum(agreement)), len(agreement))
+    return bootstrap_mean_interval(agreement, resamples)
+
+
 def calibration_bins(
     confidence: Sequence[float], agreement: Sequence[float], bins: int = 10
 ) -> list[tuple[float, float, float, int]]:
