@@ -61,14 +61,6 @@ def label(base_url: str, cache: Path, n: int, concurrency: int, max_calls: int =
     return seconds, teacher.stats()
 
 
-def cached_keys(path: Path) -> set[str]:
-    cache = AnswerCache(path)
-    try:
-        return cache.keys()
-    finally:
-        cache.close()
-
-
 def resume_repeats(server: FakeTeacher, scratch: Path, n: int) -> dict:
     cache_dir = scratch / "resume"
     cache_file = cache_dir / "answers.sqlite"
@@ -76,11 +68,13 @@ def resume_repeats(server: FakeTeacher, scratch: Path, n: int) -> dict:
     args = [sys.executable, "-c", KILLED_RUN, server.base_url, str(cache_dir), str(n), str(ROOT)]
     process = subprocess.Popen(args, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (cache_file.exists() and len(cached_keys(cache_file)) >= n // 2):
+    while time.monotonic() < deadline and not (
+        cache_file.exists() and len(AnswerCache.stored_keys(cache_file)) >= n // 2
+    ):
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
-    finished = cached_keys(cache_file)
+    finished = AnswerCache.stored_keys(cache_file)
     subprocess.run(args, cwd=ROOT, check=True, timeout=600)
     asked = Counter(body["messages"][-1]["content"] for body in server.requests[before:])
     finished_texts = [
@@ -89,7 +83,7 @@ def resume_repeats(server: FakeTeacher, scratch: Path, n: int) -> dict:
     return {
         "killed_at_answers": len(finished),
         "resume_repeats": sum(asked[text] - 1 for text in finished_texts),
-        "resumed_complete": len(cached_keys(cache_file)) == n,
+        "resumed_complete": len(AnswerCache.stored_keys(cache_file)) == n,
     }
 
 

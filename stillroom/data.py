@@ -8,6 +8,7 @@ be run, inspected or replaced on its own, and no stage imports another.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -166,3 +167,12 @@ def load_splits(layout: Layout, task_id: str, splits: Sequence[Split] = SPLITS) 
 def read_json(path: Path) -> dict:
     """A JSON file a stage wrote, or {} when that stage has not run."""
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def open_sqlite(path: Path) -> sqlite3.Connection:
+    """A SQLite file shared by threads and processes: WAL, so readers never block the one writer;
+    callers serialise their own writes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    return db

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from stillroom.answers import estimate_tokens
 from stillroom.config import Price, TeacherParams, price_of
+from stillroom.data import open_sqlite
 from stillroom.schema import LogRecord, Message
 
 
@@ -80,11 +81,9 @@ class AnswerCache:
     """A SQLite table of answers keyed by request: safe across runs, threads and processes (WAL)."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_sqlite(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL,"
             " input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0)"
@@ -115,6 +114,15 @@ class AnswerCache:
     def keys(self) -> set[str]:
         with self._lock:
             return {row[0] for row in self._db.execute("SELECT key FROM answers")}
+
+    @classmethod
+    def stored_keys(cls, path: Path) -> set[str]:
+        """The requests a cache file holds answers to (for checks from outside a run)."""
+        cache = cls(path)
+        try:
+            return cache.keys()
+        finally:
+            cache.close()
 
     def close(self) -> None:
         with self._lock:
@@ -147,7 +155,8 @@ class RateLimit:
 
 class Budget:
     """Calls and money for one run. A call is reserved at its worst-case cost before it is sent and
-    settled at its real cost after, so concurrent calls can never spend past the cap."""
+    settled at its real cost after, so concurrent calls can never spend past the cap; a call that
+    does not fit waits for the calls in flight to settle before it is turned away."""
 
     def __init__(self, max_calls: int, max_usd: float | None):
         self.max_calls = max_calls
@@ -155,22 +164,29 @@ class Budget:
         self.calls = 0
         self.spent_usd = 0.0
         self._reserved_usd = 0.0
-        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._settled = threading.Condition()
 
     def reserve(self, worst_usd: float) -> bool:
-        with self._lock:
-            if self.calls >= self.max_calls:
-                return False
-            if self.max_usd is not None and self.spent_usd + self._reserved_usd + worst_usd > self.max_usd:
-                return False
-            self.calls += 1
-            self._reserved_usd += worst_usd
-            return True
+        with self._settled:
+            while True:
+                if self.calls >= self.max_calls:
+                    return False
+                if self.max_usd is None or self.spent_usd + self._reserved_usd + worst_usd <= self.max_usd:
+                    self.calls += 1
+                    self._in_flight += 1
+                    self._reserved_usd += worst_usd
+                    return True
+                if self._in_flight == 0:  # nothing in flight will give money back
+                    return False
+                self._settled.wait()
 
     def settle(self, worst_usd: float, actual_usd: float) -> None:
-        with self._lock:
+        with self._settled:
+            self._in_flight -= 1
             self._reserved_usd -= worst_usd
             self.spent_usd += actual_usd
+            self._settled.notify_all()
 
 
 class Teacher(ABC):

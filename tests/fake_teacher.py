@@ -40,6 +40,8 @@ class FakeTeacher:
         self.auth: list[str | None] = []
         self.api_keys: list[str | None] = []  # Anthropic's x-api-key header
         self._lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests it was answering at once
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -100,9 +102,13 @@ class FakeTeacher:
                     teacher.api_keys.append(self.headers.get("x-api-key"))
                     failing = teacher.fail_first > 0
                     teacher.fail_first -= failing
+                    teacher.in_flight += 1
+                    teacher.max_in_flight = max(teacher.max_in_flight, teacher.in_flight)
                 status = teacher.status if failing else (teacher.fault(body) if teacher.fault else None)
                 if teacher.latency_s:
                     time.sleep(teacher.latency_s)
+                with teacher._lock:
+                    teacher.in_flight -= 1
                 if status:
                     retry = {"Retry-After": f"{teacher.retry_after:g}"} if teacher.retry_after is not None else {}
                     return self._send(status, {"error": {"message": "try again"}}, retry)

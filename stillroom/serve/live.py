@@ -4,13 +4,13 @@ traffic counts by route. `stillroom status` reads it, also while the server runs
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from stillroom.data import open_sqlite
 from stillroom.metrics.scoring import agreement_interval
 from stillroom.schema import OutputFormat
 
@@ -30,11 +30,9 @@ CREATE TABLE IF NOT EXISTS traffic (
 
 class LiveStats:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_sqlite(path)
         self._db.executescript(SCHEMA)
         self._db.commit()
 
