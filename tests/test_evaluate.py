@@ -105,7 +105,12 @@ def test_calibration_error_is_zero_when_confidence_matches_agreement():
 def test_threshold_is_chosen_without_the_test_split(tmp_path):
     """Corrupting every test answer changes the test metrics but not the threshold or the validation numbers."""
     layout = Layout(tmp_path)
-    params = Params.model_validate({"evaluate": {"latency_samples": 2, "baselines": [], "target_agreement": 0.9}})
+    params = Params.model_validate(
+        {
+            "evaluate": {"latency_samples": 2, "baselines": [], "target_agreement": 0.9},
+            "train": {"classifier": {"features": ["embedding"]}},  # confident enough on 18 rows to route some
+        }
+    )
     card = TaskCard(id="task-news", name="news", count=36, output_type="label", labels=["business", "sport", "tech"])
     write_cards(layout.cards, [card])
     train, test = rows("train"), rows("test")
