@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from stillroom.config import Params
-from stillroom.data import Layout, load_splits, synthesized_cards, write_json
+from stillroom.data import Layout, load_splits, read_json, synthesized_cards, write_json
 from stillroom.metrics.scoring import AGREEMENT_NAME, per_example_agreement
 from stillroom.mlflow_model import (
     CHALLENGER,
@@ -272,6 +272,9 @@ def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id:
         mlflow.log_dict(params.model_dump(mode="json", by_alias=True), "params.json")
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         numeric.update({f"train_{k}": float(v) for k, v in train_info.items() if isinstance(v, int | float)})
+        # what the dataset cost: teacher calls, cache hits, tokens, money, real and generated rows
+        synthesis = read_json(layout.stage_metrics("synthesize")).get(card.name, {})
+        numeric.update({f"synthesize_{k}": float(v) for k, v in synthesis.items() if isinstance(v, int | float)})
         mlflow.log_metrics(numeric)
         client.log_batch(run.info.run_id, metrics=curve_metrics(train_info))
         mlflow.log_dict(card.model_dump(mode="json"), "task_card.json")

@@ -62,6 +62,8 @@ def test_evaluate_then_register_champion(tmp_path):
     assert len((report / "predictions.jsonl").read_text().splitlines()) == 18
     assert json.loads(layout.stage_metrics("evaluate").read_text())["news-topic"]["accuracy"] == 1.0
 
+    synthesis = {"news-topic": {"teacher_calls": 12, "cache_hits": 6, "cost_usd": 0.0042, "generated_train": 3}}
+    write_json(layout.stage_metrics("synthesize"), synthesis)
     registry = register.run(params, layout)
     entry = registry["models"][0]
     assert entry["alias"] == "champion" and entry["version"] == "1"
@@ -74,6 +76,7 @@ def test_evaluate_then_register_champion(tmp_path):
     assert version.tags["datasets_md5"] == dvc_md5(layout.datasets, tmp_path / "odb")
     run = client.get_run(entry["run_id"])
     assert run.data.metrics["accuracy"] == 1.0
+    assert run.data.metrics["synthesize_teacher_calls"] == 12 and run.data.metrics["synthesize_cost_usd"] == 0.0042
     assert run.data.params["task.output_type"] == "label"
     assert run.data.params["register.gate.label"] == "0.5"
     assert run.data.params["train.classifier.C"] == "10.0" and "train.lm.lora_r" not in run.data.params
