@@ -166,6 +166,8 @@ def running(params: Params, layout: Layout) -> Iterator[tuple[str, Server]]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
+    while app.state.server.registry_error is not None and time.monotonic() < deadline:
+        time.sleep(0.1)  # on a loaded machine the first registry read can wait on the SQLite store
     try:
         yield f"http://127.0.0.1:{port}/v1", app.state.server
     finally:

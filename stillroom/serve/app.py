@@ -54,6 +54,8 @@ from stillroom.serve.registry import Refusal, Registry, Servable
 from stillroom.serve.upstream import Upstream, UpstreamFailure
 
 log = logging.getLogger("stillroom.serve")
+# Registry refreshes tried at start-up before serving with what there is (the poller keeps trying after).
+_START_ATTEMPTS = 10
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -164,6 +166,11 @@ class Server:
     async def start(self) -> None:
         self.capture.start()
         await self.refresh()
+        for _ in range(_START_ATTEMPTS):  # a registry busy at start-up (a locked SQLite store) gets a few tries
+            if self.registry_error is None:
+                break
+            await asyncio.sleep(0.5)
+            await self.refresh()
         self._reloader = asyncio.create_task(self._reload_forever())
 
     async def stop(self) -> None:
