@@ -70,12 +70,13 @@ def download_student(client: MlflowClient, name: str, version: str, destination:
     """
     source = client.get_model_version_download_uri(name, version)
     destination = str(destination)
-    mlmodel = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"{source}/MLmodel", dst_path=destination, tracking_uri=client.tracking_uri
-    )
+    # Both URIs explicit: a `models:/` source resolves through the registry URI, and MLflow's
+    # process-wide one may point at another store.
+    stores = {"tracking_uri": client.tracking_uri, "registry_uri": client._registry_uri}
+    mlmodel = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/MLmodel", dst_path=destination, **stores)
     student_path = Model.load(mlmodel).flavors["python_function"]["artifacts"][STUDENT_ARTIFACT]["path"]
     folder = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"{source}/{student_path}", dst_path=destination, tracking_uri=client.tracking_uri
+        artifact_uri=f"{source}/{student_path}", dst_path=destination, **stores
     )
     return Path(folder)
 
