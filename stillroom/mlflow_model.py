@@ -40,8 +40,7 @@ def tracking_uri(params: Params, layout: Layout) -> str:
 def setup_mlflow(params: Params, layout: Layout) -> str:
     """Point MLflow at the store and return the experiment id (created with our artifact root)."""
     uri = tracking_uri(params, layout)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # else a registry URI resolved earlier in the process would stick
+    point_mlflow_at(uri)
     name = params.registry.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
@@ -49,6 +48,24 @@ def setup_mlflow(params: Params, layout: Layout) -> str:
         artifact_root.mkdir(parents=True, exist_ok=True)
         return mlflow.create_experiment(name, artifact_location=artifact_root.as_uri())
     return experiment.experiment_id
+
+
+def point_mlflow_at(uri: str) -> None:
+    """Set MLflow's process-wide tracking and registry URIs, leaving os.environ as it was.
+
+    MLflow's setters also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, where `tracking_uri`
+    would later take them for the user's choice and send another project's registry reads
+    to this store.
+    """
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {name: os.environ.get(name) for name in names}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # else a registry URI resolved earlier in the process would stick
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def registry_client(params: Params, layout: Layout) -> MlflowClient:

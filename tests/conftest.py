@@ -45,5 +45,6 @@ def make_log_line():
 @pytest.fixture(autouse=True)
 def _fresh_mlflow_uri(monkeypatch):
     """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into os.environ; one test's store must not leak."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, "")  # recorded, so teardown restores the variable even if a test set it
+        monkeypatch.delenv(name)

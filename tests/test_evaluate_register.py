@@ -217,3 +217,16 @@ def test_a_champion_that_cannot_be_loaded_leaves_the_gate_alone_to_decide(tmp_pa
     assert tags["gate"] == "passed" and tags["previous_champion_version"] == "1"
     assert "champion v1 could not be loaded, judged on the gate alone" in tags["gate_reason"]
     assert tags["champion_error"] and "champion_agreement" not in tags
+
+
+def test_pointing_mlflow_at_one_project_does_not_redirect_another(tmp_path, monkeypatch):
+    """MLflow's URI setters export MLFLOW_TRACKING_URI; a second project in the same process
+    (the server, a flow over several repos) must still read its own store."""
+    from stillroom.mlflow_model import setup_mlflow, tracking_uri
+
+    params = Params.model_validate({"register": {"tracking_uri": "sqlite:///mlflow.db"}})
+    first, second = Layout(tmp_path / "first"), Layout(tmp_path / "second")
+    setup_mlflow(params, first)
+    assert tracking_uri(params, second) == f"sqlite:///{tmp_path / 'second' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere.db")  # the user's own choice still wins
+    assert tracking_uri(params, second) == "sqlite:////elsewhere.db"

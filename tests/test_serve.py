@@ -315,11 +315,6 @@ def test_teacher_errors_are_answered_once_and_never_retried_by_the_client(client
     assert row["status"] == 429 and row["response"] is None and "rate limited" in row["stillroom"]["error"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes alone; fails after test_evaluate_register's champion test (which sets MLflow's process-wide "
-    "registry URI and loads a pyfunc with code_paths): order-dependent, being bisected (issue 10 note)",
-)
 def test_an_unreachable_teacher_is_a_502_or_a_degraded_student_answer(project):
     closed = f"http://127.0.0.1:{free_port()}/v1"
     for degrade in (False, True):
@@ -456,11 +451,6 @@ def test_ingest_reads_the_capture_teacher_answers_become_records_student_answers
     assert teacher_ids <= {record["id"] for record in records}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes alone; fails after test_evaluate_register's champion test (which sets MLflow's process-wide "
-    "registry URI and loads a pyfunc with code_paths): order-dependent, being bisected (issue 10 note)",
-)
 def test_live_audits_demote_a_task_and_a_new_champion_is_served_without_restart(project, teacher, monkeypatch):
     """Runs last: it demotes v1 in MLflow and registers v2."""
     params = serve_params(project, teacher.base_url, shadow_rate=1.0, demote_min_audits=8, shadow_max_inflight=16)
