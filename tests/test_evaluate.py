@@ -71,6 +71,29 @@ def test_intervals_bracket_every_metric_and_narrow_with_more_data():
     assert narrow["accuracy_low"] > 0.87 and narrow["accuracy_high"] < 0.93
 
 
+def test_eighteen_of_eighteen_is_not_certainty():
+    """A percentile bootstrap gives [1, 1] for 18 agreeing answers of 18; the gate must not pass on that."""
+    perfect = scoring.example_arrays("label", ["a"] * 18, ["a"] * 18)
+    result = scoring.with_intervals("label", perfect, resamples=500)
+    assert result["agreement"] == 1.0 and result["agreement_high"] == 1.0
+    assert result["agreement_low"] == pytest.approx(scoring.wilson_interval(18, 18)[0])
+    assert result["agreement_low"] < 0.83
+    assert result["accuracy_low"] == result["agreement_low"]
+    text = scoring.example_arrays("short_text", ["same words"] * 18, ["same words"] * 18)
+    assert scoring.with_intervals("short_text", text, resamples=500)["rouge_l_low"] < 0.83
+
+
+def test_mean_scores_get_a_bca_interval_inside_the_unit_range():
+    rng = np.random.default_rng(3)
+    scores = np.clip(rng.beta(8, 2, size=200), 0, 1)
+    low, high = scoring.bootstrap_mean_interval(scores, resamples=2000)
+    assert 0 <= low < scores.mean() < high <= 1
+    assert high - low < 0.06  # about 4 standard errors of a mean of 200 such scores
+    skewed = np.array([1.0] * 45 + [0.2] * 5)  # near the ceiling, where BCa corrects the percentile interval
+    low, high = scoring.bootstrap_mean_interval(skewed, resamples=2000)
+    assert low < skewed.mean() < high <= 1.0
+
+
 def test_threshold_keeps_the_longest_confident_prefix_that_meets_the_target():
     confidence = [0.99, 0.97, 0.95, 0.93, 0.7, 0.6]
     agreement = [1, 1, 1, 1, 0, 1]

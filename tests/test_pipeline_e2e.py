@@ -29,7 +29,7 @@ SMALL = {
     "train": {"lm": {"max_train_examples": 64, "max_steps": 12, "batch_size": 8}},
     "evaluate": {"max_test_examples": 24, "latency_samples": 3, "baseline_max_examples": 6},
     # ~100 training articles and 24 test rows: the gate on the interval's lower bound is set lower here
-    "register": {"gate": {"label": 0.6}},
+    "register": {"gate": {"label": 0.6, "min_test_rows": 20}},
 }
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

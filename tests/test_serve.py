@@ -113,7 +113,8 @@ def build_project(root: Path) -> Project:
     """Logs -> real ingest and detect (task index) -> a TF-IDF student -> registered as champion v1."""
     layout = Layout(root)
     params = Params.model_validate({
-        "register": {"tracking_uri": "sqlite:///mlflow.db", "gate": {"label": 0.5, "routed": {"low": 0.8}}},
+        "register": {"tracking_uri": "sqlite:///mlflow.db",
+                     "gate": {"label": 0.5, "min_test_rows": 5, "routed": {"low": 0.8}}},
         "train": {"classifier": {"features": ["tfidf"]}},
     })
     lines = [log_line(SYSTEM, variant.format(text), label, index=i * 10 + j)

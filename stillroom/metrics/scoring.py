@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 from stillroom.answers import fold_case_and_spacing
 from stillroom.answers import parse_json_object as parse_json
@@ -203,7 +204,12 @@ def per_label_f1(arrays: dict[str, np.ndarray]) -> dict[str, float]:
 def with_intervals(
     output_format: OutputFormat, arrays: dict[str, np.ndarray], resamples: int = 1000, seed: int = 0
 ) -> dict[str, float]:
-    """Every metric with its bootstrap 95% percentile interval, as `<name>`, `<name>_low`, `<name>_high`."""
+    """Every metric with a 95% interval, as `<name>`, `<name>_low`, `<name>_high`.
+
+    The agreement (and its aliases) gets the interval suited to it: Wilson for a proportion of
+    right labels, BCa for a mean score. The other metrics (macro-F1, pooled field F1) are not
+    means over examples, so they keep the percentile bootstrap of the whole computation.
+    """
     n = len(arrays["agreement"])
     point = aggregate(output_format, arrays, np.arange(n))
     if n == 0:
@@ -214,6 +220,10 @@ def with_intervals(
     for name in point:
         low, high = np.percentile([draw[name] for draw in draws], [2.5, 97.5])
         out[f"{name}_low"], out[f"{name}_high"] = float(low), float(high)
+    low, high = agreement_interval(output_format, arrays["agreement"], resamples, seed)
+    for name in ("agreement", "accuracy", "field_f1_mean", "rouge_l"):  # the names `aggregate` gives the agreement
+        if name in point:
+            out[f"{name}_low"], out[f"{name}_high"] = low, high
     return out
 
 
@@ -230,22 +240,33 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
 
 
 def bootstrap_mean_interval(values: Sequence[float], resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of a mean, for scores in [0, 1] that are not plain right or wrong."""
+    """95% BCa bootstrap interval of a mean of scores in [0, 1] (ROUGE-L, field F1).
+
+    When every score is the same (18 of 18 perfect), the bootstrap has nothing to resample and
+    would claim [1, 1]; the Wilson interval of the summed scores is used instead. It is
+    conservative for any score in [0, 1], whose variance is at most that of a coin with that mean.
+    """
     scores = np.asarray(values, dtype=float)
     if len(scores) == 0:
         return 0.0, 1.0
-    draws = scores[np.random.default_rng(seed).integers(0, len(scores), size=(resamples, len(scores)))].mean(axis=1)
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return float(low), float(high)
+    if len(scores) < 3 or np.ptp(scores) == 0:
+        return wilson_interval(float(scores.sum()), len(scores))
+    result = stats.bootstrap(
+        (scores,), np.mean, n_resamples=resamples, method="BCa", random_state=np.random.default_rng(seed)
+    )
+    low, high = result.confidence_interval
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return wilson_interval(float(scores.sum()), len(scores))
+    return float(max(0.0, low)), float(min(1.0, high))
 
 
 def agreement_interval(
-    output_format: OutputFormat, agreement: Sequence[float], resamples: int = 1000
+    output_format: OutputFormat, agreement: Sequence[float], resamples: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
-    """The interval of a mean agreement: Wilson for labels (each answer agrees or not), a bootstrap otherwise."""
+    """The interval of a mean agreement: Wilson for labels (each answer agrees or not), BCa otherwise."""
     if output_format == "label":
         return wilson_interval(float(np.sum(agreement)), len(agreement))
-    return bootstrap_mean_interval(agreement, resamples)
+    return bootstrap_mean_interval(agreement, resamples, seed)
 
 
 def calibration_bins(

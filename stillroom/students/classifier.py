@@ -1,8 +1,10 @@
-"""The classifier student at inference: a calibrated linear head on sentence embeddings, TF-IDF, or both.
+"""The classifier student at inference: a calibrated linear head on sentence embeddings, TF-IDF, both,
+or static (model2vec) vectors.
 
-Milliseconds to answer. The folder holds plain arrays and JSON (no pickle) with the encoder
-copied in, so it alone answers, offline. `Features` is also what training fits the head on,
-so the texts are turned into the same matrix at fit and answer time. Fitting is `classifier_train`.
+Milliseconds to answer (static and TF-IDF: about one, whatever the input's length). The folder
+holds plain arrays and JSON (no pickle) with the encoder copied in, so it alone answers, offline.
+`Features` is also what training fits the head on, so the texts are turned into the same matrix
+at fit and answer time. Fitting is `classifier_train`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from stillroom.schema import Prediction
 from stillroom.students.base import Prompt, Student, last_user_turn, read_manifest
 
 ENCODER_DIR = "encoder"
+STATIC_DIR = "static"
+STATIC_MAX_TOKENS = 8192  # static vectors pool every word piece: a whole email costs a millisecond
 HEAD_FILE = "head.npz"
 VOCABULARY_FILE = "tfidf_vocabulary.json"
 CHAR_VOCABULARY_FILE = "tfidf_char_vocabulary.json"
@@ -50,6 +54,20 @@ def load_encoder(name_or_path: str, max_seq_length: int, quantize: bool) -> Any:
     if quantize:  # int8 weights for the linear layers: about twice as fast on CPU, same answers nearly always
         encoder = torch.ao.quantization.quantize_dynamic(encoder, {torch.nn.Linear}, dtype=torch.qint8)
     return encoder
+
+
+def load_static(path: str | Path) -> Any:
+    """A model2vec StaticModel: numpy and tokenizers only, so it loads in well under a second."""
+    from model2vec import StaticModel
+
+    return StaticModel.from_pretrained(str(path), force_download=False)
+
+
+def static_vectors(model: Any, texts: Sequence[str]) -> np.ndarray:
+    vectors = np.asarray(model.encode(list(texts), max_length=STATIC_MAX_TOKENS, use_multiprocessing=False))
+    vectors = vectors.astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms == 0, 1.0, norms)
 
 
 def restore_tfidf(options: dict[str, Any], vocabulary: dict[str, int], idf: np.ndarray) -> TfidfVectorizer:
@@ -98,6 +116,8 @@ class Features:
         self.encoder_source = encoder_source  # where the float weights are, to save a quantized encoder
 
     def transform(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> Any:
+        if self.kind == "static":
+            return static_vectors(self.encoder, texts)
         parts = []
         if self.kind in ("embedding", "hybrid"):
             vectors = self.encoder.encode(
@@ -144,9 +164,11 @@ class EmbeddingClassifier(Student):
         kind = manifest.get("features", "embedding")  # folders from before the candidates were embedding-only
         encoder = tfidf = None
         source = str(directory / ENCODER_DIR)
-        if kind != "tfidf":
+        if kind == "static":
+            encoder = load_static(directory / STATIC_DIR)
+        elif kind != "tfidf":
             encoder = load_encoder(source, manifest.get("max_seq_length", 256), manifest.get("quantize", False))
-        if kind != "embedding":
+        if kind in ("tfidf", "hybrid"):
             tfidf = Ngrams.load(directory, head)
         info = {key: value for key, value in manifest.items() if key not in ("kind", "labels")}
         return cls(Features(kind, encoder, tfidf, source), manifest["labels"], head["weights"], head["bias"], info)

@@ -2,7 +2,9 @@
 
 Cheap to train (seconds on CPU). Which features it reads is chosen on the validation split among
 the candidates in params: frozen MiniLM embeddings carry meaning, TF-IDF carries the rare topical
-words a small encoder blurs, and the hybrid reads both. Probabilities are temperature-scaled on
+words a small encoder blurs, the hybrid reads both, and static model2vec vectors (distilled from
+the same encoder) carry some meaning at the cost of TF-IDF. The cheapest candidate within
+`selection_tolerance` of the best wins. Probabilities are temperature-scaled on
 out-of-fold training predictions, so a confidence of 0.9 means right about 9 times in 10 and
 routing thresholds mean what they say.
 """
@@ -10,6 +12,7 @@ routing thresholds mean what they say.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from stillroom.config import ClassifierFeatures, ClassifierParams
-from stillroom.embeddings import resolve_embedder
+from stillroom.embeddings import resolve_embedder, static_embedder
 from stillroom.schema import DatasetRow
 from stillroom.students.base import write_manifest
 from stillroom.students.classifier import (
@@ -31,13 +34,16 @@ from stillroom.students.classifier import (
     CHAR_VOCABULARY_FILE,
     ENCODER_DIR,
     HEAD_FILE,
+    STATIC_DIR,
     TFIDF_OPTIONS,
     VOCABULARY_FILE,
     EmbeddingClassifier,
     Features,
     Ngrams,
     load_encoder,
+    load_static,
     softmax,
+    static_vectors,
 )
 
 
@@ -63,13 +69,17 @@ def train_classifier(
     needs_encoder = any(kind in ("embedding", "hybrid") for kind in candidates)
     source = resolve_embedder(params.embedder)
     encoder = load_encoder(source, params.max_seq_length, params.quantize) if needs_encoder else None
-    tfidf = fit_ngrams(texts, params.char_ngrams) if any(k != "embedding" for k in candidates) else None
+    static_source = static_embedder(params.embedder, params.static_dims) if "static" in candidates else None
+    static = load_static(static_source) if static_source else None
+    tfidf = fit_ngrams(texts, params.char_ngrams) if any(k in ("tfidf", "hybrid") for k in candidates) else None
     # Embed once; the hybrid reuses the same vectors.
     cache: dict[str, np.ndarray] = {}
 
     def matrix(kind: ClassifierFeatures, batch: list[str], key: str) -> Any:
         if kind == "tfidf":
             return tfidf.transform(batch)
+        if kind == "static":
+            return static_vectors(static, batch)
         if key not in cache:
             cache[key] = Features("embedding", encoder).transform(batch, progress=progress)
         return cache[key] if kind == "embedding" else hstack([csr_matrix(cache[key]), tfidf.transform(batch)]).tocsr()
@@ -91,9 +101,9 @@ def train_classifier(
     if params.calibrate:
         temperature = fit_temperature(out_of_fold_logits(x, y, params.C, seed, len(labels)), y)
 
-    features = Features(
-        chosen, encoder if chosen != "tfidf" else None, tfidf if chosen != "embedding" else None, source
-    )
+    chosen_encoder = {"static": static, "tfidf": None}.get(chosen, encoder)
+    chosen_source = str(static_source) if chosen == "static" else source
+    features = Features(chosen, chosen_encoder, tfidf if chosen in ("tfidf", "hybrid") else None, chosen_source)
     info = {
         "features": chosen,
         "temperature": temperature,
@@ -117,8 +127,9 @@ def train_classifier(
     return student, stats
 
 
-# What each feature set costs to answer, cheapest first: n-grams take microseconds, the encoder milliseconds.
-_COST = {"tfidf": 0, "embedding": 1, "hybrid": 2}
+# What each feature set costs to answer, cheapest first: static vectors and n-grams about a millisecond
+# at any length (character n-grams a few on long texts), the encoder tens of milliseconds.
+_COST = {"static": 0, "tfidf": 1, "embedding": 2, "hybrid": 3}
 
 
 def cheapest_within_tolerance(
@@ -143,7 +154,9 @@ def save_classifier(student: EmbeddingClassifier, directory: Path) -> None:
     """Write the student folder `EmbeddingClassifier.load` reads: head arrays, encoder, TF-IDF vocabulary, manifest."""
     directory.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {"weights": student.weights, "bias": student.bias}
-    if student.features.encoder is not None:
+    if student.features.kind == "static":
+        shutil.copytree(student.features.encoder_source, directory / STATIC_DIR, dirs_exist_ok=True)
+    elif student.features.encoder is not None:
         # Quantization is applied at load, so the folder keeps the float weights.
         encoder = student.features.encoder
         if student.info.get("quantize"):
