@@ -58,6 +58,7 @@ repro: setup
 ## retrain: what CI's retrain workflow runs: pull data and models, re-run what changed, report, push
 retrain: setup
 	test -d data/raw/logs || $(BIN)/dvc pull || $(BIN)/stillroom sample-logs
+	mkdir -p data/raw/capture  # an ingest dep (what `stillroom serve` captured), empty until something is served
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 	$(BIN)/dvc metrics diff --md HEAD > metrics-diff.md || true
 	test -z "$$GITHUB_STEP_SUMMARY" || cat metrics-diff.md >> "$$GITHUB_STEP_SUMMARY"

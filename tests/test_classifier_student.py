@@ -195,7 +195,7 @@ def test_static_vectors_read_the_whole_of_a_long_input_and_load_without_torch(tm
     """The encoder stops at 256 word pieces; a static student still sees what comes after them."""
     student, _ = train_classifier(rows(), ClassifierParams(features=["static"]))
     save_classifier(student, tmp_path / "s")
-    filler = "and the of to in a it is " * 80  # 640 word pieces: past 256, and model2vec's default 512
+    filler = "and the of to in a it is " * 80  # 640 word pieces, far past the encoder's 256
     tails = {
         "sport": "The striker scored twice and the goalkeeper saved a penalty in the cup final.",
         "business": "Shares in the bank fell after profits slumped and interest rates rose.",

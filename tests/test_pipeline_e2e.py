@@ -207,3 +207,16 @@ def test_flow_outputs_are_versioned_by_dvc_and_a_param_change_reruns_only_what_i
     for skipped in ("sample_logs", "ingest", "detect", "synthesize", "train"):
         assert f"Stage '{skipped}' didn't change, skipping" in output
     assert "Running stage 'evaluate'" in output
+
+
+def test_new_capture_rows_make_ingest_stale(project, env, flow_run):
+    """What `stillroom serve` captured is an ingest input: the next run must read it, not skip ingest."""
+    dvc = [sys.executable, "-m", "dvc"]
+    assert json.loads(sh(*dvc, "status", "--json", "ingest", cwd=project, env=env)) == {}
+    served = project / "data/raw/capture/capture-test.jsonl"
+    served.write_text('{"id": "chatcmpl-test"}\n')
+    try:
+        status = json.loads(sh(*dvc, "status", "--json", "ingest", cwd=project, env=env))
+        assert "ingest" in status and "data/raw/capture" in json.dumps(status), status
+    finally:
+        served.unlink()

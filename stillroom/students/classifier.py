@@ -1,5 +1,5 @@
 """The classifier student at inference: a calibrated linear head on sentence embeddings, TF-IDF, both,
-or static (model2vec) vectors.
+or static vectors distilled from the encoder.
 
 Milliseconds to answer (static and TF-IDF: about one, whatever the input's length). The folder
 holds plain arrays and JSON (no pickle) with the encoder copied in, so it alone answers, offline.
@@ -24,7 +24,6 @@ from stillroom.students.base import Prompt, Student, last_user_turn, read_manife
 
 ENCODER_DIR = "encoder"
 STATIC_DIR = "static"
-STATIC_MAX_TOKENS = 8192  # static vectors pool every word piece: a whole email costs a millisecond
 HEAD_FILE = "head.npz"
 VOCABULARY_FILE = "tfidf_vocabulary.json"
 CHAR_VOCABULARY_FILE = "tfidf_char_vocabulary.json"
@@ -56,18 +55,28 @@ def load_encoder(name_or_path: str, max_seq_length: int, quantize: bool) -> Any:
     return encoder
 
 
-def load_static(path: str | Path) -> Any:
-    """A model2vec StaticModel: numpy and tokenizers only, so it loads in well under a second."""
-    from model2vec import StaticModel
+class StaticVectors:
+    """A text as the mean of its word pieces' static vectors (distilled by `embeddings.static_embedder`).
 
-    return StaticModel.from_pretrained(str(path), force_download=False)
+    Only `tokenizers` and numpy: it loads in milliseconds and reads every piece of the input.
+    """
 
+    def __init__(self, directory: str | Path):
+        from tokenizers import Tokenizer
 
-def static_vectors(model: Any, texts: Sequence[str]) -> np.ndarray:
-    vectors = np.asarray(model.encode(list(texts), max_length=STATIC_MAX_TOKENS, use_multiprocessing=False))
-    vectors = vectors.astype(np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms == 0, 1.0, norms)
+        directory = Path(directory)
+        self.directory = directory
+        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self.tokenizer.no_truncation()
+        self.vectors = np.load(directory / "vectors.npy")
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.vectors.shape[1]), dtype=np.float32)
+        for row, encoding in enumerate(self.tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+            if encoding.ids:
+                out[row] = self.vectors[encoding.ids].mean(axis=0)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms == 0, 1.0, norms)
 
 
 def restore_tfidf(options: dict[str, Any], vocabulary: dict[str, int], idf: np.ndarray) -> TfidfVectorizer:
@@ -117,7 +126,7 @@ class Features:
 
     def transform(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> Any:
         if self.kind == "static":
-            return static_vectors(self.encoder, texts)
+            return self.encoder.transform(texts)
         parts = []
         if self.kind in ("embedding", "hybrid"):
             vectors = self.encoder.encode(
@@ -165,7 +174,7 @@ class EmbeddingClassifier(Student):
         encoder = tfidf = None
         source = str(directory / ENCODER_DIR)
         if kind == "static":
-            encoder = load_static(directory / STATIC_DIR)
+            encoder = StaticVectors(directory / STATIC_DIR)
         elif kind != "tfidf":
             encoder = load_encoder(source, manifest.get("max_seq_length", 256), manifest.get("quantize", False))
         if kind in ("tfidf", "hybrid"):

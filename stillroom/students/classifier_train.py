@@ -2,9 +2,9 @@
 
 Cheap to train (seconds on CPU). Which features it reads is chosen on the validation split among
 the candidates in params: frozen MiniLM embeddings carry meaning, TF-IDF carries the rare topical
-words a small encoder blurs, the hybrid reads both, and static model2vec vectors (distilled from
-the same encoder) carry some meaning at the cost of TF-IDF. The cheapest candidate within
-`selection_tolerance` of the best wins. Probabilities are temperature-scaled on
+words a small encoder blurs, the hybrid reads both, and static vectors (distilled from the
+same encoder, in the manner of model2vec) carry some meaning at the cost of TF-IDF. The
+cheapest candidate within `selection_tolerance` of the best wins. Probabilities are temperature-scaled on
 out-of-fold training predictions, so a confidence of 0.9 means right about 9 times in 10 and
 routing thresholds mean what they say.
 """
@@ -40,10 +40,9 @@ from stillroom.students.classifier import (
     EmbeddingClassifier,
     Features,
     Ngrams,
+    StaticVectors,
     load_encoder,
-    load_static,
     softmax,
-    static_vectors,
 )
 
 
@@ -70,7 +69,7 @@ def train_classifier(
     source = resolve_embedder(params.embedder)
     encoder = load_encoder(source, params.max_seq_length, params.quantize) if needs_encoder else None
     static_source = static_embedder(params.embedder, params.static_dims) if "static" in candidates else None
-    static = load_static(static_source) if static_source else None
+    static = StaticVectors(static_source) if static_source else None
     tfidf = fit_ngrams(texts, params.char_ngrams) if any(k in ("tfidf", "hybrid") for k in candidates) else None
     # Embed once; the hybrid reuses the same vectors.
     cache: dict[str, np.ndarray] = {}
@@ -79,7 +78,7 @@ def train_classifier(
         if kind == "tfidf":
             return tfidf.transform(batch)
         if kind == "static":
-            return static_vectors(static, batch)
+            return static.transform(batch)
         if key not in cache:
             cache[key] = Features("embedding", encoder).transform(batch, progress=progress)
         return cache[key] if kind == "embedding" else hstack([csr_matrix(cache[key]), tfidf.transform(batch)]).tocsr()
