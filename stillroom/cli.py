@@ -195,6 +195,10 @@ def run(
     root: RootOpt = Path("."),
     params_file: ParamsOpt = Path("params.yaml"),
     force: Annotated[bool, typer.Option("--force", help="Re-run stages that dvc.lock shows up to date.")] = False,
+    task: Annotated[
+        list[str] | None,
+        typer.Option("--task", help="Retrain only this task (name or id; repeatable); the others keep their versions."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the whole distill flow (Prefect) and print each student's score against the teacher.
@@ -205,7 +209,7 @@ def run(
     sys.path.insert(0, str(Path(root).resolve()))
     from flows.distill import distill
 
-    rows = distill(root=str(Path(root).resolve()), params_file=str(params_file), force=force)
+    rows = distill(root=str(Path(root).resolve()), params_file=str(params_file), force=force, tasks=task or None)
     _report(rows, as_json)
 
 

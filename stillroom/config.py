@@ -318,6 +318,27 @@ class ServeParams(_Section):
     pin_header: str = Field("x-stillroom-pin-model", description="a caller's header naming the model to use")
 
 
+class FlowParams(_Section):
+    """Where the distill flow runs its per-task work (train, evaluate, register mapped over tasks)."""
+
+    task_runner: Literal["local", "dask", "ray"] = Field(
+        "local", description="local: threads in the flow's process; dask / ray: a cluster's workers"
+    )
+    local_workers: int = Field(1, ge=1, description="tasks at once with the local runner (one: 2 CPU cores)")
+    dask_address: str | None = Field(None, description="an existing Dask scheduler (tcp://host:8786); else a local one")
+    dask_workers: int = Field(2, ge=1, description="worker processes of the local Dask cluster")
+    ray_address: str | None = Field(None, description="an existing Ray cluster (ray://host:10001); else a local one")
+
+
+class RetrainParams(_Section):
+    """When the `watch` flow starts a retraining: per task, on new traffic or a demotion."""
+
+    min_new_records: int = Field(200, ge=1, description="new records of a task since its last training")
+    deployment: str | None = Field(
+        None, description="run distill as this deployment (e.g. distill/stillroom-local); else as a subflow"
+    )
+
+
 class Params(_Section):
     sample: SampleParams = SampleParams()
     ingest: IngestParams = IngestParams()
@@ -328,6 +349,8 @@ class Params(_Section):
     # `register` would shadow BaseModel.register; params.yaml still says `register:`.
     registry: RegisterParams = Field(RegisterParams(), alias="register")
     serve: ServeParams = ServeParams()
+    flow: FlowParams = FlowParams()
+    retrain: RetrainParams = RetrainParams()
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from stillroom.schema import SPLITS, DatasetRow, LogRecord, Split, TaskCard
 
+TRAIN_INFO_FILE = "train_info.json"  # a student folder's training facts, written last
 
 class Layout:
     """Where each stage reads and writes, relative to the project root (see dvc.yaml)."""
@@ -73,6 +74,10 @@ class Layout:
 
     def model(self, task_id: str) -> Path:
         return self.models / task_id
+
+    def train_info(self, task_id: str) -> Path:
+        """Written last by train: a model folder without it is not a finished student."""
+        return self.models / task_id / TRAIN_INFO_FILE
 
     # evaluate
     @property

@@ -20,11 +20,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from stillroom.answers import DAYS_PER_MONTH
 from stillroom.config import ClassifierParams, Params
@@ -47,6 +46,7 @@ from stillroom.metrics.scoring import (
     per_label_f1,
     with_intervals,
 )
+from stillroom.per_task import merge_summary, run_each
 from stillroom.plots import confusion_matrix_plot, coverage_plot, reliability_plot
 from stillroom.schema import DatasetRow, LogRecord, OutputFormat, Prediction, TaskCard
 from stillroom.students.base import Student, load_student
@@ -298,19 +298,37 @@ def write_report(card: TaskCard, report: Path, metrics: dict, detail: list[dict]
     coverage_plot(confidence, agree, report / "coverage.png", metrics["threshold"], metrics["threshold_target"])
 
 
-def run(params: Params, layout: Layout) -> dict:
+def task_cards(params: Params, layout: Layout) -> list[TaskCard]:
+    """The tasks with a trained student."""
+    return [card for card in synthesized_cards(layout) if layout.train_info(card.id).exists()]
+
+
+def run_task(params: Params, layout: Layout, card: TaskCard) -> dict:
+    """data/reports/<task>/: metrics, predictions, plots."""
+    report = layout.report(card.id)
+    if report.exists():
+        shutil.rmtree(report)  # a failed evaluation must not leave the last report for register to find
+    # Validation (threshold) and train (baselines) first; the test split is read for scoring only.
+    splits = load_splits(layout, card.id, ("train", "validation"))
+    splits["test"] = load_splits(layout, card.id, ("test",))["test"]
+    records = task_records(layout, card)
+    metrics, detail, validation = evaluate_student(card, layout.model(card.id), splits, params, records)
+    write_report(card, report, metrics, detail, validation)
+    return metrics
+
+
+def task_records(layout: Layout, card: TaskCard) -> list[LogRecord]:
+    """The task's logged calls (for the teacher's latency and cost)."""
+    if not layout.records.exists() or not layout.assignments.exists():
+        return []
+    assignments = read_assignments(layout.assignments)
+    return [r for r in read_jsonl(layout.records, LogRecord) if assignments.get(r.id) == card.id]
+
+
+def finish(params: Params, layout: Layout, results: dict[str, dict]) -> dict:
+    return merge_summary(layout.stage_metrics("evaluate"), synthesized_cards(layout), results)
+
+
+def run(params: Params, layout: Layout, only: Collection[str] | None = None) -> dict:
     """The evaluate stage: data/reports/<task>/ (metrics, predictions, plots) and metrics/evaluate.json."""
-    cards = synthesized_cards(layout)
-    records = list(read_jsonl(layout.records, LogRecord)) if layout.records.exists() else []
-    assignments = read_assignments(layout.assignments) if layout.assignments.exists() else {}
-    summary = {}
-    for card in tqdm(cards, desc="evaluate", unit="task"):
-        # Validation (threshold) and train (baselines) first; the test split is read for scoring only.
-        splits = load_splits(layout, card.id, ("train", "validation"))
-        splits["test"] = load_splits(layout, card.id, ("test",))["test"]
-        mine = [r for r in records if assignments.get(r.id) == card.id]
-        metrics, detail, validation = evaluate_student(card, layout.model(card.id), splits, params, mine)
-        write_report(card, layout.report(card.id), metrics, detail, validation)
-        summary[card.name] = metrics
-    write_json(layout.stage_metrics("evaluate"), summary)
-    return summary
+    return run_each("evaluate", sys.modules[__name__], params, layout, only)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from stillroom.mlflow_model import (
     tracking_uri,
 )
 from stillroom.mlflow_model import model_name as registered_name
+from stillroom.per_task import run_each
 from stillroom.requirements import inference_requirements
 from stillroom.schema import DatasetRow, TaskCard
 from stillroom.students.base import load_student
@@ -251,7 +254,7 @@ def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id:
     """One MLflow run per task: params, metrics, curves, plots, the card, and the model as a new version."""
     report_dir = layout.report(card.id)
     metrics = json.loads((report_dir / "metrics.json").read_text())
-    train_info = json.loads((layout.model(card.id) / "train_info.json").read_text())
+    train_info = json.loads(layout.train_info(card.id).read_text())
     name = model_name(card)
     client = MlflowClient(tracking_uri=mlflow.get_tracking_uri(), registry_uri=mlflow.get_registry_uri())
     decision = decide(card, params, layout, metrics, client)
@@ -327,11 +330,35 @@ def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id:
     }
 
 
-def run(params: Params, layout: Layout) -> dict:
-    """The register stage: every task's student into the MLflow registry; data/registry.json lists them."""
-    experiment_id = setup_mlflow(params, layout)
-    cards = synthesized_cards(layout)
-    entries = [register_task(card, params, layout, experiment_id) for card in cards]
-    registry = {"tracking_uri": tracking_uri(params, layout), "models": entries}
+def task_cards(params: Params, layout: Layout) -> list[TaskCard]:
+    """The tasks with an evaluated student."""
+    return [card for card in synthesized_cards(layout) if (layout.report(card.id) / "metrics.json").exists()]
+
+
+def prepare(params: Params, layout: Layout) -> None:
+    """Create the store and the experiment once, before tasks register from several processes."""
+    setup_mlflow(params, layout)
+
+
+def run_task(params: Params, layout: Layout, card: TaskCard) -> dict:
+    """One task's MLflow run and model version (in whichever process the task runner chose)."""
+    return register_task(card, params, layout, setup_mlflow(params, layout))
+
+
+def finish(params: Params, layout: Layout, results: dict[str, dict]) -> dict:
+    """data/registry.json: this run's versions, and the last run's for tasks it did not touch."""
+    ids = {card.name: card.id for card in synthesized_cards(layout)}
+    names = set(ids)
+    entries = {entry["task"]: entry for entry in read_json(layout.registry).get("models", [])}
+    entries.update({name: {"task": name, "task_id": ids[name], **result} for name, result in results.items()})
+    registry = {
+        "tracking_uri": tracking_uri(params, layout),
+        "models": [entry for name, entry in entries.items() if name in names],
+    }
     write_json(layout.registry, registry)
     return registry
+
+
+def run(params: Params, layout: Layout, only: Collection[str] | None = None) -> dict:
+    """The register stage: every task's student into the MLflow registry; data/registry.json lists them."""
+    return run_each("register", sys.modules[__name__], params, layout, only)

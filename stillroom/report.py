@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from stillroom.data import Layout, read_cards
+from stillroom.per_task import FAILED
 
 
 def _read(path) -> dict:
@@ -22,6 +23,8 @@ def summary_rows(layout: Layout) -> list[dict]:
         metrics = evaluation.get(card.name, {})
         sizes = datasets.get(card.name, {})
         entry = registry.get(card.id, {})
+        stage_results = (training.get(card.name, {}), metrics, entry)
+        failed = next((result[FAILED] for result in stage_results if FAILED in result), None)
         rows.append(
             {
                 "task": card.name,
@@ -43,6 +46,7 @@ def summary_rows(layout: Layout) -> list[dict]:
                 "size_mb": metrics.get("size_mb"),
                 "model_uri": entry.get("model_uri"),
                 "alias": entry.get("alias"),
+                "failed": failed,
             }
         )
     return rows
@@ -88,6 +92,6 @@ def render_table(rows: list[dict]):
             fmt(row["p50_ms"], "{:.1f} ms"),
             fmt(row["size_mb"], "{:.0f} MB"),
             row["model_uri"] or "-",
-            row["alias"] or "-",
+            row["alias"] or ("failed: " + row["failed"][:80] if row.get("failed") else "-"),
         )
     return table

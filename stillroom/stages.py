@@ -13,6 +13,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -47,6 +48,7 @@ TRAINING_CODE = (
 )
 # Every stage reads and writes through the data layer.
 DATA_LAYER = "stillroom/data.py"
+PER_TASK = "stillroom/per_task.py"  # the task-by-task loop of train, evaluate and register
 DETECT_CODE = ("stillroom/detect", "stillroom/embeddings.py", "stillroom/answers.py", "stillroom/schema.py")
 
 
@@ -66,6 +68,10 @@ class Stage:
     in_flow: bool = True  # the distill flow runs it
     in_dvc: bool = True  # a stage of dvc.yaml
     cli: bool = True  # a `stillroom <name>` subcommand derived from the entry
+    per_task: bool = False  # the module has task_cards / run_task / finish: the flow maps it over tasks
+
+    def module(self) -> ModuleType:
+        return importlib.import_module(self.run.partition(":")[0])
 
     @property
     def command_name(self) -> str:
@@ -130,9 +136,10 @@ STAGES: list[Stage] = [
         "train",
         "stillroom.train:run",
         "Train one student per task into data/models/.",
-        deps=("stillroom/train.py", DATA_LAYER, *TRAINING_CODE, "data/datasets", "data/tasks"),
+        deps=("stillroom/train.py", DATA_LAYER, PER_TASK, *TRAINING_CODE, "data/datasets", "data/tasks"),
         outs=("data/models",),
         params=("train",),
+        per_task=True,
     ),
     Stage(
         "evaluate",
@@ -141,6 +148,7 @@ STAGES: list[Stage] = [
         deps=(
             "stillroom/evaluate.py",
             DATA_LAYER,
+            PER_TASK,
             "stillroom/probe.py",
             "stillroom/plots.py",
             "stillroom/metrics",
@@ -153,6 +161,7 @@ STAGES: list[Stage] = [
         ),
         outs=("data/reports",),
         params=("evaluate", "register.gate", "train.seed", "train.classifier", "train.lm.base_model"),
+        per_task=True,
     ),
     Stage(
         "register",
@@ -161,7 +170,9 @@ STAGES: list[Stage] = [
         deps=(
             "stillroom/register.py",
             DATA_LAYER,
+            PER_TASK,
             "stillroom/mlflow_model.py",
+            "stillroom/metrics",  # the gate (shared with evaluate) and the champion comparison
             "stillroom/requirements.py",  # what the registered model declares comes from running its code
             *INFERENCE_CODE,
             "data/models",
@@ -171,6 +182,7 @@ STAGES: list[Stage] = [
         outs=({"data/registry.json": {"cache": False}},),
         params=("register", "evaluate.max_test_examples"),
         metrics=False,
+        per_task=True,
     ),
     Stage(
         "version",

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+import sys
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from stillroom.config import Params, TrainParams
-from stillroom.data import Layout, load_splits, synthesized_cards, write_json
+from stillroom.data import TRAIN_INFO_FILE, Layout, load_splits, synthesized_cards
+from stillroom.per_task import merge_summary, run_each
 from stillroom.schema import DatasetRow, Rung, TaskCard
 from stillroom.students.base import Student
-
-TRAIN_INFO = "train_info.json"
 
 
 def choose_rung(card: TaskCard, params: TrainParams) -> tuple[Rung, str]:
@@ -89,19 +89,36 @@ def train_task(
             json_schema=card.json_schema if card.answer_format == "json" else None,
         )
     info = {"task_id": card.id, "task": card.name, "kind": student.kind, **info, "rung": rung, "rung_reason": reason}
-    (out_dir / TRAIN_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    (out_dir / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
     return student, info
 
 
-def run(params: Params, layout: Layout, progress: bool = True) -> dict:
-    """The train stage: one student per task under data/models/<task>/ (+ metrics/train.json)."""
+def task_cards(params: Params, layout: Layout) -> list[TaskCard]:
+    return synthesized_cards(layout)
+
+
+def run_task(params: Params, layout: Layout, card: TaskCard) -> dict:
+    """One task's student under data/models/<task>/; the summary keeps its scalar training facts."""
+    progress = sys.stderr.isatty()  # training bars for a person watching, not for logs
+    splits = load_splits(layout, card.id, ("train", "validation"))
+    out_dir = layout.model(card.id)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # a failed run must not leave the last student looking current
+    _, info = train_task(card, splits["train"], splits["validation"], params.train, out_dir, progress)
+    return {k: v for k, v in info.items() if isinstance(v, int | float | str)}
+
+
+def finish(params: Params, layout: Layout, results: dict[str, dict]) -> dict:
+    """metrics/train.json; the folders of tasks that no longer exist are removed."""
     cards = synthesized_cards(layout)
+    current = {card.id for card in cards}
     if layout.models.exists():
-        shutil.rmtree(layout.models)
-    summary = {}
-    for card in cards:
-        splits = load_splits(layout, card.id, ("train", "validation"))
-        _, info = train_task(card, splits["train"], splits["validation"], params.train, layout.model(card.id), progress)
-        summary[card.name] = {k: v for k, v in info.items() if isinstance(v, int | float | str)}
-    write_json(layout.stage_metrics("train"), summary)
-    return summary
+        for folder in layout.models.iterdir():
+            if folder.is_dir() and folder.name not in current:
+                shutil.rmtree(folder)
+    return merge_summary(layout.stage_metrics("train"), cards, results)
+
+
+def run(params: Params, layout: Layout, only: Collection[str] | None = None) -> dict:
+    """The train stage: one student per task under data/models/<task>/ (+ metrics/train.json)."""
+    return run_each("train", sys.modules[__name__], params, layout, only)

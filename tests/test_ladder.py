@@ -54,5 +54,5 @@ def test_training_never_opens_the_test_split(tmp_path):
     write_jsonl(layout.dataset(card.id, "train"), rows())
     write_jsonl(layout.dataset(card.id, "validation"), rows("validation")[:6])
     layout.dataset(card.id, "test").mkdir()  # reading it as a file would fail
-    summary = train.run(Params(), layout, progress=False)
+    summary = train.run(Params(), layout)
     assert summary["news"]["rung"] == "classifier" and summary["news"]["n_validation"] == 6

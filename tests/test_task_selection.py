@@ -48,5 +48,5 @@ def test_only_decisions_can_ask_for_more(tmp_path):
 
 def test_later_stages_skip_tasks_without_a_dataset(tmp_path):
     layout = project(tmp_path)
-    assert train.run(Params(), layout, progress=False) == {}
+    assert train.run(Params(), layout) == {}
     assert evaluate.run(Params(), layout) == {}
