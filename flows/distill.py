@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from stillroom.config import load_params
-from stillroom.data import Layout
+from stillroom.data import Layout, synthesized_cards
 from stillroom.per_task import TaskFailures
 from stillroom.report import summary_rows
 from stillroom.stages import flow_stages
@@ -59,12 +59,18 @@ def run_stages(root: str, params_file: str, force: bool, tasks: list[str] | None
     failed: dict[str, str] = {}
     for stage in flow_stages():
         if stage.per_task:
+            if tasks is not None:  # detect has run by now: a task it found new is trained with the named ones
+                tasks = sorted(set(tasks) | never_trained(layout))
             failed |= run_per_task(stage, params, layout, force, tasks, failed)
             continue
         summary = stage_task(stage)(params, layout, force)
         headline = {k: summary[k] for k in _HEADLINE_KEYS if isinstance(summary, dict) and k in summary}
         logger.info("%s done %s", stage.name, headline or "")
     return failed
+
+
+def never_trained(layout: Layout) -> set[str]:
+    return {card.name for card in synthesized_cards(layout) if not layout.train_info(card.id).exists()}
 
 
 if __name__ == "__main__":

@@ -213,6 +213,20 @@ def run(
     _report(rows, as_json)
 
 
+@app.command("watch")
+@_fails_cleanly
+def watch(root: RootOpt = Path("."), params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+    """Retrain only the tasks with enough new records (logs, serve capture) or a demoted student.
+
+    What the `watch` deployment runs every few minutes; with nothing new it ends in seconds.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    sys.path.insert(0, str(Path(root).resolve()))
+    from flows.watch import watch as watch_flow
+
+    _print(watch_flow(root=str(Path(root).resolve()), params_file=str(params_file)), as_json)
+
+
 @app.command("report")
 @_fails_cleanly
 def report(root: RootOpt = Path("."), as_json: JsonOpt = False) -> None:

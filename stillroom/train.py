@@ -88,7 +88,15 @@ def train_task(
             labels=card.labels if card.output_type == "label" else None,
             json_schema=card.json_schema if card.answer_format == "json" else None,
         )
-    info = {"task_id": card.id, "task": card.name, "kind": student.kind, **info, "rung": rung, "rung_reason": reason}
+    info = {
+        "task_id": card.id,
+        "task": card.name,
+        "task_records": card.count,  # what the watch flow counts new traffic from
+        "kind": student.kind,
+        **info,
+        "rung": rung,
+        "rung_reason": reason,
+    }
     (out_dir / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
     return student, info
 

@@ -130,3 +130,33 @@ def test_a_failing_task_is_reported_and_the_others_still_finish():
                               "also-good": {"ok": True}}
     assert raised.value.failures == {"broken": "ValueError: no training rows"}
     assert run_each("train", Stage, None, None, only=["good"]) == {"good": {"ok": True}}
+
+
+def stillroom_json(root: Path, tmp_path: Path, *args: str) -> dict:
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": ""}
+    command = [str(Path(sys.executable).parent / "stillroom"), *args, "--root", str(root), "--json"]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return json.loads(done.stdout[done.stdout.index("\n{") + 1 if not done.stdout.startswith("{") else 0 :])
+
+
+def test_watch_does_nothing_without_new_traffic_and_retrains_only_the_task_that_got_it(tmp_path):
+    root = write_project(tmp_path / "watched", "local")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump({**params, "retrain": {"min_new_records": 30}}))
+    distill(root, tmp_path)
+    before = registered(root)
+
+    quiet = stillroom_json(root, tmp_path, "watch")
+    assert quiet["started"] is None and quiet["retrain"] == [] and not quiet["find_new_tasks"]
+    assert set(quiet["new_records"].values()) == {0}
+
+    more = [log_line(SPORT, f"{title}\n\n{body[:400]}", "yes" if topic == "sport" else "no", index=10_000 + i)
+            for i, (topic, title, body) in enumerate(_bbc_articles()[5::23][:40])]
+    (root / "data/raw/logs/more.jsonl").write_text("\n".join(more) + "\n")
+    busy = stillroom_json(root, tmp_path, "watch")
+    assert busy["new_records"] == {"classify-news-article": 0, "news-article-sport": 40}
+    assert busy["retrain"] == ["news-article-sport"] and busy["started"] == "subflow"
+    after = registered(root)
+    assert after["news-article-sport"]["version"] == "2"
+    assert after["classify-news-article"] == before["classify-news-article"]  # untouched: same version and run
