@@ -62,7 +62,7 @@ def run_ladder(params_path: Path, project: Path, reuse: bool) -> list[dict]:
         ingest.run(params, layout)
         detect.run(params, layout)
         synthesize.run(params, layout)
-        train.run(params, layout, progress=sys.stderr.isatty())
+        train.run(params, layout)
     evaluation = evaluate.run(params, layout)
     training = json.loads(layout.stage_metrics("train").read_text())
     results = []

@@ -26,9 +26,8 @@ from prefect.artifacts import create_markdown_artifact
 from stillroom.config import Params, load_params
 from stillroom.data import Layout, read_cards, read_json
 from stillroom.detect.matcher import TaskMatcher
-from stillroom.mlflow_model import CHAMPION, model_name, registry_client
+from stillroom.mlflow_model import CHAMPION, DEMOTED_TAG, model_name, registry_client
 from stillroom.schema import LogRecord
-from stillroom.serve.registry import DEMOTED_TAG
 from stillroom.stages import get
 from tasks import stage_task
 

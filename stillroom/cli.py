@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markdown import Markdown
 
 from stillroom.config import Params, load_params
 from stillroom.data import Layout
@@ -229,11 +230,32 @@ def watch(root: RootOpt = Path("."), params_file: ParamsOpt = Path("params.yaml"
 
 @app.command("report")
 @_fails_cleanly
-def report(root: RootOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """Print the summary of the last run: each task, its student, agreement, latency, size and model URI."""
-    from stillroom.report import summary_rows
+def report(
+    root: RootOpt = Path("."),
+    params_file: ParamsOpt = Path("params.yaml"),
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Changes since then (24h, 7d, an ISO date): versions, promotions, demotions."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the summary of the last run: each task, its student, agreement, latency, size and model URI.
 
-    _report(summary_rows(Layout(root)), as_json)
+    With --since, the changes instead: new tasks, promotions, challengers and demotions, with each
+    new version's agreement against the champion it was compared with.
+    """
+    from stillroom.report import changes_markdown, changes_since, parse_since, summary_rows
+
+    if since is None:
+        _report(summary_rows(Layout(root)), as_json)
+        return
+    params, layout = _setup(root, params_file)
+    moment = parse_since(since)
+    events = changes_since(params, layout, moment)
+    if as_json:
+        _print(events, True)
+    else:
+        out.print(Markdown(changes_markdown(events, moment)))
 
 
 def _report(rows: list[dict], as_json: bool) -> None:

@@ -26,6 +26,9 @@ from stillroom.schema import Message
 STUDENT_ARTIFACT = "student"  # the artifact that holds the student folder
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# Set by `stillroom serve` on a version its live audits demoted; read by status, watch and report.
+DEMOTED_TAG = "serve_demoted"
+DEMOTED_REASON_TAG = "serve_demoted_reason"
 
 
 def tracking_uri(params: Params, layout: Layout) -> str:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime, timedelta
 
+from mlflow.exceptions import MlflowException
+
+from stillroom.config import Params
 from stillroom.data import Layout, read_cards
+from stillroom.mlflow_model import DEMOTED_REASON_TAG, DEMOTED_TAG, model_name, registry_client
 from stillroom.per_task import FAILED
 
 
@@ -95,3 +101,74 @@ def render_table(rows: list[dict]):
             row["alias"] or ("failed: " + row["failed"][:80] if row.get("failed") else "-"),
         )
     return table
+
+
+# ------------------------------------------------------------------ what changed since a moment
+
+
+_STAMP = re.compile(r"\((\d{4}-\d{2}-\d{2} \d{2}:\d{2}) UTC\)")
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """`24h`, `7d`, `30m`, or an ISO date or time (UTC unless it says otherwise)."""
+    now = now or datetime.now(UTC)
+    if match := re.fullmatch(r"(\d+)\s*([mhd])", text.strip()):
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+        return now - timedelta(**{unit: int(match.group(1))})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError as error:
+        raise ValueError(f"--since {text!r}: give 24h, 7d, 30m or an ISO date such as 2026-12-01") from error
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def changes_since(params: Params, layout: Layout, since: datetime) -> list[dict]:
+    """Every model version registered and every demotion since `since`, oldest first, with the
+    agreement delta against the champion it was compared with (same test rows)."""
+    client = registry_client(params, layout)
+    cutoff = since.timestamp() * 1000
+    events: list[dict] = []
+    for card in read_cards(layout.cards) if layout.cards.exists() else []:
+        try:
+            versions = client.search_model_versions(f"name='{model_name(card.name)}'")
+        except MlflowException:
+            continue
+        earliest = min((int(v.version) for v in versions), default=None)
+        for version in versions:
+            tags = version.tags
+            at = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
+            if version.creation_timestamp >= cutoff:
+                agreement = client.get_run(version.run_id).data.metrics.get("agreement") if version.run_id else None
+                champion = float(tags["champion_agreement"]) if "champion_agreement" in tags else None
+                role = "champion" if tags.get("gate") == "passed" else "challenger"
+                first = int(version.version) == earliest
+                events.append({
+                    "at": at.isoformat(timespec="seconds"), "task": card.name, "version": str(version.version),
+                    "event": f"new task, {role}" if first else "promoted" if role == "champion" else "challenger",
+                    "agreement": agreement, "champion_agreement": champion,
+                    "delta": None if agreement is None or champion is None else agreement - champion,
+                    "reason": tags.get("gate_reason", ""),
+                })
+            stamp = _STAMP.search(tags.get(DEMOTED_REASON_TAG, ""))
+            if tags.get(DEMOTED_TAG) == "true" and stamp:
+                demoted_at = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+                if demoted_at >= since.replace(second=0, microsecond=0):
+                    events.append({
+                        "at": demoted_at.isoformat(timespec="seconds"), "task": card.name,
+                        "version": str(version.version), "event": "demoted", "agreement": None,
+                        "champion_agreement": None, "delta": None, "reason": tags[DEMOTED_REASON_TAG],
+                    })
+    return sorted(events, key=lambda event: (event["at"], event["task"]))
+
+
+def changes_markdown(events: list[dict], since: datetime) -> str:
+    """The end-of-run report: what a reviewer needs to know, nothing else."""
+    head = f"### What changed since {since:%Y-%m-%d %H:%M} UTC"
+    if not events:
+        return f"{head}\n\nNothing: no new version, promotion or demotion."
+    lines = [head, "", "| task | version | event | agreement | vs champion | why |", "|---|---:|---|---:|---:|---|"]
+    for e in events:
+        agreement = "-" if e["agreement"] is None else f"{e['agreement']:.3f}"
+        delta = "-" if e["delta"] is None else f"{e['delta']:+.3f}"
+        lines.append(f"| {e['task']} | {e['version']} | {e['event']} | {agreement} | {delta} | {e['reason'][:160]} |")
+    return "\n".join(lines)

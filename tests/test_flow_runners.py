@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -132,12 +133,15 @@ def test_a_failing_task_is_reported_and_the_others_still_finish():
     assert run_each("train", Stage, None, None, only=["good"]) == {"good": {"ok": True}}
 
 
-def stillroom_json(root: Path, tmp_path: Path, *args: str) -> dict:
+def stillroom_json(root: Path, tmp_path: Path, *args: str):
+    """The JSON a `stillroom ... --json` command printed (after any log lines of a flow run)."""
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": ""}
     command = [str(Path(sys.executable).parent / "stillroom"), *args, "--root", str(root), "--json"]
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return json.loads(done.stdout[done.stdout.index("\n{") + 1 if not done.stdout.startswith("{") else 0 :])
+    lines = done.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(("{", "[")))
+    return json.loads("\n".join(lines[start:]))
 
 
 def test_watch_does_nothing_without_new_traffic_and_retrains_only_the_task_that_got_it(tmp_path):
@@ -154,9 +158,17 @@ def test_watch_does_nothing_without_new_traffic_and_retrains_only_the_task_that_
     more = [log_line(SPORT, f"{title}\n\n{body[:400]}", "yes" if topic == "sport" else "no", index=10_000 + i)
             for i, (topic, title, body) in enumerate(_bbc_articles()[5::23][:40])]
     (root / "data/raw/logs/more.jsonl").write_text("\n".join(more) + "\n")
+    before_busy = datetime.now(UTC).isoformat()
     busy = stillroom_json(root, tmp_path, "watch")
     assert busy["new_records"] == {"classify-news-article": 0, "news-article-sport": 40}
     assert busy["retrain"] == ["news-article-sport"] and busy["started"] == "subflow"
     after = registered(root)
     assert after["news-article-sport"]["version"] == "2"
     assert after["classify-news-article"] == before["classify-news-article"]  # untouched: same version and run
+
+    (change,) = stillroom_json(root, tmp_path, "report", "--since", before_busy)
+    assert (change["task"], change["version"]) == ("news-article-sport", "2")
+    assert change["event"] in ("promoted", "challenger") and change["delta"] is not None
+    assert change["delta"] == pytest.approx(change["agreement"] - change["champion_agreement"])
+    everything = stillroom_json(root, tmp_path, "report", "--since", "7d")
+    assert [e["event"].split(",")[0] for e in everything].count("new task") == 2 and len(everything) == 3

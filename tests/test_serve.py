@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -472,6 +473,10 @@ def test_live_audits_demote_a_task_and_a_new_champion_is_served_without_restart(
             assert time.monotonic() < deadline, "the demotion never reached MLflow"
             time.sleep(0.05)
         assert tags["serve_demoted"] == "true" and "live agreement lower bound" in tags["serve_demoted_reason"]
+        from stillroom.report import changes_since
+
+        events = changes_since(project.params, project.layout, datetime.now(UTC) - timedelta(minutes=5))
+        assert [(e["event"], e["version"]) for e in events if e["event"] == "demoted"] == [("demoted", "1")]
         live = sqlite3.connect(project.layout.data / "serve/live.sqlite")
         assert live.execute("SELECT COUNT(*) FROM audits WHERE agreement = 0").fetchone()[0] == 8
 

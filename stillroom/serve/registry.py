@@ -16,10 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from stillroom.config import ServeParams
-from stillroom.mlflow_model import CHAMPION, model_name
-
-DEMOTED_TAG = "serve_demoted"
-DEMOTED_REASON_TAG = "serve_demoted_reason"
+from stillroom.mlflow_model import CHAMPION, DEMOTED_REASON_TAG, DEMOTED_TAG, model_name
 
 
 @dataclass(frozen=True)
