@@ -339,6 +339,12 @@ class RetrainParams(_Section):
     )
 
 
+class VersioningParams(_Section):
+    push: bool = Field(
+        True, description="dvc push after a run with no failed task, when a DVC remote is configured"
+    )
+
+
 class Params(_Section):
     sample: SampleParams = SampleParams()
     ingest: IngestParams = IngestParams()
@@ -351,6 +357,7 @@ class Params(_Section):
     serve: ServeParams = ServeParams()
     flow: FlowParams = FlowParams()
     retrain: RetrainParams = RetrainParams()
+    versioning: VersioningParams = VersioningParams()
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -263,6 +263,7 @@ def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id:
         "git_commit": git_commit(layout.root),
         "datasets_md5": dvc_dir_md5(layout.datasets),  # DVC's hash of data/datasets, as in dvc.lock
         "task_dataset_md5": dvc_dir_md5(layout.datasets / card.id),
+        "model_md5": dvc_dir_md5(layout.model(card.id)),  # the student folder as `dvc pull` restores it
         "task_id": card.id,
         "student_kind": train_info["kind"],
         # Folders trained before the ladder have no rung; their kind was their rung.

@@ -14,6 +14,7 @@ import yaml
 
 from stillroom.config import Params
 from stillroom.data import Layout
+from stillroom.per_task import FAILED
 
 
 class VersioningError(RuntimeError):
@@ -75,4 +76,30 @@ def run(params: Params, layout: Layout) -> dict:
         return {"dvc": "skipped: the project root is not a DVC repository (run `dvc init`)"}
     # Every dvc.yaml stage whose outputs exist (the sample logs are built outside the flow, if at all).
     dvc(layout, "commit", "--force", *committable_stages(layout))
-    return {"dvc": "committed", "outputs": locked_outputs(layout)}
+    summary = {"dvc": "committed", "outputs": locked_outputs(layout)}
+    if params.versioning.push:
+        summary["push"] = push(layout)
+    return summary
+
+
+def failed_tasks(layout: Layout) -> list[str]:
+    """Tasks a per-task stage of this run reported failed (their entries say `failed`)."""
+    names = set()
+    for stage in ("train", "evaluate"):
+        path = layout.stage_metrics(stage)
+        entries = json.loads(path.read_text()) if path.exists() else {}
+        names |= {name for name, entry in entries.items() if isinstance(entry, dict) and FAILED in entry}
+    return sorted(names)
+
+
+def push(layout: Layout) -> str:
+    """Send what dvc.lock names to the default remote, so another machine can `dvc pull` it."""
+    if not dvc(layout, "remote", "list").strip():
+        return "skipped: no DVC remote (make setup adds a local one; README shows S3, GCS and SSH)"
+    if failed := failed_tasks(layout):
+        return f"skipped: tasks failed this run ({', '.join(failed)})"
+    try:
+        dvc(layout, "push", "--quiet")
+    except VersioningError as error:  # the run's work is done and committed; say why it is not shared
+        return f"failed: {error}"
+    return "pushed"

@@ -16,11 +16,15 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
+from stillroom import register
 from tests.servers import background, prefect_server
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ["pyproject.toml", "params.yaml", "dvc.yaml", "prefect.yaml", "stillroom", "tasks", "flows"]
+PROJECT_FILES = [
+    "pyproject.toml", "params.yaml", "dvc.yaml", "prefect.yaml", ".gitignore", "stillroom", "tasks", "flows",
+]
 
 # Small but real: a few hundred calls from the public datasets, a short LM fine-tune.
 SMALL = {
@@ -64,6 +68,10 @@ def project(tmp_path_factory) -> Path:
     sh(sys.executable, "-m", "dvc", "init", "-q", cwd=root)
     sh(sys.executable, "-m", "dvc", "config", "core.analytics", "false", cwd=root)
     shutil.copy(ROOT / ".dvcignore", root / ".dvcignore")  # bytecode must not count as a code change
+    remote = tmp_path_factory.mktemp("dvc-remote")  # the flow pushes here (versioning.push), a clone pulls
+    sh(sys.executable, "-m", "dvc", "remote", "add", "-d", "shared", str(remote), cwd=root)
+    (root / "data/raw/capture").mkdir(parents=True)
+    (root / "data/raw/capture/.gitkeep").touch()
     return root
 
 
@@ -220,3 +228,26 @@ def test_new_capture_rows_make_ingest_stale(project, env, flow_run):
         assert "ingest" in status and "data/raw/capture" in json.dumps(status), status
     finally:
         served.unlink()
+
+
+def test_a_clone_pulls_what_the_flow_pushed_and_dvc_has_nothing_to_do(project, env, flow_run, tmp_path):
+    """Reproducible: git clone, dvc pull, and the pulled student is the registered version's, byte for byte."""
+    dvc = [sys.executable, "-m", "dvc"]
+    remote = Path(sh(*dvc, "remote", "list", cwd=project, env=env).split()[1])
+    models = next(o for o in yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]["outs"])
+    digest = models["md5"]  # the flow's last step pushed the models it trained (versioning.push)
+    assert (remote / "files" / "md5" / digest[:2] / digest[2:]).exists(), sorted(remote.rglob("*"))[:20]
+    sh(*dvc, "push", cwd=project, env=env)  # what the param-change test re-ran with `dvc repro`, as CI pushes it
+    git = ["git", "-c", "user.email=e2e@stillroom.invalid", "-c", "user.name=e2e"]
+    sh(*git, "add", "-A", cwd=project, env=env)
+    sh(*git, "commit", "-qm", "a trained project", cwd=project, env=env)
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(project), str(clone), cwd=tmp_path, env=env)
+    sh(*dvc, "pull", cwd=clone, env=env)
+    stages = ["ingest", "detect", "synthesize", "train", "evaluate", "register"]
+    assert json.loads(sh(*dvc, "status", "--json", *stages, cwd=clone, env=env)) == {}
+    registry = json.loads((clone / "data/registry.json").read_text())
+    client = MlflowClient(tracking_uri=registry["tracking_uri"], registry_uri=registry["tracking_uri"])
+    for entry in registry["models"]:
+        version = client.get_model_version(entry["model_name"], entry["version"])
+        assert register.dvc_dir_md5(clone / "data/models" / entry["task_id"]) == version.tags["model_md5"]
