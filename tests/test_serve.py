@@ -430,6 +430,18 @@ def test_models_health_and_metrics(client, served, project):
     assert 'stillroom_requests_total{route="student"' in metrics
 
 
+def test_servable_versions_are_fetched_at_start_up_before_any_request(project, teacher, tmp_path):
+    params = serve_params(project, teacher.base_url, model_cache=str(tmp_path / "models"))
+    with running(params, project.layout) as (_, server):
+        (servable,) = server.servable.values()
+        fetched = tmp_path / "models" / servable.model_name / servable.version / "student.json"
+        deadline = time.monotonic() + 20
+        while not fetched.exists():
+            assert time.monotonic() < deadline, "the servable version was not prefetched"
+            time.sleep(0.05)
+        assert server.pool.loaded == {}  # fetched and its libraries imported, not loaded: no memory spent yet
+
+
 def test_matching_a_request_costs_under_2_ms(project):
     matcher = TaskMatcher.load(project.layout.task_index)
     request = ask(VARIANTS[3].format(STORY))["messages"]

@@ -160,6 +160,7 @@ class Server:
         self.registry_error: str | None = None
         self.demoted: set[tuple[str, str]] = set(self.stats.demotions())
         self._reloader: asyncio.Task | None = None
+        self._prefetcher: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -172,10 +173,21 @@ class Server:
             await asyncio.sleep(0.5)
             await self.refresh()
         self._reloader = asyncio.create_task(self._reload_forever())
+        self._prefetcher = asyncio.create_task(self._prefetch())
+
+    async def _prefetch(self) -> None:
+        """Download every servable version and import its libraries in the background, so the first
+        request to a task loads only its weights (the server answers meanwhile)."""
+        for servable in list(self.servable.values()):
+            try:
+                await asyncio.to_thread(self.pool.prefetch, servable)
+            except Exception:
+                log.exception("prefetching %s failed; its first request will fetch it", servable.label)
 
     async def stop(self) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
+        for background in (self._reloader, self._prefetcher):
+            if background is not None:
+                background.cancel()
         await self.auditor.drain()
         await asyncio.to_thread(self.capture.close)
         await self.upstream.close()

@@ -25,7 +25,7 @@ import psutil
 
 from stillroom.schema import Message, Prediction
 from stillroom.serve.registry import Servable
-from stillroom.students import Student, load_student
+from stillroom.students import Student, import_runtime, load_student
 
 log = logging.getLogger("stillroom.serve")
 Download = Callable[[Servable, Path], Path]  # a version's student folder, written under the given folder
@@ -128,6 +128,11 @@ class ModelPool:
                 self.on_load(servable, load_s)
             log.info("loaded %s (%s) in %.2f s, ~%.0f MB", servable.label, servable.kind, load_s, memory_mb)
             return loaded, True
+
+    def prefetch(self, servable: Servable) -> None:
+        """Download the version and import its libraries, without loading it: the first request then
+        pays only for the weights. Run at start-up, off the event loop."""
+        import_runtime(self._student_folder(servable))
 
     def _load(self, servable: Servable) -> tuple[Student, float, float]:
         started = time.perf_counter()

@@ -4,6 +4,6 @@ Each kind has an inference module (named in `base.KINDS`: load and answer) and a
 (`<kind>_train`: fit and write the folder); the inference side never imports the training side.
 """
 
-from stillroom.students.base import KINDS, Student, load_student
+from stillroom.students.base import KINDS, Student, import_runtime, load_student
 
-__all__ = ["KINDS", "Student", "load_student"]
+__all__ = ["KINDS", "Student", "import_runtime", "load_student"]

@@ -37,6 +37,12 @@ class Student(ABC):
     @abstractmethod
     def load(cls, directory: Path) -> Student: ...
 
+    @classmethod
+    def import_runtime(cls, manifest: dict) -> None:
+        """Import the libraries `load` will need (seconds for torch), so a server can pay for them
+        at start-up rather than on a user's first request. A kind with nothing heavy to import keeps this."""
+        return None
+
 
 def last_user_turn(prompt: Prompt) -> str:
     for message in reversed(prompt):
@@ -57,12 +63,22 @@ def read_manifest(directory: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_student(directory: Path | str) -> Student:
-    """Load whichever kind of student the folder holds."""
-    directory = Path(directory)
-    kind = read_manifest(directory)["kind"]
+def student_class(directory: Path | str) -> tuple[type[Student], dict]:
+    """The class that loads the folder's kind of student, and the folder's manifest."""
+    manifest = read_manifest(Path(directory))
+    kind = manifest["kind"]
     if kind not in KINDS:
         raise ValueError(f"{directory}: unknown student kind {kind!r}; known: {sorted(KINDS)}")
     module_name, class_name = KINDS[kind].split(":")
-    student_class = getattr(importlib.import_module(module_name), class_name)
-    return student_class.load(directory)
+    return getattr(importlib.import_module(module_name), class_name), manifest
+
+
+def load_student(directory: Path | str) -> Student:
+    """Load whichever kind of student the folder holds."""
+    return student_class(directory)[0].load(Path(directory))
+
+
+def import_runtime(directory: Path | str) -> None:
+    """Import what loading this folder's student needs, without loading its weights."""
+    cls, manifest = student_class(directory)
+    cls.import_runtime(manifest)

@@ -166,6 +166,11 @@ class EmbeddingClassifier(Student):
         return [Prediction(text=self.labels[i], confidence=float(probs[row, i])) for row, i in enumerate(best)]
 
     @classmethod
+    def import_runtime(cls, manifest: dict) -> None:
+        if manifest.get("features", "embedding") in ("embedding", "hybrid"):
+            import sentence_transformers  # noqa: F401  (and torch with it)
+
+    @classmethod
     def load(cls, directory: Path) -> EmbeddingClassifier:
         directory = Path(directory)
         manifest = read_manifest(directory)

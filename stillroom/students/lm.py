@@ -229,6 +229,10 @@ class LMStudent(Student):
         return eos_token_ids(self.model, self.tokenizer)
 
     @classmethod
+    def import_runtime(cls, manifest: dict) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (transformers imports lazily)
+
+    @classmethod
     def load(cls, directory: Path) -> LMStudent:
         from transformers import AutoModelForCausalLM
 
