@@ -236,6 +236,10 @@ class EvaluateParams(_Section):
         0.99, gt=0, le=1, description="routing: answers above the threshold must agree with the teacher this often"
     )
     min_threshold_examples: int = Field(30, ge=1, description="fewer validation answers: say the threshold is unstable")
+    threshold_min_low: float = Field(
+        0.9, ge=0, le=1,
+        description="the kept validation answers' agreement lower bound must reach this, else never route",
+    )
     baselines: list[Baseline] = Field(default_factory=lambda: ["tfidf_lr", "zero_shot"])
     baseline_max_examples: int = Field(50, ge=1, description="test rows the zero-shot base model answers")
 

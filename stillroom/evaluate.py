@@ -83,15 +83,38 @@ def choose_threshold(confidence: Sequence[float], agreement: Sequence[float], ta
 
 
 def routing_on_validation(
-    card: TaskCard, student: Student, validation: Sequence[DatasetRow], target: float, min_examples: int
+    card: TaskCard,
+    student: Student,
+    validation: Sequence[DatasetRow],
+    target: float,
+    min_examples: int,
+    min_low: float = 0.0,
 ) -> tuple[dict, list[dict]]:
-    """Pick the threshold from validation answers; report how many examples it rests on."""
+    """Pick the threshold from validation answers; report how many examples it rests on.
+
+    A threshold is kept only when the answers it keeps can show the target with confidence: the
+    lower bound of their agreement must reach `min_low`. Ten right answers of ten prove little
+    (Wilson lower bound 0.72), so such a threshold becomes "never route", with the reason.
+    """
     predictions = student.predict([row.prompt for row in validation]) if validation else []
     agreement = per_example_agreement(card.answer_format, [p.text for p in predictions], [r.target for r in validation])
     confidence = [p.confidence for p in predictions]
     threshold = choose_threshold(confidence, agreement, target)
+    kept_scores = [a for a, c in zip(agreement, confidence, strict=True) if c >= threshold]
+    low = agreement_interval(card.answer_format, kept_scores)[0] if kept_scores else None
+    if threshold == NO_THRESHOLD:
+        reason = f"no confidence keeps validation agreement at {target:.2f}: never route"
+    elif low is not None and low < min_low:
+        reason = (
+            f"{len(kept_scores)} validation answers above {threshold:.4f}: agreement lower bound {low:.3f} "
+            f"< {min_low:.2f}, too few to route on: never route"
+        )
+        threshold = NO_THRESHOLD
+    else:
+        reason = f"{len(kept_scores)} validation answers above {threshold:.4f}, agreement lower bound {low:.3f}"
     kept = int(sum(c >= threshold for c in confidence))
     info = {
+        "threshold_reason": reason,
         "threshold": threshold,
         "threshold_target": target,
         "threshold_n_validation": len(validation),
@@ -232,7 +255,12 @@ def evaluate_student(
     settings = params.evaluate
     student = load_student(model_dir)
     routing, validation_detail = routing_on_validation(
-        card, student, splits["validation"], settings.target_agreement, settings.min_threshold_examples
+        card,
+        student,
+        splits["validation"],
+        settings.target_agreement,
+        settings.min_threshold_examples,
+        settings.threshold_min_low,
     )
 
     rows = splits["test"][: settings.max_test_examples]

@@ -111,6 +111,24 @@ def test_a_lucky_run_of_unsure_answers_does_not_open_the_gate():
     assert choose_threshold([0.995] * 10 + [0.6] * 30, [1] * 40, target=0.99) == 0.995
 
 
+def test_a_threshold_that_too_few_validation_answers_support_is_never_route():
+    from stillroom.evaluate import routing_on_validation
+    from stillroom.schema import DatasetRow, Message, Prediction
+
+    class Sure:
+        def predict(self, prompts, batch_size=16):
+            return [Prediction(text="yes", confidence=0.999) for _ in prompts]
+
+    card = TaskCard(id="t", name="t", count=10, output_type="label", labels=["no", "yes"])
+    rows = [DatasetRow(id=f"r{i}", task_id="t", split="validation", input_text="q", target="yes",
+                       prompt=[Message(role="user", content="q")]) for i in range(10)]
+    few, _ = routing_on_validation(card, Sure(), rows, target=0.99, min_examples=30, min_low=0.9)
+    assert few["threshold"] == NO_THRESHOLD and few["threshold_n_kept"] == 0
+    assert "10 validation answers above 0.9990: agreement lower bound 0.722 < 0.90" in few["threshold_reason"]
+    many, _ = routing_on_validation(card, Sure(), rows * 6, target=0.99, min_examples=30, min_low=0.9)
+    assert many["threshold"] == 0.999 and many["threshold_n_kept"] == 60  # Wilson lower bound 0.940
+
+
 def test_routing_on_test_reports_coverage_and_whether_the_target_held():
     result = routing_on_test([0.99, 0.9, 0.5, 0.4], [1, 0, 1, 0], threshold=0.9, target=0.99)
     low = result.pop("routed_agreement_low")
@@ -130,7 +148,7 @@ def test_threshold_is_chosen_without_the_test_split(tmp_path):
     layout = Layout(tmp_path)
     params = Params.model_validate(
         {
-            "evaluate": {"latency_samples": 2, "baselines": [], "target_agreement": 0.9},
+            "evaluate": {"latency_samples": 2, "baselines": [], "target_agreement": 0.9, "threshold_min_low": 0.0},
             "train": {"classifier": {"features": ["embedding"]}},  # confident enough on 18 rows to route some
         }
     )
