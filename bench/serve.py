@@ -158,6 +158,14 @@ class Bench:
         return round(len(work) / (time.perf_counter() - started), 1)
 
 
+def wait_until_ready(health_url: str, timeout: float) -> None:
+    """Until the server has fetched every servable version and imported its libraries (`ready`), as
+    a deployment's readiness probe would wait; cold loads then measure the weights alone."""
+    deadline = time.monotonic() + timeout
+    while not httpx.get(health_url, timeout=5).json().get("ready") and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def cold_loads(root_url: str) -> dict[str, float]:
     """Mean cold load per student kind, from the server's own /metrics."""
     sums: dict[str, float] = {}
@@ -253,6 +261,7 @@ def run(root: Path) -> dict:
         )
         try:
             wait_until_healthy(f"http://127.0.0.1:{port}/healthz", timeout=120, process=server)
+            wait_until_ready(f"http://127.0.0.1:{port}/healthz", timeout=120)
             bench = Bench(f"http://127.0.0.1:{port}/v1", teacher.base_url)
             per_task = [bench.replay(s, bodies) for s, bodies in tasks]
             overhead_p50, overhead_p99 = bench.teacher_overhead()

@@ -440,6 +440,9 @@ def test_servable_versions_are_fetched_at_start_up_before_any_request(project, t
             assert time.monotonic() < deadline, "the servable version was not prefetched"
             time.sleep(0.05)
         assert server.pool.loaded == {}  # fetched and its libraries imported, not loaded: no memory spent yet
+        while not server.health()["ready"]:
+            assert time.monotonic() < deadline, "/healthz never said ready"
+            time.sleep(0.05)
 
 
 def test_matching_a_request_costs_under_2_ms(project):

@@ -161,6 +161,7 @@ class Server:
         self.demoted: set[tuple[str, str]] = set(self.stats.demotions())
         self._reloader: asyncio.Task | None = None
         self._prefetcher: asyncio.Task | None = None
+        self.prefetched = False  # /healthz `ready`: every servable version fetched, its libraries imported
 
     # ------------------------------------------------------------------ life cycle
 
@@ -183,6 +184,7 @@ class Server:
                 await asyncio.to_thread(self.pool.prefetch, servable)
             except Exception:
                 log.exception("prefetching %s failed; its first request will fetch it", servable.label)
+        self.prefetched = True
 
     async def stop(self) -> None:
         for background in (self._reloader, self._prefetcher):
@@ -525,6 +527,7 @@ class Server:
     def health(self) -> dict:
         return {
             "status": "ok",
+            "ready": self.prefetched,  # it serves before this too; a first request may then wait on imports
             "task_index": self.matcher is not None,
             "tasks": len(self.matcher.tasks) if self.matcher else 0,
             "serving": {
