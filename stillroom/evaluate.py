@@ -29,9 +29,10 @@ from stillroom.answers import DAYS_PER_MONTH
 from stillroom.config import ClassifierParams, Params
 from stillroom.data import (
     Layout,
+    group_records,
     load_splits,
     read_assignments,
-    read_jsonl,
+    read_records,
     synthesized_cards,
     write_json,
     write_jsonl,
@@ -349,8 +350,7 @@ def task_records(layout: Layout, card: TaskCard) -> list[LogRecord]:
     """The task's logged calls (for the teacher's latency and cost)."""
     if not layout.records.exists() or not layout.assignments.exists():
         return []
-    assignments = read_assignments(layout.assignments)
-    return [r for r in read_jsonl(layout.records, LogRecord) if assignments.get(r.id) == card.id]
+    return group_records(read_records(layout), read_assignments(layout.assignments)).get(card.id, [])
 
 
 def finish(params: Params, layout: Layout, results: dict[str, dict]) -> dict:

@@ -349,12 +349,11 @@ def run_task(params: Params, layout: Layout, card: TaskCard) -> dict:
 def finish(params: Params, layout: Layout, results: dict[str, dict]) -> dict:
     """data/registry.json: this run's versions, and the last run's for tasks it did not touch."""
     ids = {card.name: card.id for card in synthesized_cards(layout)}
-    names = set(ids)
     entries = {entry["task"]: entry for entry in read_json(layout.registry).get("models", [])}
     entries.update({name: {"task": name, "task_id": ids[name], **result} for name, result in results.items()})
     registry = {
         "tracking_uri": tracking_uri(params, layout),
-        "models": [entry for name, entry in entries.items() if name in names],
+        "models": [entry for name, entry in entries.items() if name in ids],
     }
     write_json(layout.registry, registry)
     return registry

@@ -55,11 +55,13 @@ def train_task(
     out_dir: Path,
     progress: bool = True,
 ) -> tuple[Student, dict]:
-    """Train, save to `out_dir` (replacing what was there) and return the student with its training facts."""
-    if not train:
-        raise ValueError(f"task {card.id} ({card.name}) has no training rows")
+    """Train, save to `out_dir` (replacing what was there) and return the student with its training facts.
+
+    The old folder goes first, so a task that fails here never leaves the last student looking current."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
+    if not train:
+        raise ValueError(f"task {card.id} ({card.name}) has no training rows")
     rung, reason = choose_rung(card, params)
     if rung == "classifier":
         from stillroom.students.classifier_train import save_classifier, train_classifier
@@ -109,10 +111,7 @@ def run_task(params: Params, layout: Layout, card: TaskCard) -> dict:
     """One task's student under data/models/<task>/; the summary keeps its scalar training facts."""
     progress = sys.stderr.isatty()  # training bars for a person watching, not for logs
     splits = load_splits(layout, card.id, ("train", "validation"))
-    out_dir = layout.model(card.id)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # a failed run must not leave the last student looking current
-    _, info = train_task(card, splits["train"], splits["validation"], params.train, out_dir, progress)
+    _, info = train_task(card, splits["train"], splits["validation"], params.train, layout.model(card.id), progress)
     return {k: v for k, v in info.items() if isinstance(v, int | float | str)}
 
 
