@@ -48,6 +48,7 @@ from stillroom.config import DetectParams
 from stillroom.detect.detection import Detection
 from stillroom.detect.pipeline import detect_tasks
 from stillroom.embeddings import load_embedder
+from stillroom.ingest.formats import parse_anthropic
 from stillroom.samples import _bbc_articles, _chat_turns, _wnut_tweets
 from stillroom.schema import LogRecord, Message, Usage
 
@@ -68,6 +69,8 @@ TARGETS = {
     "seconds_1m": 60.0,
 }
 LOW_VOLUME_TASK = "money-story"
+# Half of these tasks' programmatic calls are logged in the Anthropic Messages shape.
+ANTHROPIC_TASKS = frozenset({"paper-challenge", "tweet-tags"})
 
 
 @dataclass
@@ -230,6 +233,14 @@ def _new_tasks(rng: random.Random) -> list[Task]:
         text = json.dumps(doc, indent=rng.choice((None, 2)))
         return {"doc": text}, json.dumps({"emails": [p["email"] for p in people]})
 
+    def first_names_of() -> tuple[dict[str, str], str]:
+        people = [
+            {"first": rng.choice(first_names), "last": rng.choice(vocabulary).title(), "id": rng.randint(1, 999)}
+            for _ in range(rng.randint(0, 4))
+        ]
+        doc = {"team": " ".join(_words(rng, vocabulary, 1, 3)), "members": people}
+        return {"doc": json.dumps(doc, indent=rng.choice((None, 2)))}, json.dumps([p["first"] for p in people])
+
     def file_name() -> tuple[dict[str, str], str]:
         ext = rng.choice(_EXTENSIONS)
         name = rng.choice(("_", "-", "")).join(_words(rng, vocabulary, 1, 3)) + rng.choice(
@@ -316,6 +327,22 @@ def _new_tasks(rng: random.Random) -> list[Task]:
             (),
         ),
         Task(
+            "first-names",
+            [first_names_of() for _ in range(3000)],
+            (
+                Program(
+                    "Return the first names of the people in the JSON document as a JSON array of strings.",
+                    "{doc}",
+                    "gpt-4o-mini",
+                ),
+            ),
+            (
+                "get the first names out of this json\n{doc}",
+                "first names only from this json please\n{doc}",
+                "{doc}\nwhat are the first names in there?",
+            ),
+        ),
+        Task(
             "money-story",
             money,
             (),
@@ -391,6 +418,29 @@ def _record(n: int, when: datetime, model: str, system: str, turns: list[Message
     )
 
 
+def _via_anthropic(n: int, when: datetime, program: Program, user: str, answer: str) -> LogRecord:
+    """A program's call as the Anthropic Messages API logs it (top-level system, content
+    blocks), read by ingest's own reader: one task asked through two providers stays one task."""
+    logged = {
+        "timestamp": when.isoformat(),
+        "request": {
+            "model": "claude-3-5-haiku-latest",
+            "system": [{"type": "text", "text": program.system}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": user}]}],
+        },
+        "response": {
+            "id": f"call-{n:07d}",
+            "type": "message",
+            "content": [{"type": "text", "text": answer}],
+            "usage": {
+                "input_tokens": (len(program.system) + len(user)) // 4 + 7,
+                "output_tokens": len(answer) // 4 + 1,
+            },
+        },
+    }
+    return parse_anthropic(logged, "bench")[0]
+
+
 def build_log(n: int, seed: int = 0) -> tuple[list[LogRecord], dict[str, str]]:
     """n calls in time order and the truth: record id -> task name, or "" for a one-off."""
     rng = random.Random(seed)
@@ -435,6 +485,10 @@ def build_log(n: int, seed: int = 0) -> tuple[list[LogRecord], dict[str, str]]:
         if phrasing is None:
             program = task.programs[wording]
             user = _fill(program.template, content)
+            if task.name in ANTHROPIC_TASKS and rng.random() < 0.5:
+                records.append(_via_anthropic(k, when, program, user, answer))
+                truth[records[-1].id] = task.name
+                continue
             record = _record(
                 k,
                 when,

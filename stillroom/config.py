@@ -113,6 +113,10 @@ class DetectParams(_Section):
     cluster_similarity: float = Field(0.80, gt=0, le=1)
     cluster_min_cohesion: float = Field(0.55, gt=0, le=1)
     embed_sample: int = Field(64, ge=1)
+    second_chance_similarity: float = Field(
+        0.8, gt=0, le=1, description="an unplaced call joins a task one of whose forms shares this much (Dice)"
+    )
+    second_chance_margin: float = Field(0.1, ge=0, le=1, description="... and this much more than any other task")
     prices: dict[str, Price] = Field(default_factory=_default_prices)
     distill: DistillParams = DistillParams()
 

@@ -146,3 +146,52 @@ def test_a_low_volume_task_in_two_wordings_is_collect_more_with_a_stable_id(embe
 def test_a_handful_of_calls_is_still_no_task(embed_fn, n):
     found = detect_tasks(_log(_money(random.Random(11), n, MONEY), 12), PARAMS, embed_fn)
     assert found.cards == []
+
+
+def _typo(word: str, rng: random.Random) -> str:
+    i = rng.randrange(len(word) - 1)
+    return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+
+
+def test_calls_whose_instruction_has_a_typo_join_their_task_and_the_matcher_agrees(embed_fn, tmp_path):
+    """A slip of the keyboard makes a template of its own that no other call shares: the second
+    chance (instruction words) still places it, and serve's matcher routes it the same way."""
+    rng = random.Random(21)
+    calls = _several_slots(rng, 80)
+    slipped = []
+    for system, user, answer, fmt in _several_slots(rng, 10):
+        words = user.split(" ")
+        at = next(i for i, w in enumerate(words) if w.startswith("keep"))
+        words[at] = _typo(words[at], rng)
+        slipped.append((system, " ".join(words), answer, fmt))
+    log = _log(calls + slipped, seed=22)
+    found = detect_tasks(log, PARAMS, embed_fn)
+    assert len(found.cards) == 1 and found.passes["second_chance_calls"] > 0
+    typed = {user for _, user, _, _ in slipped}
+    assert all(found.assignments[r.id] == found.cards[0].id for r in log if r.user_text in typed)
+    task_users = {user for _, user, _, _ in calls} | typed
+    assert all(found.assignments[r.id] is None for r in log if r.user_text not in task_users)
+    index = build_index(
+        log,
+        found.assignments,
+        found.cards,
+        skeleton_words=found.skeleton_words,
+        form_index=found.form_index,
+        second_chance=(PARAMS.second_chance_similarity, PARAMS.second_chance_margin),
+    )
+    matcher = TaskMatcher(index)
+    assert all(matcher.match_record(r) is not None for r in log if r.user_text in typed)
+    assert all(matcher.match_record(r) is None for r in log if r.user_text not in task_users)
+
+
+def test_json_array_answers_are_json_with_an_array_schema(embed_fn):
+    """["Ann", "Bo"] is structured output: typed json (scored by items, decoded to a schema), not short text."""
+    rng = random.Random(31)
+    calls = []
+    for _ in range(60):
+        people = rng.sample(NAMES, rng.randint(0, 3))
+        doc = json.dumps({"members": [{"first": n, "last": rng.choice(WORDS).title()} for n in people]})
+        calls.append(("", f"get the first names out of this json\n{doc}", json.dumps(people), None))
+    found = detect_tasks(_log(calls, seed=32), PARAMS, embed_fn)
+    assert [(c.count, c.output_format) for c in found.cards] == [(60, "json")]
+    assert found.cards[0].json_schema == {"type": "array", "items": {"type": "string"}}

@@ -31,7 +31,14 @@ def _matcher(detected, with_embedding: bool, tmp_path: Path) -> TaskMatcher:
         return embed(texts, params.embedder)
 
     index = build_index(
-        records, detection.assignments, detection.cards, embed_fn, params.cluster_similarity, detection.skeleton_words
+        records,
+        detection.assignments,
+        detection.cards,
+        embed_fn,
+        params.cluster_similarity,
+        detection.skeleton_words,
+        detection.form_index,
+        (params.second_chance_similarity, params.second_chance_margin),
     )
     path = tmp_path / "index.json"
     write_index(path, index)

@@ -33,6 +33,43 @@ _EXAMPLES = 5
 _EXAMPLE_CHARS = 200
 
 
+# The signature of a JSON array answer: its item types, as one pseudo-key ("[string]"), so an
+# array task has a key set like an object task and two array tasks of other item types differ.
+_EMPTY_ARRAY = frozenset({"[]"})
+
+
+def _is_array(signature: frozenset[str] | None) -> bool:
+    return signature is not None and len(signature) == 1 and next(iter(signature)).startswith("[")
+
+
+def _type_name(value: object) -> str:
+    return str(_json_type(value).get("type", "any"))
+
+
+def json_signature(value: object) -> frozenset[str] | None:
+    """What shape a JSON answer has: an object's key set, an array's item types (one pseudo-key,
+    "[string]"; "[]" when empty), else None (not JSON, or a bare number or string)."""
+    if isinstance(value, dict):
+        return frozenset(value)
+    if isinstance(value, list):
+        return frozenset({"[" + "|".join(sorted({_type_name(v) for v in value})) + "]"})
+    return None
+
+
+def _json_signature(parsed: Sequence[object], total: int) -> frozenset[str] | None:
+    """The shape nearly every answer has, if JSON. Empty arrays fit any array shape: a list of
+    names is often empty, and that must not make a names task look like two."""
+    signatures = Counter(s for value in parsed if (s := json_signature(value)) is not None)
+    empty = signatures.pop(_EMPTY_ARRAY, 0)
+    top = next((s for s, _ in signatures.most_common() if _is_array(s)), None) if empty else None
+    if top is not None:
+        signatures[top] += empty
+    elif empty:
+        signatures[_EMPTY_ARRAY] = empty
+    best = signatures.most_common(1)
+    return best[0][0] if best and best[0][1] >= SHAPE_SHARE * total else None
+
+
 @dataclass
 class AnswerShape:
     """What a group's answers look like, to tell a label task from JSON and text, and to keep
@@ -42,7 +79,7 @@ class AnswerShape:
     labels: dict[str, int]  # the short answers given more than once, with their counts
     mostly_short: bool
     closed: bool  # a label set: few recurring short answers cover nearly every call
-    json_keys: frozenset[str] | None  # the key set nearly every answer has, if JSON
+    json_keys: frozenset[str] | None  # the key set (or array item types) nearly every answer has, if JSON
     median_words: float
     spread: float  # the 90th over the 10th percentile of answer words: how alike in length
     format: OutputFormat
@@ -53,9 +90,7 @@ class AnswerShape:
         counts = Counter(normalize_label(r.response_text) for r in records)
         short = {a for a in counts if len(a.split()) <= params.label_max_words}
         labels = {a: n for a, n in counts.most_common() if a in short and n > 1}
-        keys = Counter(frozenset(p) for r in records if isinstance(p := parse_json(r.response_text), dict))
-        top = keys.most_common(1)
-        json_keys = top[0][0] if top and top[0][1] >= SHAPE_SHARE * total else None
+        json_keys = _json_signature([parse_json(r.response_text) for r in records], total)
         # JSON objects are structured output even when few distinct ones recur ({"people": []})
         closed = (
             json_keys is None
@@ -88,6 +123,17 @@ class AnswerShape:
         """Answered in one shape: a label set, one JSON key set, short answers, or texts of
         about one length (a chat's replies range from a word to a paragraph)."""
         return self.closed or self.json_keys is not None or self.mostly_short or self.spread <= _MAX_LENGTH_RATIO
+
+    def fits(self, answer: str) -> bool:
+        """One more answer in this shape: a known label, JSON of the same keys or items, or text
+        about as long as the others."""
+        if self.format == "label":
+            return normalize_label(answer) in self.labels
+        if self.format == "json":
+            signature = json_signature(parse_json(answer))
+            return signature == self.json_keys or (signature == _EMPTY_ARRAY and _is_array(self.json_keys))
+        words = max(1.0, float(len(answer.split())))
+        return max(words, self.median_words) <= _MAX_LENGTH_RATIO * max(1.0, min(words, self.median_words))
 
     def compatible(self, other: AnswerShape) -> bool:
         """Could both groups be one task? Answer shapes agree, label sets overlap, text
@@ -139,8 +185,12 @@ def _union(schemas: Sequence[dict]) -> dict:
 
 
 def infer_json_schema(answers: Sequence[object]) -> dict:
-    """A JSON Schema for the answers: a key is required when nearly every answer has it."""
+    """A JSON Schema for the answers: an array of the items' types when most answers are arrays,
+    else an object whose key is required when nearly every answer has it."""
+    arrays = [a for a in answers if isinstance(a, list)]
     objects = [a for a in answers if isinstance(a, dict)]
+    if len(arrays) > len(objects):
+        return _union([_json_type(a) for a in arrays])
     schema = _union([_json_type(a) for a in objects])
     present = Counter(k for a in objects for k in a)
     schema["required"] = [k for k in schema.get("properties", {}) if present[k] >= SHAPE_SHARE * len(objects)]
@@ -166,7 +216,7 @@ def _example(record: LogRecord, why: str = "") -> Example:
     return Example(input=_shorten(record.user_text), output=_shorten(record.response_text), why=why)
 
 
-def _spread(items: Sequence, n: int) -> list:
+def evenly_spaced(items: Sequence, n: int) -> list:
     """n items evenly spaced over the sequence: spread over the task's life, not its first day."""
     if not items:
         return []
@@ -191,12 +241,7 @@ def _answer_key(text: str, fmt: OutputFormat) -> str:
 
 
 def _in_format(record: LogRecord, shape: AnswerShape) -> bool:
-    if shape.format == "label":
-        return normalize_label(record.response_text) in shape.labels
-    if shape.format == "json":
-        parsed = parse_json(record.response_text)
-        return isinstance(parsed, dict) and frozenset(parsed) == shape.json_keys
-    return True
+    return shape.fits(record.response_text) if shape.format in ("label", "json") else True
 
 
 @dataclass
@@ -256,7 +301,7 @@ def _representative(records: Sequence[LogRecord], shape: AnswerShape) -> list[Ex
     lengths = np.array([len(r.user_text) for r in records])
     low, high = np.percentile(lengths, [25, 75])
     typical = [r for r, n in zip(records, lengths, strict=True) if low <= n <= high]
-    return [_example(r) for r in _spread(typical, _EXAMPLES)]
+    return [_example(r) for r in evenly_spaced(typical, _EXAMPLES)]
 
 
 def _percentile(values: Sequence[int], q: float) -> int:
@@ -296,7 +341,7 @@ def build_card(
         system_prompts=[p for p, _ in Counter(r.system_prompt for r in records).most_common() if p],
         labels=list(distribution),
         label_distribution=distribution,
-        examples=_spread(list(dict.fromkeys(_shorten(r.user_text) for r in records)), _EXAMPLES),
+        examples=evenly_spaced(list(dict.fromkeys(_shorten(r.user_text) for r in records)), _EXAMPLES),
         first_seen=first_seen,
         last_seen=last_seen,
         input_tokens=sum(t[0] for t in tokens),

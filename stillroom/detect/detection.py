@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from stillroom.detect.second_chance import FormIndex
 from stillroom.schema import TaskCard
 
 
@@ -17,6 +18,7 @@ class Detection:
     passes: dict[str, int] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     skeleton_words: frozenset[str] = frozenset()  # the fixed words of skeletons, for the request matcher
+    form_index: FormIndex | None = None  # each task's instruction forms, for the matcher's second chance
 
     def summary(self) -> dict:
         assigned = sum(task is not None for task in self.assignments.values())

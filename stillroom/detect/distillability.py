@@ -32,7 +32,11 @@ def _output_space(card: TaskCard, params: DistillParams) -> tuple[float, str, st
     if fmt == "label":
         return score, f"closed set of {len(card.labels)} labels ({share}): a classifier covers it", None
     if fmt == "json":
-        keys = ", ".join((card.json_schema or {}).get("properties", {})) or "-"
+        schema = card.json_schema or {}
+        if schema.get("type") == "array":
+            items = (schema.get("items") or {}).get("type", "any")
+            return score, f"JSON arrays of {items} ({share}): the LM student learns one schema", None
+        keys = ", ".join(schema.get("properties", {})) or "-"
         return score, f"JSON with keys {keys} ({share}): the LM student learns one schema", None
     if fmt == "short_text":
         return score, f"short free text (median {card.output_tokens_p50} tokens): harder to match exactly", None

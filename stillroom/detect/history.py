@@ -88,7 +88,10 @@ def reconcile(
         events.append({"event": "retired", "from": [o], "to": []})
     for n in sorted(new_ids - old_ids - accounted):
         events.append({"event": "new", "from": [], "to": [n]})
-    return replace(detection, cards=cards, assignments=assignments, history=events)
+    forms = detection.form_index
+    if forms is not None:
+        forms = replace(forms, owners=[rename.get(o, o) for o in forms.owners])
+    return replace(detection, cards=cards, assignments=assignments, history=events, form_index=forms)
 
 
 def append_history(path: Path, events: list[dict], records_through: str | None) -> None:

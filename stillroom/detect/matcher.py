@@ -6,7 +6,8 @@ logged twin was assigned:
 
 1. structure: the folded system prompt and response_format of a program's calls;
 2. template: a mined instruction template of a hand-typed user turn, else its skeleton over
-   the fixed words detect kept (`templates.skeleton`);
+   the fixed words detect kept (`templates.skeleton`), else detect's second chance: the task
+   whose instruction words the turn shares (`second_chance.py`, a typo or a new wording);
 3. embedding (optional, free-form prompts only): the nearest template of a task by cosine,
    no looser than detect's own clustering (`detect.cluster_similarity`).
 
@@ -27,10 +28,11 @@ from typing import Any, Literal
 import numpy as np
 
 from stillroom.detect.fingerprints import canonical_format, fold, is_generic_prompt
+from stillroom.detect.second_chance import FormIndex, place
 from stillroom.detect.templates import candidates, skeleton
 from stillroom.schema import LogRecord, TaskCard
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 # A fingerprint names a task when at least this share of the calls carrying it went to that task.
 _PURITY = 0.9
 # ... and at least this many of them: one shared call is a coincidence, not a template.
@@ -95,6 +97,8 @@ def build_index(
     embed_fn: EmbedFn | None = None,
     similarity_floor: float = 0.8,
     skeleton_words: frozenset[str] = frozenset(),
+    form_index: FormIndex | None = None,
+    second_chance: tuple[float, float] = (0.8, 0.1),
 ) -> dict:
     """The task index detect writes: every structure, template and skeleton fingerprint that
     names one task, and the fixed words skeletons are made over."""
@@ -123,6 +127,10 @@ def build_index(
         "skeletons": by_skeleton,
         "skeleton_words": sorted(skeleton_words) if by_skeleton else [],  # a request's skeleton is made as detect's
         "embedding": None,
+        # detect's second chance (second_chance.py): each task's instruction forms, with its floor and margin
+        "forms": None
+        if form_index is None
+        else {**form_index.to_json(), "floor": second_chance[0], "margin": second_chance[1]},
     }
     if embed_fn is not None and by_template:
         keys = sorted(by_template)
@@ -151,6 +159,9 @@ class TaskMatcher:
         self.templates: dict[str, str] = index["templates"]
         self.skeletons: dict[str, str] = index["skeletons"]
         self.skeleton_words = frozenset(index["skeleton_words"])
+        forms = index.get("forms")
+        self.forms = FormIndex.from_json(forms) if forms else None
+        self._forms_floor, self._forms_margin = (forms["floor"], forms["margin"]) if forms else (1.0, 1.0)
         embedding = index.get("embedding") or None
         self.embed_fn = embed_fn if embedding else None
         if embedding and embed_fn is not None:
@@ -182,6 +193,10 @@ class TaskMatcher:
         form = skeleton(user, self.skeleton_words) if self.skeletons else None
         if form and (task := self.skeletons.get(_key(fmt, form))):
             return self._found(task, "template")
+        if structure is None and self.forms is not None:
+            task = place([user], self.forms, self._forms_floor, self._forms_margin)[0]
+            if task is not None and task in self.tasks:
+                return self._found(task, "template")
         if structure is None and found and self.embed_fn is not None:
             return self._nearest_template(fmt, found)
         return None

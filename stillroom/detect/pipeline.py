@@ -32,13 +32,14 @@ from stillroom.data import (
     write_cards,
     write_json,
 )
-from stillroom.detect.cards import AnswerShape, build_card
+from stillroom.detect.cards import AnswerShape, build_card, evenly_spaced
 from stillroom.detect.detection import Detection
 from stillroom.detect.distillability import assess
 from stillroom.detect.fingerprints import canonical_format, is_generic_prompt, same_output, structure_key
 from stillroom.detect.history import append_history, reconcile
 from stillroom.detect.matcher import build_index, write_index
-from stillroom.detect.templates import WILDCARD, mine, skeleton, skeleton_vocabulary
+from stillroom.detect.second_chance import FormIndex, instruction_form, place
+from stillroom.detect.templates import WILDCARD, TurnForms, mine, skeleton, skeleton_vocabulary
 from stillroom.embeddings import embed
 from stillroom.schema import DetectedBy, LogRecord, TaskCard, stable_id
 
@@ -51,6 +52,7 @@ _MAX_EMBED_CHARS = 1000
 _CORE_NEIGHBOURS = 3
 _NAME_WORDS = 3
 _TEMPLATES_ON_CARD = 5
+_CARD_TEMPLATE_SAMPLE = 4000
 
 
 def _wordset(words: str) -> frozenset[str]:
@@ -178,14 +180,14 @@ def _instruction(text: str) -> str | None:
     return None
 
 
-def _consistent(group: _Group, params: DetectParams, embed_fn: EmbedFn) -> bool:
+def _consistent(group: _Group, params: DetectParams, embed_fn: EmbedFn, forms: TurnForms) -> bool:
     """A shared system prompt is not enough: a chatbot persona gets unrelated questions.
     One task answers in one shape (labels, short answers, one JSON schema) or is asked in
     one way: a prompt that names an operation, a user-turn template most calls share, or
     user turns that are about one thing (a sample of them is cohesive)."""
     if group.shape.mostly_short or group.shape.json_keys is not None or _instruction(group.topic):
         return True
-    template, uses = Counter(mine([r.user_text for r in group.records])).most_common(1)[0]
+    template, uses = Counter(mine([r.user_text for r in group.records], forms=forms)).most_common(1)[0]
     if template is not None and 2 * uses > len(group.records):
         return True
     return _turns_cohesive(group.records, params, embed_fn)
@@ -218,7 +220,7 @@ class _Cluster:
 
 
 def _cluster_pool(
-    pool: Sequence[LogRecord], params: DetectParams, embed_fn: EmbedFn, vocabulary: frozenset[str]
+    pool: Sequence[LogRecord], params: DetectParams, embed_fn: EmbedFn, vocabulary: frozenset[str], turns: TurnForms
 ) -> tuple[list[_Cluster], dict[str, tuple[str, str]]]:
     """Pass 2b: hand-typed repeated tasks among free-form calls, found by clustering their
     mined templates (or, second chance, skeletons over `vocabulary`). A call with no template
@@ -230,7 +232,7 @@ def _cluster_pool(
     found = []
     forms: dict[str, tuple[str, str]] = {}
     for response_format, records in partitions.items():
-        templates = mine([r.user_text for r in records], vocabulary=vocabulary)
+        templates = mine([r.user_text for r in records], vocabulary=vocabulary, forms=turns)
         forms.update((r.id, (response_format, t)) for r, t in zip(records, templates, strict=True) if t is not None)
         counts = Counter(t for t in templates if t is not None)
         if not counts:
@@ -268,7 +270,11 @@ def _cluster_pool(
 
 
 def _adopt_strays(
-    tasks: list[_Group], pool: Sequence[LogRecord], forms: dict[str, tuple[str, str]], vocabulary: frozenset[str]
+    tasks: list[_Group],
+    pool: Sequence[LogRecord],
+    forms: dict[str, tuple[str, str]],
+    vocabulary: frozenset[str],
+    turns: TurnForms,
 ) -> int:
     """A free-form call left out of clustering (DBSCAN noise) whose template, or skeleton, the
     calls of one task carry, and no other task's, is a call of that task. The request matcher
@@ -283,7 +289,7 @@ def _adopt_strays(
     for record in pool:
         if record.id in owner_of:
             continue
-        form = skeleton(record.user_text, vocabulary)
+        form = skeleton(record.user_text, vocabulary, turns)
         keys = [forms.get(record.id), (canonical_format(record.response_format), form) if form else None]
         holders = next((h for key in keys if key and (h := owners.get(key)) and len(h) == 1), None)
         if holders:
@@ -291,6 +297,32 @@ def _adopt_strays(
     for i, records in adopted.items():
         tasks[i].records = sorted(tasks[i].records + records, key=_time_key)
     return sum(len(rs) for rs in adopted.values())
+
+
+def _second_chance(
+    tasks: list[_Group], pool: Sequence[LogRecord], params: DetectParams
+) -> tuple[int, FormIndex]:
+    """Pass 3: every free-form call still unplaced joins the task its instruction form is
+    nearest (see second_chance.py), when its answer fits that task's answers. The index holds the
+    forms of the tasks' free-form calls as they were before this pass, which is what the
+    matcher gets, so both compare a call with the same forms."""
+    placed_ids = {r.id for task in tasks for r in task.records}
+    free_form = {r.id for r in pool}
+    index = FormIndex.build(
+        {
+            str(i): [instruction_form(r.user_text) for r in task.records if r.id in free_form]
+            for i, task in enumerate(tasks)
+        }
+    )
+    strays = [r for r in pool if r.id not in placed_ids]
+    found = place([r.user_text for r in strays], index, params.second_chance_similarity, params.second_chance_margin)
+    joined: dict[int, list[LogRecord]] = {}
+    for record, task in zip(strays, found, strict=True):
+        if task is not None and tasks[int(task)].shape.fits(record.response_text):
+            joined.setdefault(int(task), []).append(record)
+    for i, records in joined.items():
+        tasks[i].records = sorted(tasks[i].records + records, key=_time_key)
+    return sum(len(rs) for rs in joined.values()), index
 
 
 def _join_wordings(clusters: list[_Cluster], params: DetectParams) -> list[_Cluster]:
@@ -382,9 +414,10 @@ def _name(group: _Group) -> str:
     return _slug(stated or group.key[1])
 
 
-def _card(group: _Group, params: DetectParams, vocabulary: frozenset[str]) -> TaskCard:
-    texts = [r.user_text for r in group.records]
-    templates = Counter(t for t in mine(texts, _CORE_NEIGHBOURS, vocabulary) if t is not None)
+def _card(group: _Group, params: DetectParams, vocabulary: frozenset[str], turns: TurnForms) -> TaskCard:
+    # the templates on the card, from calls spread over the task's life: the common ones show in any sample
+    texts = [r.user_text for r in evenly_spaced(group.records, _CARD_TEMPLATE_SAMPLE)]
+    templates = Counter(t for t in mine(texts, _CORE_NEIGHBOURS, vocabulary, turns) if t is not None)
     card = build_card(
         group.records,
         task_id=stable_id(*group.key, prefix="task-"),
@@ -435,6 +468,7 @@ def detect_tasks(
             return embed(texts, params.embedder, progress=progress)
 
     embed_fn = _memoized(embed_fn)
+    turns = TurnForms()
     ordered = sorted(records, key=_time_key)
     groups, pool = _structure_groups(ordered, params)
     merged = _merge_reworded(groups, params, embed_fn)
@@ -445,21 +479,23 @@ def detect_tasks(
         if small and len(group.records) < params.min_cluster_records:
             rejected["small_groups"] += 1
             pool.extend(group.records)
-        elif not _consistent(group, params, embed_fn) or (small and not _small_but_sure(group, params)):
+        elif not _consistent(group, params, embed_fn, turns) or (small and not _small_but_sure(group, params)):
             rejected["small_groups" if small else "inconsistent_groups"] += 1
             pool.extend(group.records)
         else:
             tasks.append(group)
     structure_tasks = len(tasks)
     pool.sort(key=_time_key)
-    vocabulary = skeleton_vocabulary(r.user_text for r in pool)
-    clusters, forms = _cluster_pool(pool, params, embed_fn, vocabulary)
+    vocabulary = skeleton_vocabulary((r.user_text for r in pool), turns)
+    clusters, forms = _cluster_pool(pool, params, embed_fn, vocabulary, turns)
     unattached = _attach(clusters, tasks, params, embed_fn)
     alone = _join_wordings(unattached, params)
     tasks += [c.group for c in alone if _is_task(c, params)]
-    adopted = _adopt_strays(tasks, pool, forms, vocabulary)
+    adopted = _adopt_strays(tasks, pool, forms, vocabulary, turns)
+    second_chance, form_index = _second_chance(tasks, pool, params)
 
-    cards = [_card(group, params, vocabulary) for group in tasks]
+    cards = [_card(group, params, vocabulary, turns) for group in tasks]
+    form_index.owners = [cards[int(i)].id for i in form_index.owners]
     _unique_names(cards)
     assignments: dict[str, str | None] = dict.fromkeys((r.id for r in ordered), None)
     for group, card in zip(tasks, cards, strict=True):
@@ -476,10 +512,13 @@ def detect_tasks(
         "attached_clusters": len(clusters) - len(unattached),
         "joined_wordings": len(unattached) - len(alone),
         "adopted_calls": adopted,
+        "second_chance_calls": second_chance,
         "embedding_tasks": len(tasks) - structure_tasks,
     }
     cards.sort(key=lambda c: (-c.count, c.id))
-    return Detection(cards=cards, assignments=assignments, passes=passes, skeleton_words=vocabulary)
+    return Detection(
+        cards=cards, assignments=assignments, passes=passes, skeleton_words=vocabulary, form_index=form_index
+    )
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -504,6 +543,8 @@ def run(params: Params, layout: Layout) -> dict:
         embed_fn,
         params.detect.cluster_similarity,
         detection.skeleton_words,
+        detection.form_index,
+        (params.detect.second_chance_similarity, params.detect.second_chance_margin),
     )
     write_index(layout.task_index, index)
     summary = detection.summary() | {"seconds": round(time.perf_counter() - started, 2)}

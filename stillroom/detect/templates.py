@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from stillroom.answers import parse_json
 
@@ -42,7 +43,7 @@ _FUNCTION_WORD_LIST = (
     "how why when where can could would should will shall may might must not no yes so than then just very "
     "have has had get got some any all one s t m ll re ve d"
 )
-_FUNCTION_WORDS = frozenset(_FUNCTION_WORD_LIST.split())
+FUNCTION_WORDS = frozenset(_FUNCTION_WORD_LIST.split())
 WILDCARD = "<*>"
 # An instruction line is its own candidate over a payload of at least this many words (a chat message is shorter).
 _PAYLOAD_WORDS = 40
@@ -54,17 +55,23 @@ _FILE_EXTENSIONS = (
     "sh bat ipynb bak tmp"
 )
 _FILE = "|".join(_FILE_EXTENSIONS.split())
+# (substrings a match needs, or None; pattern; slot): a pattern whose substrings a turn lacks is
+# skipped, since most turns have no URL or e-mail address and each regex pass costs microseconds.
 _MASKS = (
-    (re.compile(r"<[a-z]+(?:_[a-z]+)*_\d+>"), "<redacted>"),  # ingest's scrub placeholders (<EMAIL_1>, casefolded)
-    (re.compile(r"(?:https?://|www\.)\S+"), "<url>"),
-    (re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"), "<email>"),
-    (re.compile(rf"(?<![\w/.])(?:[a-z]:)?(?:[\w~.-]*/)*[\w-][\w.()-]{{0,80}}?\.(?:{_FILE})\b"), "<file>"),
-    (re.compile(r"\"[^\"\n]{1,300}\"|“[^”\n]{1,300}”|`[^`\n]{1,300}`|(?<!\w)'[^'\n]{1,300}'(?!\w)"), "<quote>"),
-    (re.compile(r"(?<![\w@])@\w+"), "<user>"),
-    (re.compile(r"\d+(?:[.,:/-]\d+)*"), "<num>"),
+    (("<",), re.compile(r"<[a-z]+(?:_[a-z]+)*_\d+>"), "<redacted>"),  # ingest's scrub placeholders (<EMAIL_1>)
+    (("http", "www."), re.compile(r"(?:https?://|www\.)\S+"), "<url>"),
+    (("@",), re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"), "<email>"),
+    ((".",), re.compile(rf"(?<![\w/.])(?:[a-z]:)?(?:[\w~.-]*/)*[\w-][\w.()-]{{0,80}}?\.(?:{_FILE})\b"), "<file>"),
+    (
+        ('"', "\u201c", "`", "'"),
+        re.compile(r"\"[^\"\n]{1,300}\"|\u201c[^\u201d\n]{1,300}\u201d|`[^`\n]{1,300}`|(?<!\w)'[^'\n]{1,300}'(?!\w)"),
+        "<quote>",
+    ),
+    (("@",), re.compile(r"(?<![\w@])@\w+"), "<user>"),
+    (None, re.compile(r"\d+(?:[.,:/-]\d+)*"), "<num>"),
 )
 _JSON = "<json>"
-_SLOT_TOKENS = (*(token for _, token in _MASKS), _JSON)
+_SLOT_TOKENS = (*(token for _, _, token in _MASKS), _JSON)
 _EDGE_PUNCTUATION = " .:;,!?-\"'"
 _TOKEN = re.compile(r"<\w+>|[\w']+|[^\w\s]")
 
@@ -97,13 +104,15 @@ def mask_json(text: str) -> str:
     return "".join(out) + text[i:] if out else text
 
 
+@lru_cache(maxsize=65536)  # instruction parts repeat with every call of a task
 def mask(text: str) -> str:
     """Case, spacing and edge punctuation folded, variable tokens (numbers, URLs, e-mail
     addresses, file names, quoted spans, @handles) replaced by a slot name, so "Order 12:"
     and "order 7" agree."""
     text = " ".join(text.split()).casefold()
-    for pattern, token in _MASKS:
-        text = pattern.sub(token, text)
+    for needs, pattern, token in _MASKS:
+        if needs is None or any(n in text for n in needs):
+            text = pattern.sub(token, text)
     return text.strip(_EDGE_PUNCTUATION)
 
 
@@ -143,12 +152,34 @@ def _skeleton_tokens(text: str) -> list[str] | None:
     return tokens if len(tokens) <= 2 * MAX_SKELETON_WORDS else None
 
 
-def skeleton_vocabulary(texts: Iterable[str]) -> frozenset[str]:
+class TurnForms:
+    """Each distinct turn's candidates and skeleton tokens, worked out once per detect run: the
+    passes, the cards and the index all read them, and at a million calls the masking is most
+    of detect's time. Per run, not global, so a long-lived process does not grow with traffic."""
+
+    def __init__(self) -> None:
+        self._candidates: dict[str, list[str]] = {}
+        self._tokens: dict[str, list[str] | None] = {}
+
+    def candidates(self, text: str) -> list[str]:
+        found = self._candidates.get(text)
+        if found is None:
+            found = self._candidates[text] = candidates(text)
+        return found
+
+    def tokens(self, text: str) -> list[str] | None:
+        if text not in self._tokens:
+            self._tokens[text] = _skeleton_tokens(text)
+        return self._tokens[text]
+
+
+def skeleton_vocabulary(texts: Iterable[str], forms: TurnForms | None = None) -> frozenset[str]:
     """The words that many distinct short turns use: what a person repeats."""
+    tokens_of = forms.tokens if forms else _skeleton_tokens
     used: Counter[str] = Counter()
     short = 0
     for text in set(texts):
-        tokens = _skeleton_tokens(text)
+        tokens = tokens_of(text)
         if tokens:
             short += 1
             used.update({t for t in tokens if t[0] != "<" and (t[0].isalnum() or t[0] == "_")})
@@ -156,21 +187,31 @@ def skeleton_vocabulary(texts: Iterable[str]) -> frozenset[str]:
     return frozenset(word for word, n in used.items() if n >= floor)
 
 
-def skeleton(text: str, vocabulary: frozenset[str]) -> str | None:
-    """A short turn with every word outside `vocabulary` as a wildcard (runs of them as one),
-    when it keeps a slot or wildcard, at least two fixed content words and no more wildcards
-    than those (a chat message is mostly its own words); else None."""
-    tokens = _skeleton_tokens(text)
-    if not tokens:
-        return None
+def _wildcard_runs(tokens: Sequence[str], vocabulary: frozenset[str]) -> list[str]:
+    """Tokens with every word outside `vocabulary` as a wildcard, runs of them as one."""
     out: list[str] = []
-    fixed = 0
     for token in tokens:
         if token[0] == "<" or not (token[0].isalnum() or token[0] == "_") or token in vocabulary:
-            fixed += token in vocabulary and token not in _FUNCTION_WORDS
             out.append(token)
         elif out[-1:] != [WILDCARD]:
             out.append(WILDCARD)
+    return out
+
+
+def wildcarded(masked: str, vocabulary: frozenset[str]) -> str:
+    """A masked text (see `mask`) with its words outside `vocabulary` as wildcards."""
+    return " ".join(_wildcard_runs(_TOKEN.findall(masked), vocabulary))
+
+
+def skeleton(text: str, vocabulary: frozenset[str], forms: TurnForms | None = None) -> str | None:
+    """A short turn with every word outside `vocabulary` as a wildcard (runs of them as one),
+    when it keeps a slot or wildcard, at least two fixed content words and no more wildcards
+    than those (a chat message is mostly its own words); else None."""
+    tokens = forms.tokens(text) if forms else _skeleton_tokens(text)
+    if not tokens:
+        return None
+    out = _wildcard_runs(tokens, vocabulary)
+    fixed = sum(token in vocabulary and token not in FUNCTION_WORDS for token in out)
     form = " ".join(out)
     wildcards = out.count(WILDCARD)
     if fixed < max(_SKELETON_MIN_WORDS, wildcards) or not (wildcards or _has_slot(form)):
@@ -178,12 +219,17 @@ def skeleton(text: str, vocabulary: frozenset[str]) -> str | None:
     return form
 
 
-def mine(texts: Sequence[str], min_support: int = 2, vocabulary: frozenset[str] | None = None) -> list[str | None]:
+def mine(
+    texts: Sequence[str],
+    min_support: int = 2,
+    vocabulary: frozenset[str] | None = None,
+    forms: TurnForms | None = None,
+) -> list[str | None]:
     """Per turn, the candidate it shares with the most other turns (ties: the first found),
     or None when it shares none with at least `min_support - 1` others; support counts
     distinct turns (the same turn sent again is not a template). With a `vocabulary`, a turn
     left without one gets its skeleton when at least `min_support` distinct turns share it."""
-    found = [candidates(text) for text in texts]
+    found = [(forms.candidates if forms else candidates)(text) for text in texts]
     support = Counter(c for cs in dict(zip(texts, found, strict=True)).values() for c in cs)
     picked: list[str | None] = []
     for cs in found:
@@ -191,9 +237,9 @@ def mine(texts: Sequence[str], min_support: int = 2, vocabulary: frozenset[str] 
         picked.append(best if best is not None and support[best] >= min_support else None)
     if vocabulary is None:
         return picked
-    forms = {text: skeleton(text, vocabulary) for text, p in zip(texts, picked, strict=True) if p is None}
-    shared = Counter(form for form in forms.values() if form is not None)
+    shapes = {text: skeleton(text, vocabulary, forms) for text, p in zip(texts, picked, strict=True) if p is None}
+    shared = Counter(form for form in shapes.values() if form is not None)
     return [
-        p if p is not None else (form if (form := forms[text]) and shared[form] >= min_support else None)
+        p if p is not None else (form if (form := shapes[text]) and shared[form] >= min_support else None)
         for text, p in zip(texts, picked, strict=True)
     ]
