@@ -19,6 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import sparse
@@ -81,12 +82,17 @@ class FormIndex:
         data = np.ones(len(rows), dtype=np.float32)
         return sparse.csr_matrix((data, (rows, cols)), shape=(len(forms), len(self.words)))
 
+    @cached_property
+    def _known(self) -> sparse.csr_matrix:
+        """The tasks' forms as a matrix, built once: the matcher compares every request with it."""
+        return self._matrix(self.forms)
+
     def nearest(self, forms: Sequence[frozenset[str]], floor: float, margin: float) -> list[str | None]:
         """Per call, the task one of whose forms it overlaps best (Dice over instruction words), when
         that is at least `floor` and `margin` clear of every other task."""
         if not self.forms or not forms:
             return [None] * len(forms)
-        calls, known = self._matrix(forms), self._matrix(self.forms)
+        calls, known = self._matrix(forms), self._known
         enough = np.asarray(calls.sum(axis=1)).ravel() >= _MIN_WORDS
         shared = (calls @ known.T).toarray()
         sizes = np.asarray(calls.sum(axis=1)) + np.asarray(known.sum(axis=1)).T
