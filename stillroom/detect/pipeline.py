@@ -180,14 +180,14 @@ def _instruction(text: str) -> str | None:
     return None
 
 
-def _consistent(group: _Group, params: DetectParams, embed_fn: EmbedFn, forms: TurnForms) -> bool:
+def _consistent(group: _Group, params: DetectParams, embed_fn: EmbedFn, turns: TurnForms) -> bool:
     """A shared system prompt is not enough: a chatbot persona gets unrelated questions.
     One task answers in one shape (labels, short answers, one JSON schema) or is asked in
     one way: a prompt that names an operation, a user-turn template most calls share, or
     user turns that are about one thing (a sample of them is cohesive)."""
     if group.shape.mostly_short or group.shape.json_keys is not None or _instruction(group.topic):
         return True
-    template, uses = Counter(mine([r.user_text for r in group.records], forms=forms)).most_common(1)[0]
+    template, uses = Counter(mine([r.user_text for r in group.records], forms=turns)).most_common(1)[0]
     if template is not None and 2 * uses > len(group.records):
         return True
     return _turns_cohesive(group.records, params, embed_fn)
@@ -294,14 +294,17 @@ def _adopt_strays(
         holders = next((h for key in keys if key and (h := owners.get(key)) and len(h) == 1), None)
         if holders:
             adopted.setdefault(next(iter(holders)), []).append(record)
-    for i, records in adopted.items():
+    return _add_calls(tasks, adopted)
+
+
+def _add_calls(tasks: list[_Group], calls: dict[int, list[LogRecord]]) -> int:
+    """Calls joined to tasks by index, each task kept in time order; returns how many joined."""
+    for i, records in calls.items():
         tasks[i].records = sorted(tasks[i].records + records, key=_time_key)
-    return sum(len(rs) for rs in adopted.values())
+    return sum(len(rs) for rs in calls.values())
 
 
-def _second_chance(
-    tasks: list[_Group], pool: Sequence[LogRecord], params: DetectParams
-) -> tuple[int, FormIndex]:
+def _second_chance(tasks: list[_Group], pool: Sequence[LogRecord], params: DetectParams) -> tuple[int, FormIndex]:
     """Pass 3: every free-form call still unplaced joins the task its instruction form is
     nearest (see second_chance.py), when its answer fits that task's answers. The index holds the
     forms of the tasks' free-form calls as they were before this pass, which is what the
@@ -320,9 +323,7 @@ def _second_chance(
     for record, task in zip(strays, found, strict=True):
         if task is not None and tasks[int(task)].shape.fits(record.response_text):
             joined.setdefault(int(task), []).append(record)
-    for i, records in joined.items():
-        tasks[i].records = sorted(tasks[i].records + records, key=_time_key)
-    return sum(len(rs) for rs in joined.values()), index
+    return _add_calls(tasks, joined), index
 
 
 def _join_wordings(clusters: list[_Cluster], params: DetectParams) -> list[_Cluster]:

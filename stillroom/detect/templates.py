@@ -198,11 +198,6 @@ def _wildcard_runs(tokens: Sequence[str], vocabulary: frozenset[str]) -> list[st
     return out
 
 
-def wildcarded(masked: str, vocabulary: frozenset[str]) -> str:
-    """A masked text (see `mask`) with its words outside `vocabulary` as wildcards."""
-    return " ".join(_wildcard_runs(_TOKEN.findall(masked), vocabulary))
-
-
 def skeleton(text: str, vocabulary: frozenset[str], forms: TurnForms | None = None) -> str | None:
     """A short turn with every word outside `vocabulary` as a wildcard (runs of them as one),
     when it keeps a slot or wildcard, at least two fixed content words and no more wildcards
