@@ -41,6 +41,14 @@ class Layout:
     def quarantine(self) -> Path:
         return self.data / "quarantine.jsonl"
 
+    @property
+    def blobs(self) -> Path:
+        """Image bytes from the logs, each stored once under its SHA-256 (records hold references only)."""
+        return self.data / "raw" / "blobs"
+
+    def blob(self, sha256: str) -> Path:
+        return self.blobs / sha256
+
     # detect
     @property
     def tasks_dir(self) -> Path:

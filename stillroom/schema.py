@@ -9,7 +9,7 @@ import hashlib
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 OutputType = Literal["label", "text"]
 # What the answers look like, finer than OutputType (which picks the student kind).
@@ -19,11 +19,50 @@ Decision = Literal["distill_now", "collect_more", "not_a_fit"]
 DetectedBy = Literal["structure", "embedding"]
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
+Inputs = Literal["text", "image+text"]  # what a task's calls carry
+IMAGE_PLACEHOLDER = "<IMAGE_{}>"  # the n-th image of a turn, in its text: shaped like a scrub placeholder, so a slot
+
+
+class ImageRef(BaseModel):
+    """An image part of a turn: where its bytes are stored and what Pillow read from them, never
+    the bytes themselves (records stay small and text-only). A URL-only image has no blob and no
+    Pillow facts: ingest never fetches a URL, so `fetched` is always False."""
+
+    sha256: str | None = Field(None, description="the stored blob, data/raw/blobs/<sha256>; None: URL or file id only")
+    url: str | None = Field(None, description="the http(s) URL the image was sent as, when it was not sent as bytes")
+    file_id: str | None = Field(None, description="a provider file id (OpenAI, Anthropic Files API), when sent so")
+    fetched: bool = Field(False, description="always False: a URL is referenced, never downloaded")
+    media_type: str | None = None
+    bytes: int | None = Field(None, description="size of the image as sent")
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = Field(None, description="Pillow's mode: RGB, RGBA, P, L, ...")
+    has_alpha: bool | None = Field(None, description="an alpha channel or a transparent colour")
+    alpha_used: bool | None = Field(None, description="some pixel of the first frame is not opaque")
+    frames: int | None = None
+    animated: bool | None = None
+    exif: bool | None = Field(None, description="EXIF present")
+    camera_make: str | None = None
+    camera_model: str | None = None
+    location_removed: int = Field(0, description="GPS and other location tags taken out of the stored blob")
+    _body: bytes | None = PrivateAttr(None)  # the bytes, only between parsing and the blob store
+
+    @property
+    def body(self) -> bytes | None:
+        """The image's bytes while ingest holds them; never serialized."""
+        return self._body
+
+    @body.setter
+    def body(self, value: bytes | None) -> None:
+        self._body = value
 
 
 class Message(BaseModel):
     role: str
     content: str
+    images: list[ImageRef] = Field(
+        default_factory=list, description="the turn's images, in order: the n-th is <IMAGE_n> in content"
+    )
 
 
 class Usage(BaseModel):
@@ -117,6 +156,7 @@ class TaskCard(BaseModel):
     self_consistency: float | None = Field(
         None, description="share of answers to repeated inputs that match that input's most common answer"
     )
+    inputs: Inputs = Field("text", description="image+text when the task's calls carry images")
     distillability: Distillability | None = None
 
     @property

@@ -101,7 +101,7 @@ STAGES: list[Stage] = [
         "Read LLM call logs into data/records.jsonl; bad lines go to quarantine.",
         # the serve endpoint's capture is an input too: its new rows make ingest (and what follows) stale
         deps=("stillroom/ingest", DATA_LAYER, "stillroom/schema.py", "${ingest.logs}", "${ingest.capture}"),
-        outs=("data/records.jsonl", "data/quarantine.jsonl"),
+        outs=("data/records.jsonl", "data/quarantine.jsonl", "data/raw/blobs"),  # blobs: the logged images' bytes
         params=("ingest",),
         # the sample logs hold malformed lines on purpose; a script without the flag learns of quarantine by exit 3
         cmd="stillroom ingest --quarantine-ok",

@@ -367,4 +367,5 @@ def build_card(
         format_consistency=round(sum(_in_format(r, shape) for r in records) / len(records), 4),
         repeated_inputs=consistency.repeated_inputs,
         self_consistency=None if consistency.agreement is None else round(consistency.agreement, 4),
+        inputs="image+text" if any(m.images for r in records for m in r.messages) else "text",
     )

@@ -7,6 +7,7 @@ zero or more records: `n > 1` choices and OTLP exports hold several calls. It ra
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -22,9 +23,10 @@ from stillroom.ingest.common import (
     timestamp,
     tokens,
     tool_calls_text,
+    turn,
 )
 from stillroom.ingest.otel import parse_otlp
-from stillroom.schema import LogRecord, Message, Usage, stable_id
+from stillroom.schema import ImageRef, LogRecord, Message, Usage, stable_id
 
 
 class BatchStore(Protocol):
@@ -55,9 +57,11 @@ def record(
     """A canonical record; its id is the provider's, else derived from the content (so dedupe is by content)."""
     if not answer.strip():
         raise BadRecord("missing: response text (empty answer)")
+    # a turn without images dumps as it did before images were read, so those ids stay what they were
+    content = [system, [t.model_dump(exclude_defaults=True) for t in turns], answer, str(model), str(when)]
+    images = [_image_identity(image) for t in turns for image in t.images]
     record_id = str(provider_id) if isinstance(provider_id, str | int) and provider_id != "" else stable_id(
-        json.dumps([system, [t.model_dump() for t in turns], answer, str(model), str(when)], ensure_ascii=False),
-        prefix="rec-",
+        json.dumps(content + images if images else content, ensure_ascii=False), prefix="rec-"
     )
     return LogRecord(
         id=record_id,
@@ -73,6 +77,11 @@ def record(
         source=source,
         extra=extra or {},
     )
+
+
+def _image_identity(image: ImageRef) -> str:
+    """What tells two calls with the same text apart by their image: its bytes, else its URL or file id."""
+    return hashlib.sha256(image.body).hexdigest() if image.body is not None else str(image.url or image.file_id)
 
 
 def _dict(obj: object, what: str) -> dict:
@@ -146,9 +155,9 @@ def _responses_turns(items: object) -> list[Message]:
         elif isinstance(item, dict) and item.get("type") == "function_call":
             turns.append(Message(role="assistant", content=tool_calls_text([item])))
         elif isinstance(item, dict) and item.get("type") == "function_call_output":
-            turns.append(Message(role="tool", content=text_of(item.get("output"))))
+            turns.append(turn("tool", item.get("output")))
         elif isinstance(item, dict) and isinstance(item.get("role"), str):
-            turns.append(Message(role=item["role"], content=text_of(item.get("content"))))
+            turns.append(turn(item["role"], item.get("content")))
         else:
             raise BadRecord("bad message: an input item without a role or type")
     return turns

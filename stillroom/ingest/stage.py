@@ -2,14 +2,16 @@
 
 Each item ends in exactly one place, so nothing is lost silently: a record (new or a
 duplicate), a quarantined entry with its reason, or a counted skip (student traffic, a
-batch half waiting for the other). Records are appended to data/records.jsonl in arrival
-order (detect sorts by time itself); what was read is remembered in data/ingest/state.sqlite,
+batch half waiting for the other). A record's images are stored once each, as blobs
+(see `images`); a bad one quarantines the record. Records are appended to data/records.jsonl
+in arrival order (detect sorts by time itself); what was read is remembered in data/ingest/state.sqlite,
 so a re-run reads only what was appended since.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from stillroom.config import IngestParams, Params
 from stillroom.data import Layout, write_json
 from stillroom.ingest.common import BadRecord, Skip, timestamp
 from stillroom.ingest.formats import parse_object
+from stillroom.ingest.images import ImageStore
 from stillroom.ingest.scrub import Scrubber, scrub_text
 from stillroom.ingest.sources import Item, items, log_files
 from stillroom.ingest.state import State
@@ -29,6 +32,9 @@ from stillroom.schema import LogRecord
 
 QUARANTINE_EXIT_CODE = 3  # `stillroom ingest` exits with this when anything was quarantined (see cli.py)
 _COMMIT_EVERY = 50_000
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{200,}={0,2}")  # an image's bytes in a quarantined line: kept as a length
+_IMAGE_COUNTS = ("parts", "stored", "already_stored", "url_only", "file_id_only", "location_removed",
+                 "location_tags_removed")
 
 
 @dataclass
@@ -57,6 +63,7 @@ class IngestResult:
     skipped: Counter = field(default_factory=Counter)
     scrubbed: Counter = field(default_factory=Counter)
     events: Counter = field(default_factory=Counter)
+    images: Counter = field(default_factory=Counter)
 
     def summary(self) -> dict:
         skipped = sum(self.skipped.values())
@@ -71,6 +78,7 @@ class IngestResult:
             "dropped_sensitive": self.dropped_sensitive,
             "scrubbed": dict(self.scrubbed),
             "formats": dict(self.formats),
+            "images": {key: self.images[key] for key in _IMAGE_COUNTS},
             "files_rotated": self.events["files_rotated"],
             "lost": self.lines - self.parsed_lines - self.quarantined_count - skipped,
             "exit_code": QUARANTINE_EXIT_CODE if self.quarantined_count else 0,
@@ -107,11 +115,12 @@ class Ingestor:
     """Feeds items through parse -> time window -> scrub -> dedupe, to the two sinks."""
 
     def __init__(self, params: IngestParams, state: State, keep: Callable[[LogRecord], None],
-                 quarantine: Callable[[Quarantined], None]):
+                 quarantine: Callable[[Quarantined], None], blobs: Path | None = None):
         self.params, self.state, self._keep, self._quarantine = params, state, keep, quarantine
         self.store = _ScrubbedBatchStore(state, params.scrub != "off")
         self.since, self.until = _bound(params.since, "since"), _bound(params.until, "until")
         self.result = IngestResult()
+        self.images = ImageStore(blobs, params.max_image_bytes, self.result.images)
 
     def file(self, path: Path) -> None:
         for item in items(path, self.state, self.params.max_record_bytes, self.result.events):
@@ -125,6 +134,7 @@ class Ingestor:
         try:
             obj = item.value if item.value is not None else json.loads(item.text or "")
             name, records = parse_object(obj, item.source, self.store, item.fmt or self.params.format)
+            self.images.prepare(records)  # one bad image quarantines the line, before any of its records is kept
         except Skip as skip:
             self.result.skipped[str(skip)] += 1
             return
@@ -153,6 +163,7 @@ class Ingestor:
             return
         self.result.formats[name] += 1
         self.result.new_records += 1
+        self.images.store(record)
         self._keep(record)
 
     def _in_window(self, when: datetime | None) -> bool:
@@ -162,6 +173,7 @@ class Ingestor:
 
     def quarantine(self, source: str, reason: str, raw: str) -> None:
         """Quarantined text is scrubbed whatever the mode: a secret must not reach disk through an error."""
+        raw = _BASE64_RUN.sub(lambda run: f"<base64: {len(run.group())} chars>", raw)
         reason = scrub_text(reason)[:300]
         self.result.quarantined_count += 1
         self.result.reasons[reason.split(":")[0]] += 1
@@ -181,20 +193,23 @@ def _scrub(record: LogRecord) -> Scrubber:
     record.system_prompt = scrubber.text(record.system_prompt)
     for message in record.messages:
         message.content = scrubber.text(message.content)
+        for image in message.images:  # a URL can carry a password or a token
+            image.url = scrubber.text(image.url) if image.url else image.url
     record.response_text = scrubber.text(record.response_text)
     if record.extra:
         record.extra = scrubber.value(record.extra)
     return scrubber
 
 
-def ingest(path: Path | str, params: IngestParams | None = None) -> IngestResult:
-    """Every record from the logs at `path`, in time order, each call once; in memory (tests, small logs)."""
+def ingest(path: Path | str, params: IngestParams | None = None, blobs: Path | None = None) -> IngestResult:
+    """Every record from the logs at `path`, in time order, each call once; in memory (tests, small logs).
+    Image blobs are written to `blobs` when given, else only referenced."""
     params = params or IngestParams()
     state = State()
     ingestor: Ingestor
     result_records: list[LogRecord] = []
     quarantined: list[Quarantined] = []
-    ingestor = Ingestor(params, state, result_records.append, quarantined.append)
+    ingestor = Ingestor(params, state, result_records.append, quarantined.append, blobs)
     for file in log_files(path):
         ingestor.file(file)
     ingestor.finish()
@@ -244,7 +259,8 @@ def run(params: Params, layout: Layout) -> dict:
     with layout.records.open("a", encoding="utf-8") as records, \
             layout.quarantine.open("a", encoding="utf-8") as quarantine, _progress(sys.stderr.isatty()) as bar:
         ingestor = Ingestor(params.ingest, state, lambda r: records.write(r.model_dump_json() + "\n"),
-                            lambda q: quarantine.write(json.dumps(q.as_dict(), ensure_ascii=False) + "\n"))
+                            lambda q: quarantine.write(json.dumps(q.as_dict(), ensure_ascii=False) + "\n"),
+                            layout.blobs)
         for file in files:
             for item in items(file, state, settings.max_record_bytes, ingestor.result.events):
                 ingestor.item(item)
