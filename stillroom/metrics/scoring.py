@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from stillroom.answers import fold_case_and_spacing
-from stillroom.answers import parse_json_object as parse_json
+from stillroom.answers import parse_json as parse_any_json
 from stillroom.schema import OutputFormat
 
 
@@ -47,10 +47,20 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def json_items(obj: dict) -> Counter:
-    """(field, value) pairs; a list contributes one pair per element, so each extracted entity counts once."""
+def parse_json(text: str) -> dict | list | None:
+    """A JSON answer: an object or an array (`["Ann", "Bo"]`); anything else is not one."""
+    value = parse_any_json(text)
+    return value if isinstance(value, dict | list) else None
+
+
+def json_items(answer: dict | list) -> Counter:
+    """(field, value) pairs; a list contributes one pair per element, so each extracted entity counts once.
+
+    A top-level array is scored like one field: its items are the pairs (field None), so its F1 is the
+    F1 over the set of items, whatever their order, and it never matches an object's field.
+    """
     items: Counter = Counter()
-    for key, value in obj.items():
+    for key, value in answer.items() if isinstance(answer, dict) else [(None, answer)]:
         for element in value if isinstance(value, list) else [value]:
             items[(key, normalize_value(element))] += 1
     return items
@@ -59,7 +69,7 @@ def json_items(obj: dict) -> Counter:
 def field_counts(prediction: str, reference: str) -> tuple[int, int, int]:
     """True positives, false positives and false negatives over (field, value) pairs.
 
-    An answer that is not a JSON object extracts nothing: every reference pair is missed.
+    An answer that is not a JSON object or array extracts nothing: every reference pair is missed.
     """
     ref = parse_json(reference)
     pred = parse_json(prediction)
@@ -76,8 +86,11 @@ def f1_from_counts(true_positive: float, false_positive: float, false_negative: 
 
 
 def json_exact(prediction: str, reference: str) -> bool:
+    """Every pair right and nothing extra: the same keys (an array for an array), items in any order."""
     pred, ref = parse_json(prediction), parse_json(reference)
-    return pred is not None and ref is not None and json_items(pred) == json_items(ref) and pred.keys() == ref.keys()
+    if pred is None or ref is None or type(pred) is not type(ref) or json_items(pred) != json_items(ref):
+        return False
+    return not isinstance(pred, dict) or pred.keys() == ref.keys()
 
 
 def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
@@ -127,7 +140,7 @@ AGREEMENT_NAME = {"label": "accuracy", "json": "mean field F1", "short_text": "R
 
 
 def schema_valid(text: str, schema: dict | None) -> bool:
-    """A JSON object that matches the task's schema (any object when the task has none)."""
+    """A JSON object or array that matches the task's schema (any of them when the task has none)."""
     import jsonschema
 
     obj = parse_json(text)

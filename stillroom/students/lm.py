@@ -5,12 +5,16 @@ model, LoRA already merged), render the prompt in the model's chat template, and
 Training lives in `lm_train`; this module imports neither TRL, datasets nor PEFT.
 
 Answers are checked against what the task allows: with a label set the student scores every
-label instead of writing freely (so every answer is a label), and with a JSON schema an answer
-that does not parse or validate is marked invalid with confidence 0, so a router sends it on.
+label instead of writing freely (so every answer is a label). With a JSON schema, decoding follows
+the JSON grammar of the schema's top level and keys (`JsonDecoding`), and when the teacher copies
+every string from the input, each string is held to spans of the input; an answer the budget cut
+is closed at its last whole value with confidence 0, and one that does not validate is marked
+invalid with confidence 0, so a router sends both on.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +33,7 @@ from stillroom.students.chat import (
     prompt_answer_ids,
     schema_validator,
 )
-from stillroom.students.json_answers import ground_in_source, json_field_spans
+from stillroom.students.json_answers import JsonCursor, close_json, ground_in_source, json_field_spans, source_views
 
 
 class LMStudent(Student):
@@ -45,6 +49,7 @@ class LMStudent(Student):
         self.json_schema: dict[str, Any] | None = info.get("json_schema")
         self._validator = schema_validator(self.json_schema) if self.json_schema is not None else None
         self._label_ids: list[list[int]] | None = None  # built on first use
+        self._token_bytes: list[bytes | None] | None = None  # built on first use
         # Learnt from the training answers (see `lm_train.answer_constraints`): a constant start every answer
         # shares, written instead of generated, and whether extracted values are copied from the input.
         self.answer_prefix: str = info.get("answer_prefix") or ""
@@ -140,12 +145,20 @@ class LMStudent(Student):
         return distributions
 
     def json_prediction(
-        self, tokens: Sequence[int], logprobs: Sequence[float] | torch.Tensor, source: str | None = None
+        self,
+        tokens: Sequence[int],
+        logprobs: Sequence[float] | torch.Tensor,
+        source: str | None = None,
+        overridden: Sequence[bool] | None = None,
     ) -> Prediction:
         """Judge one generated answer against the schema: valid JSON gets its weakest field's confidence.
 
         Each token is mapped to the characters it adds to the decoded text; a field's confidence is the
-        geometric mean probability of the tokens overlapping its key-to-value span.
+        lowest probability of the tokens overlapping its key-to-value span (one unsure letter makes a
+        wrong copy), and `overridden` tokens, where the grammar or the input's spans turned decoding
+        away from the model's own first choice, count too: there the constrained answer parts from the
+        unconstrained one, and a near-miss must not look sure. A cut answer is closed at its last whole
+        value (`close_json`) with confidence 0.
         """
         if self._validator is None:
             raise ValueError("this student has no JSON schema")
@@ -154,12 +167,16 @@ class LMStudent(Student):
         prefix = self.answer_prefix  # written, not generated: it has no token scores of its own
         raw = prefix + self.tokenizer.decode(tokens, skip_special_tokens=True)
         text = raw.strip()
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict) or not self._validator.is_valid(parsed):
+        parsed, whole = _parse_container(text), True
+        if parsed is None and (closed := close_json(text)) is not None:
+            parsed, whole = _parse_container(closed), False
+        if parsed is None or not self._validator.is_valid(parsed):
             return Prediction(text=text, confidence=0.0, valid=False)
+        if self.grounded and source is not None:
+            parsed = ground_in_source(parsed, source)
+        answer = json.dumps(parsed, ensure_ascii=False) if not whole or (self.grounded and source) else text
+        if not whole:
+            return Prediction(text=answer, confidence=0.0)
         lead = len(raw) - len(raw.lstrip())
         ends, reached = [], 0
         for k in range(1, len(tokens) + 1):
@@ -167,17 +184,15 @@ class LMStudent(Student):
             reached = max(reached, len(prefix) + len(self.tokenizer.decode(tokens[:k], skip_special_tokens=True)))
             ends.append(reached)
         starts = [len(prefix), *ends[:-1]]
-        confidences = []
+        weighed = {k for k, flag in enumerate(overridden or []) if flag and k < len(tokens)}
         for start, end in json_field_spans(text).values():
             start, end = start + lead, end + lead
-            inside = [k for k in range(len(tokens)) if starts[k] < end and ends[k] > start]
-            if inside:
-                confidences.append(float(torch.exp(scores[inside].mean())))
-        if not confidences:  # `{}`: nothing to single out, so the answer as a whole
-            confidences.append(float(torch.exp(scores.mean())) if len(tokens) else 0.0)
-        if self.grounded and source is not None:
-            text = json.dumps(ground_in_source(parsed, source), ensure_ascii=False)
-        return Prediction(text=text, confidence=min(max(min(confidences), 0.0), 1.0))
+            weighed.update(k for k in range(len(tokens)) if starts[k] < end and ends[k] > start)
+        if weighed:
+            confidence = float(torch.exp(scores[sorted(weighed)].min()))
+        else:  # `{}`: nothing to single out, so the answer as a whole
+            confidence = float(torch.exp(scores.min())) if len(tokens) else 0.0
+        return Prediction(text=answer, confidence=min(max(confidence, 0.0), 1.0))
 
     def _prompt_text(self, prompt: Prompt) -> str:
         return self.tokenizer.apply_chat_template(chat(prompt), tokenize=False, add_generation_prompt=True)
@@ -200,30 +215,51 @@ class LMStudent(Student):
         self.tokenizer.padding_side = "left"  # generation continues from the last position of every row
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         eos_ids = self._eos_ids()
+        sources = list(sources) if sources is not None else [None] * len(texts)
+        constraint = None
+        if self._validator is not None:
+            constraint = JsonDecoding([self._cursor(source) for source in sources], self._token_table(), eos_ids)
         generation = GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
             eos_token_id=eos_ids,
             pad_token_id=self.tokenizer.pad_token_id,
-            output_scores=True,
+            output_scores=constraint is None,  # the constraint keeps its own scores, of the raw logits
             return_dict_in_generate=True,
         )
-        output = self.model.generate(**batch, generation_config=generation)
+        output = self.model.generate(
+            **batch, generation_config=generation, logits_processor=[constraint] if constraint else None
+        )
         answers = output.sequences[:, batch["input_ids"].shape[1] :]
-        logprobs = self.model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
+        if constraint is None:
+            logprobs = self.model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
         predictions = []
-        sources = list(sources) if sources is not None else [None] * len(texts)
-        for tokens, scores, source in zip(answers.tolist(), logprobs, sources, strict=True):
+        for row, (tokens, source) in enumerate(zip(answers.tolist(), sources, strict=True)):
             # Count tokens up to and including the first end-of-turn: deciding to stop is part of the answer,
             # the padding after it is not.
             length = next((i + 1 for i, token in enumerate(tokens) if token in eos_ids), len(tokens))
-            if self._validator is not None:
-                predictions.append(self.json_prediction(tokens[:length], scores[:length], source))
+            if constraint is not None:
+                scores, overridden = constraint.logprobs[row], constraint.overridden[row]
+                predictions.append(self.json_prediction(tokens[:length], scores[:length], source, overridden))
                 continue
             text = (self.answer_prefix + self.tokenizer.decode(tokens[:length], skip_special_tokens=True)).strip()
-            confidence = float(torch.exp(scores[:length].float().mean())) if length else 0.0
+            confidence = float(torch.exp(logprobs[row][:length].float().mean())) if length else 0.0
             predictions.append(Prediction(text=text, confidence=min(max(confidence, 0.0), 1.0)))
         return predictions
+
+    def _cursor(self, source: str | None) -> JsonCursor | None:
+        """The grammar one answer is decoded in (the schema's, held to the input's spans when grounded),
+        past the answer prefix already written; a prefix the schema refuses leaves plain JSON."""
+        views = source_views(source) if self.grounded and source is not None else None
+        for cursor in (JsonCursor(self.json_schema, views), JsonCursor()):
+            if cursor.feed(self.answer_prefix):
+                return cursor
+        return None
+
+    def _token_table(self) -> list[bytes | None]:
+        if self._token_bytes is None:
+            self._token_bytes = token_bytes(self.tokenizer)
+        return self._token_bytes
 
     def _eos_ids(self) -> list[int]:
         return eos_token_ids(self.model, self.tokenizer)
@@ -240,3 +276,116 @@ class LMStudent(Student):
         info = {key: value for key, value in read_manifest(directory).items() if key != "kind"}
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
         return cls(model, load_tokenizer(str(directory)), info)
+
+
+def _parse_container(text: str) -> dict | list | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict | list) else None
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """The printable stand-ins byte-level BPE vocabularies (GPT-2, SmolLM2) write bytes with."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
+
+
+def token_bytes(tokenizer: Any) -> list[bytes | None]:
+    """Each token id's bytes (None for special tokens), so decoding can follow a grammar over characters
+    that a token may split mid-character. Byte-level vocabularies are read exactly; others through decode."""
+    alphabet = _byte_alphabet()
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    special = set(tokenizer.all_special_ids)
+    byte_level = any("Ġ" in piece for piece in pieces if piece)
+    table: list[bytes | None] = []
+    for token_id, piece in enumerate(pieces):
+        if token_id in special or piece is None:
+            table.append(None)
+        elif byte_level and all(char in alphabet for char in piece):
+            table.append(bytes(alphabet[char] for char in piece))
+        else:
+            table.append(tokenizer.decode([token_id]).encode("utf-8"))
+    return table
+
+
+class JsonDecoding:
+    """A logits processor for greedy decoding held to one `JsonCursor` per row.
+
+    At each step a row takes the most likely token that keeps its answer in the grammar (trying the
+    model's top choices first, the whole vocabulary only when none fits), and the end of turn once the
+    answer is complete. It keeps each chosen token's log-probability under the model's own, unmasked
+    distribution, and whether the grammar overrode the model's first choice: the confidence reads both.
+    """
+
+    def __init__(
+        self,
+        cursors: Sequence[JsonCursor | None],
+        table: Sequence[bytes | None],
+        eos_ids: Sequence[int],
+        top_k: int = 8,
+    ):
+        self.cursors = list(cursors)
+        self.table = table
+        self.eos_ids = list(eos_ids)
+        self.top_k = top_k
+        self.pending = [b""] * len(self.cursors)  # bytes of a character a token left unfinished
+        self.finished = [False] * len(self.cursors)
+        self.logprobs: list[list[float]] = [[] for _ in self.cursors]
+        self.overridden: list[list[bool]] = [[] for _ in self.cursors]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        chosen = scores.argmax(dim=-1)
+        logprobs = torch.log_softmax(scores.float(), dim=-1)
+        for row, cursor in enumerate(self.cursors):
+            if self.finished[row]:
+                continue
+            first = int(chosen[row])
+            if cursor is None:
+                token = first
+            elif cursor.done and not self.pending[row]:
+                token = max(self.eos_ids, key=lambda i: float(scores[row, i]))
+                first = token  # the end is forced once the answer is whole: no choice overridden
+            else:
+                token = self._choose(row, scores[row])
+            chosen[row] = token
+            self.logprobs[row].append(float(logprobs[row, token]))
+            self.overridden[row].append(token != first)
+            self.finished[row] = token in self.eos_ids
+        masked = torch.full_like(scores, float("-inf"))
+        masked.scatter_(1, chosen[:, None], 0.0)
+        return masked
+
+    def _choose(self, row: int, scores: torch.Tensor) -> int:
+        top = torch.topk(scores, min(self.top_k, scores.shape[-1])).indices.tolist()
+        for candidates in (top, torch.argsort(scores, descending=True).tolist()):
+            for token in candidates:
+                if self._advance(row, token):
+                    return token
+        return self.eos_ids[0]  # nothing fits (cannot happen with a complete vocabulary): end, and be closed
+
+    def _advance(self, row: int, token: int) -> bool:
+        """Move the row's cursor over the token if the grammar allows it."""
+        piece = self.table[token] if token < len(self.table) else None
+        if not piece:
+            return False
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        decoder.setstate((self.pending[row], 0))
+        try:
+            text = decoder.decode(piece)
+        except UnicodeDecodeError:
+            return False
+        trial = self.cursors[row].copy()  # type: ignore[union-attr]
+        pending = decoder.getstate()[0]
+        if not trial.feed(text) or (pending and not trial.accepts_start_of(pending)):
+            return False
+        self.cursors[row], self.pending[row] = trial, pending
+        return True

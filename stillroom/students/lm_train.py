@@ -21,13 +21,14 @@ import torch
 from transformers import AutoModelForCausalLM, PrinterCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from stillroom.answers import parse_json_object as parse_json
+from stillroom.answers import parse_json
 from stillroom.base_lm import resolve_base_lm
 from stillroom.config import LMParams
 from stillroom.schema import DatasetRow
 from stillroom.students.base import write_manifest
 from stillroom.students.chat import chat, clean_labels, load_tokenizer, schema_validator
 from stillroom.students.distill import distillation_trainer, load_teacher
+from stillroom.students.json_answers import is_copied, json_strings, source_views
 from stillroom.students.lm import LMStudent
 from stillroom.students.lm_args import lora_config, training_args
 
@@ -133,12 +134,22 @@ def train_lm(
     return student, stats
 
 
-def answer_budget(tokenizer: Any, rows: Sequence[DatasetRow], floor: int, margin: float = 1.25) -> int:
-    """Tokens the student may write: the longest answer seen in training with room to spare, never
-    under `floor`. A fixed cap cuts long lists off mid-string; decoding stops at the end of the
-    answer anyway, so a generous cap costs time only when the student would run on."""
-    longest = max((len(tokenizer(row.target, add_special_tokens=False)["input_ids"]) + 1 for row in rows), default=0)
-    return max(floor, math.ceil(longest * margin) + 4)
+def answer_budget(
+    tokenizer: Any, rows: Sequence[DatasetRow], floor: int, margin: float = 1.25, percentile: float = 99
+) -> int:
+    """Tokens the student may write: the `percentile` of the training answers' lengths (in the
+    student's tokens, end of turn included) with `margin` and 4 tokens to spare, never under `floor`.
+
+    A fixed cap cuts long lists off mid-string; decoding stops at the end of the answer anyway, so a
+    generous cap costs time only when the student would run on. A percentile, not the longest, keeps
+    one runaway teacher answer from letting every request run on; an answer the budget does cut is
+    closed and sent to the teacher (`LMStudent.json_prediction`).
+    """
+    lengths = sorted(len(tokenizer(row.target, add_special_tokens=False)["input_ids"]) + 1 for row in rows)
+    if not lengths:
+        return floor
+    high = lengths[min(len(lengths) - 1, math.ceil(percentile / 100 * len(lengths)) - 1)]  # nearest rank
+    return max(floor, math.ceil(high * margin) + 4)
 
 
 def save_lm(student: LMStudent, directory: Path) -> None:
@@ -155,18 +166,20 @@ def answer_constraints(rows: Sequence[DatasetRow], grounded_share: float = 0.98)
 
     `answer_prefix`: the answers' shared start up to the last ':' (e.g. `{"people":`); it is
     written after the prompt instead of generated, saving a third of the decoding steps.
-    `grounded`: nearly every extracted string appears verbatim in the input, so the task is
-    extraction and answers are snapped back to the input's own spans (see `json_answers.ground_in_source`).
+    `grounded`: nearly every extracted string (any depth, in objects and arrays alike) appears
+    verbatim in the input, as written or with the input's JSON escapes decoded, so the task is
+    extraction: decoding holds every string to spans of the input (`json_answers.JsonCursor`) and
+    answers are snapped back to the input's own text (`json_answers.ground_in_source`).
     """
     targets = [row.target for row in rows]
     prefix = _common_prefix(targets)
     prefix = prefix[: prefix.rfind(":") + 1] if prefix.startswith("{") else ""
     values = found = 0
     for row in rows:
-        parsed = parse_json(row.target)
-        for value in _string_values(parsed) if parsed is not None else []:
+        views = source_views(row.input_text)
+        for value in json_strings(parse_json(row.target)):
             values += 1
-            found += value in row.input_text
+            found += is_copied(value, views)
     return {"answer_prefix": prefix, "grounded": bool(values) and found >= grounded_share * values}
 
 
@@ -176,16 +189,6 @@ def _common_prefix(texts: Sequence[str]) -> str:
     shortest, longest = min(texts), max(texts)  # the lexical extremes bound every other text's prefix
     end = next((i for i, (a, b) in enumerate(zip(shortest, longest, strict=False)) if a != b), len(shortest))
     return shortest[:end]
-
-
-def _string_values(obj: dict) -> list[str]:
-    """Top-level string values and strings inside top-level lists: what an extraction task copies."""
-    out = []
-    for value in obj.values():
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str):
-                out.append(item)
-    return out
 
 
 @contextmanager
