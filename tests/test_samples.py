@@ -11,10 +11,18 @@ import pytest
 
 from stillroom.config import SampleParams
 from stillroom.ingest import IngestResult, ingest
-from stillroom.samples import BBC_PROMPTS, WNUT_PROMPT, build_sample_logs
+from stillroom.samples import (
+    BBC_PROMPTS,
+    DOWNLOAD_FOLDERS,
+    DOWNLOADS_PROMPT,
+    WNUT_PROMPT,
+    build_sample_logs,
+    downloads_answer,
+    downloads_folder,
+)
 from stillroom.schema import LogRecord
 
-PARAMS = SampleParams(seed=5, bbc_articles=40, wnut_tweets=40, oneoff_prompts=60, days=45)
+PARAMS = SampleParams(seed=5, bbc_articles=40, wnut_tweets=40, oneoff_prompts=60, downloads_files=80, days=45)
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +37,8 @@ def _task(record: LogRecord) -> str:
         return "bbc_topics"
     if record.system_prompt == WNUT_PROMPT:
         return "wnut_people"
+    if record.system_prompt == DOWNLOADS_PROMPT:
+        return "downloads"
     return "oneoff"
 
 
@@ -50,17 +60,17 @@ def test_other_seed_other_sample(built: tuple[Path, dict, IngestResult], tmp_pat
 
 def test_counts_match_params(built: tuple[Path, dict, IngestResult]) -> None:
     _, stats, result = built
-    expected = {"bbc_topics": 40, "wnut_people": 40, "oneoff": 60}
+    expected = {"bbc_topics": 40, "wnut_people": 40, "oneoff": 60, "downloads": 80}
     assert stats["records"] == expected
     assert Counter(_task(r) for r in result.records) == expected
-    assert sum(f["records"] for f in stats["files"].values()) == 140
+    assert sum(f["records"] for f in stats["files"].values()) == 220
     assert sum(f["malformed"] for f in stats["files"].values()) == stats["malformed_lines"]
 
 
 def test_every_good_line_is_read_and_every_bad_one_quarantined(built: tuple[Path, dict, IngestResult]) -> None:
     _, stats, result = built
-    assert result.lines == 140 + stats["malformed_lines"]
-    assert len(result.records) == 140
+    assert result.lines == 220 + stats["malformed_lines"]
+    assert len(result.records) == 220
     assert result.duplicates == 0
     assert len(result.quarantined) == stats["malformed_lines"] >= 3
     assert set(stats["malformed"]) == {"truncated", "no_choices", "error"}
@@ -119,6 +129,42 @@ def test_oneoffs_are_varied_real_chat(built: tuple[Path, dict, IngestResult]) ->
     for record in oneoff:
         roles = [m.role for m in record.messages]
         assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]
+
+
+def test_downloads_names_are_varied_and_answered_by_the_documented_rule(built: tuple[Path, dict, IngestResult]) -> None:
+    _, stats, result = built
+    downloads = [r for r in result.records if _task(r) == "downloads"]
+    assert all(r.response_text == downloads_answer(r.user_text) for r in downloads)
+    assert set(stats["download_folders"]) <= {*DOWNLOAD_FOLDERS, "other"} and len(stats["download_folders"]) >= 6
+    names = [r.user_text.removeprefix("File: ").removeprefix("Which folder does this go in? ") for r in downloads]
+    assert any(n.startswith(("IMG_", "DSC", "PXL_")) for n in names)  # camera
+    assert any(n.startswith(("Screenshot", "Screen Recording")) for n in names)
+    assert any(" (1)." in n or " (2)." in n or " (3)." in n for n in names)  # a second copy
+    assert any(n.rpartition(".")[2].isupper() for n in names)  # upper-case extensions
+    assert {r.user_text[:6] for r in downloads} >= {"File: "}
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"),
+    [
+        ("IMG_0001.JPG", "images"),
+        ("Screenshot 2026-09-01 at 10.00.00.png", "images"),
+        ("node-v20.16.0-linux-x64.tar.xz", "archives"),
+        ("backup (1).tar.gz", "archives"),
+        ("Firefox Setup 128.0.3.exe", "installers"),
+        ("report.pdf.exe", "installers"),
+        ("Obsidian-1.6.7.AppImage", "installers"),
+        ("Voice Memo 3.m4a", "audio"),
+        ("GX010042.MP4", "video"),
+        ("main.py", "code"),
+        ("invite.ics", "other"),
+        ("README", "other"),
+        (".bashrc", "other"),
+    ],
+)
+def test_the_downloads_rule(name: str, folder: str) -> None:
+    assert downloads_folder(name) == folder
+    assert downloads_answer(f"File: {name}") == downloads_answer(f"Which folder does this go in? {name}") == folder
 
 
 def test_asking_for_more_than_the_corpus_holds_fails_by_name(tmp_path: Path) -> None:

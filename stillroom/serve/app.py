@@ -116,11 +116,16 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 class Server:
-    """Everything one running app holds: matcher, registry view, students, teacher client, capture, live stats."""
+    """Everything one running app holds: matcher, registry view, students, teacher client, capture, live stats.
 
-    def __init__(self, params: Params, layout: Layout):
+    `only_tasks` (task ids) keeps the other tasks' students unloaded and unfetched: the folder watcher
+    runs this app in its own process for one task, and its memory bound should not pay for the rest.
+    """
+
+    def __init__(self, params: Params, layout: Layout, only_tasks: frozenset[str] | None = None):
         self.params = params
         self.layout = layout
+        self.only_tasks = only_tasks
         self.settings = settings = params.serve
         self.api_key = os.environ.get(settings.api_key_env) or None
         self.metrics = ServeMetrics()
@@ -227,6 +232,8 @@ class Server:
         try:
             self._load_index()
             tasks = self.matcher.tasks if self.matcher else {}
+            if self.only_tasks is not None:
+                tasks = {task_id: task for task_id, task in tasks.items() if task_id in self.only_tasks}
             servable, refused = await asyncio.to_thread(self.registry.servable, tasks, set(self.demoted))
         except Exception as error:  # a registry hiccup keeps the last good view
             self.registry_error = f"{type(error).__name__}: {error}"[:300]
@@ -549,8 +556,8 @@ class Server:
         }
 
 
-def create_app(params: Params, layout: Layout) -> FastAPI:
-    server = Server(params, layout)
+def create_app(params: Params, layout: Layout, only_tasks: frozenset[str] | None = None) -> FastAPI:
+    server = Server(params, layout, only_tasks)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
