@@ -247,6 +247,62 @@ def check_targets(task: str, info: dict, metrics: dict) -> dict[str, bool]:
     return checks
 
 
+# ------------------------------------------------------------------ many LM students, one base
+
+
+ADAPTER_PROBE = """
+import json, shutil, statistics, sys, tempfile, time
+from pathlib import Path
+import psutil, torch
+torch.set_num_threads(int(sys.argv[3]))
+from stillroom.data import read_jsonl
+from stillroom.schema import DatasetRow
+from stillroom.students.lm import LMStudent
+folder, test = Path(sys.argv[1]), Path(sys.argv[2])
+rows = list(read_jsonl(test, DatasetRow))[:20]
+scratch = Path(tempfile.mkdtemp())
+copies = [folder] + [Path(shutil.copytree(folder, scratch / f"task-{i}")) for i in (2, 3)]
+rss = [psutil.Process().memory_info().rss / 1e6]
+students = []
+for copy in copies:
+    students.append(LMStudent.load(copy))
+    students[-1].predict([rows[0].prompt])  # warm: what a served task holds after its first answer
+    rss.append(psutil.Process().memory_info().rss / 1e6)
+times = []
+for i, row in enumerate(rows * 2):  # a different task's adapter on every request
+    started = time.perf_counter()
+    students[i % 3].predict([row.prompt])
+    times.append((time.perf_counter() - started) * 1000)
+shutil.rmtree(scratch)
+print(json.dumps({"first_task_mb": rss[1] - rss[0], "extra_mb": [rss[2] - rss[1], rss[3] - rss[2]],
+                  "p50_switched_ms": statistics.median(times)}))
+"""
+
+
+def adapter_sharing(project: Path, threads: int = 2) -> dict | None:
+    """Resident memory a second and a third LM task add beside the first (copies of one adapter student:
+    the same sizes as three tasks' adapters), and the p50 when every request switches adapter. In a
+    fresh process, so nothing else is loaded."""
+    import subprocess
+
+    layout = Layout(project)
+    for manifest in sorted(layout.models.glob("*/student.json")):
+        info = json.loads(manifest.read_text())
+        test = layout.dataset(manifest.parent.name, "test")
+        if info.get("kind") == "lm" and info.get("store") == "adapter" and test.exists():
+            command = [sys.executable, "-c", ADAPTER_PROBE, str(manifest.parent), str(test), str(threads)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+            probe = json.loads(out.strip().splitlines()[-1])
+            trained = json.loads(layout.train_info(manifest.parent.name).read_text())
+            return {
+                "names": [manifest.parent.name, trained.get("task")],
+                "lm_first_task_mb": round(probe["first_task_mb"], 1),
+                "lm_memory_per_extra_task_mb": round(max(probe["extra_mb"]), 1),
+                "p50_switched_ms": round(probe["p50_switched_ms"], 1),
+            }
+    return None
+
+
 def print_table(results: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -301,6 +357,11 @@ def main() -> int:
     results = run_ladder(args.params, args.project, args.reuse) if "ladder" in tasks else []
     if "copy" in tasks:
         results.append(run_copy_task(load_params(args.params), args.project, args.reuse))
+    sharing = adapter_sharing(args.project) if "ladder" in tasks else None
+    for row in results:
+        if sharing and row["task"] in sharing["names"]:
+            row.update({key: value for key, value in sharing.items() if key != "names"})
+            row["targets"]["lm_memory_per_extra_task_mb <= 30"] = sharing["lm_memory_per_extra_task_mb"] <= 30
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     # A run of some tasks replaces their rows and keeps the others' from the last run.
     kept = json.loads(RESULTS.read_text()) if RESULTS.exists() and tasks != {"ladder", "copy"} else []

@@ -214,6 +214,11 @@ class LMParams(_Section):
     lora: bool = True
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
+    store: Literal["adapter", "merged"] = Field(
+        "adapter",
+        description="adapter: the LoRA pairs and the base's hash (MBs; LM students share one base in memory); "
+        "merged: a full copy of the model with LoRA merged in",
+    )
     epochs: float = Field(3, gt=0)
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)

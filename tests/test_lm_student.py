@@ -252,12 +252,11 @@ def test_save_load_round_trip_predicts_the_same(memorised: tuple[LMStudent, dict
     assert [p.confidence for p in after] == pytest.approx([p.confidence for p in before], abs=1e-5)
 
 
-def test_lora_is_merged_into_a_plain_model(memorised: tuple[LMStudent, dict, Path], tmp_path: Path) -> None:
-    """LoRA from the memorised model towards new answers: the saved folder must carry the change, not an adapter."""
-    from safetensors.torch import load_file
+LORA_ROWS = [["Eve Moss"], ["Fay Nash", "Gil Ott"], [], ["Hal Ng"]]
 
-    _, _, base_dir = memorised
-    rows = make_rows([["Eve Moss"], ["Fay Nash", "Gil Ott"], [], ["Hal Ng"]])
+
+def train_lora(base_dir: Path, out_dir: Path, store: str, seed: int = 0) -> tuple[LMStudent, dict]:
+    """LoRA from the memorised model towards new answers (so the adapter really changes them)."""
     params = LMParams(
         base_model=str(base_dir),
         lora=True,
@@ -268,8 +267,17 @@ def test_lora_is_merged_into_a_plain_model(memorised: tuple[LMStudent, dict, Pat
         max_steps=40,
         max_train_examples=3,
         max_new_tokens=16,
+        store=store,
     )
-    _, stats = train_lm(rows, [], params, tmp_path, seed=0, progress=False)
+    return train_lm(make_rows(LORA_ROWS), [], params, out_dir, seed=seed, progress=False)
+
+
+def test_lora_merged_store_is_a_plain_model(memorised: tuple[LMStudent, dict, Path], tmp_path: Path) -> None:
+    """`store: merged`: the saved folder carries the change in full weights, not an adapter."""
+    from safetensors.torch import load_file
+
+    _, _, base_dir = memorised
+    _, stats = train_lora(base_dir, tmp_path, "merged")
     assert stats["n_train"] == 3
     assert stats["eval_loss"] is None
     assert stats["final_loss"] < 0.8 * stats["first_loss"]
@@ -278,7 +286,76 @@ def test_lora_is_merged_into_a_plain_model(memorised: tuple[LMStudent, dict, Pat
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[name], after[name]) for name in before if "q_proj" in name)
     loaded = LMStudent.load(tmp_path)
-    assert all(0.0 <= p.confidence <= 1.0 for p in loaded.predict([row.prompt for row in rows]))
+    assert all(0.0 <= p.confidence <= 1.0 for p in loaded.predict([row.prompt for row in make_rows(LORA_ROWS)]))
+
+
+@pytest.fixture(scope="module")
+def two_adapters(
+    memorised: tuple[LMStudent, dict, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[list[LMStudent], list[Path], Path]:
+    """Two LoRA students (different seeds) over the memorised model, stored as adapters."""
+    _, _, base_dir = memorised
+    trained, folders = [], []
+    for seed in (0, 1):
+        folder = tmp_path_factory.mktemp(f"adapter-{seed}")
+        trained.append(train_lora(base_dir, folder, "adapter", seed=seed)[0])
+        folders.append(folder)
+    return trained, folders, base_dir
+
+
+def test_adapter_store_keeps_the_pairs_and_the_base_hash(
+    two_adapters: tuple[list[LMStudent], list[Path], Path],
+) -> None:
+    from stillroom.students.lora import ADAPTER_FILE, weights_fingerprint
+
+    trained, folders, base_dir = two_adapters
+    folder = folders[0]
+    assert (folder / ADAPTER_FILE).exists()
+    assert not list(folder.glob("model*.safetensors"))
+    adapter_mb = (folder / ADAPTER_FILE).stat().st_size / 1e6
+    assert adapter_mb < 0.1 * (base_dir / "model.safetensors").stat().st_size / 1e6
+    manifest = read_manifest(folder)
+    assert manifest["store"] == "adapter"
+    assert manifest["lora_scale"] == pytest.approx(16 / 8)
+    assert manifest["base_sha256"] == weights_fingerprint(LMStudent.load(base_dir).model)
+    # The loaded adapter answers as the merged student that training handed back.
+    prompts = [row.prompt for row in make_rows(LORA_ROWS)] + [[Message(role="user", content="Tweet: who?")]]
+    before, after = trained[0].predict(prompts), LMStudent.load(folder).predict(prompts)
+    assert [p.text for p in after] == [p.text for p in before]
+    assert [p.confidence for p in after] == pytest.approx([p.confidence for p in before], abs=1e-4)
+
+
+def test_adapter_students_share_one_base_and_switch_per_request(
+    two_adapters: tuple[list[LMStudent], list[Path], Path],
+) -> None:
+    trained, folders, _ = two_adapters
+    first, second = (LMStudent.load(folder) for folder in folders)
+    assert first.model is second.model  # one base in memory
+    prompts = [row.prompt for row in make_rows(LORA_ROWS)]
+    alone = [student.predict(prompts) for student in trained]  # each merged on its own copy
+    answers = [[(p.text, round(p.confidence, 3)) for p in predictions] for predictions in alone]
+    assert answers[0] != answers[1], "the two adapters must answer differently for this test to mean anything"
+    for _ in range(2):  # interleaved, request by request
+        for student, expected in zip((first, second), alone, strict=True):
+            for prompt, want in zip(prompts, expected, strict=True):
+                got = student.predict([prompt])[0]
+                assert got.text == want.text
+                assert got.confidence == pytest.approx(want.confidence, abs=1e-4)
+
+
+def test_adapter_refuses_a_different_base(
+    two_adapters: tuple[list[LMStudent], list[Path], Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    _, folders, _ = two_adapters
+    copy = tmp_path / "student"
+    shutil.copytree(folders[0], copy)
+    manifest = read_manifest(copy)
+    manifest["base_sha256"] = "0" * 64
+    (copy / "student.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="trained on a base with weights 000000000000"):
+        LMStudent.load(copy)
 
 
 def test_training_curves_are_logged_by_step(memorised: tuple[LMStudent, dict, Path]) -> None:
@@ -555,8 +632,9 @@ def test_distillation_trains_with_lora_and_records_the_rung(
     assert [p["step"] for p in stats["eval_curve"]] == [2, 4, 6]  # two steps per epoch
     assert stats["eval_loss"] == stats["eval_curve"][-1]["eval_loss"]
     assert all(math.isfinite(p["loss"]) for p in stats["curve"])
-    assert not list(tmp_path.glob("adapter*"))
+    assert [path.name for path in tmp_path.glob("*.safetensors")] == ["adapter.safetensors"]  # the default store
     manifest = read_manifest(tmp_path)
+    assert manifest["store"] == "adapter"
     assert manifest["rung"] == "distill"
     assert manifest["teacher_model"] == str(wide_teacher)
     assert manifest["json_schema"] == PEOPLE_SCHEMA

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import codecs
 import json
+import weakref
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from stillroom.students.chat import (
     schema_validator,
 )
 from stillroom.students.json_answers import JsonCursor, close_json, ground_in_source, json_field_spans, source_views
+from stillroom.students.lora import SharedBase, load_adapter, shared_base
 
 
 class LMStudent(Student):
@@ -54,6 +57,7 @@ class LMStudent(Student):
         # shares, written instead of generated, and whether extracted values are copied from the input.
         self.answer_prefix: str = info.get("answer_prefix") or ""
         self.grounded: bool = bool(info.get("grounded"))
+        self._adapter: tuple[SharedBase, str] | None = None  # set by `load` for a student stored as an adapter
 
     @classmethod
     def zero_shot(
@@ -88,6 +92,10 @@ class LMStudent(Student):
         Otherwise greedy text, confidence = geometric mean probability of its tokens; with a JSON schema,
         that of the weakest top-level field, and 0 with valid=False when the answer does not validate.
         """
+        with self._answering():
+            return self._predict(prompts, batch_size)
+
+    def _predict(self, prompts: Sequence[Prompt], batch_size: int) -> list[Prediction]:
         if self.labels:
             predictions = []
             for distribution in self.label_distribution(prompts):
@@ -115,6 +123,10 @@ class LMStudent(Student):
         """
         if not self.labels:
             raise ValueError("this student has no label set")
+        with self._answering():
+            return self._label_distribution(prompts)
+
+    def _label_distribution(self, prompts: Sequence[Prompt]) -> list[dict[str, float]]:
         label_ids = self._label_token_ids()
         n_labels, longest = len(label_ids), max(len(ids) for ids in label_ids)
         pad = self.tokenizer.pad_token_id
@@ -274,8 +286,22 @@ class LMStudent(Student):
 
         directory = Path(directory)
         info = {key: value for key, value in read_manifest(directory).items() if key != "kind"}
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-        return cls(model, load_tokenizer(str(directory)), info)
+        if info.get("store") != "adapter":
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+            return cls(model, load_tokenizer(str(directory)), info)
+        base = shared_base(resolve_base_lm(info["base_model"]), info["base_sha256"])
+        name = base.add(load_adapter(directory), float(info["lora_scale"]))
+        student = cls(base.model, load_tokenizer(str(directory)), info)
+        student._adapter = (base, name)
+        weakref.finalize(student, base.remove, name)  # an unloaded student takes its pairs off the base
+        return student
+
+    def _answering(self) -> AbstractContextManager:
+        """Its own adapter switched on over the shared base for the length of an answer."""
+        if self._adapter is None:
+            return nullcontext()
+        base, name = self._adapter
+        return base.using(name)
 
 
 def _parse_container(text: str) -> dict | list | None:

@@ -2,8 +2,10 @@
 
 Trained with TRL on prompt/completion pairs in the model's own chat template (see `chat`), so the
 loss falls on the answer only and inference sees exactly the prompt format it was trained on.
-LoRA keeps training cheap on a CPU; the adapter is merged back before saving so a student
-is a plain transformers folder that `lm.LMStudent.load` reads in a second, with no PEFT.
+LoRA keeps training cheap on a CPU. By default (`store: adapter`) the folder keeps only the
+adapter's pairs and the hash of the base, so every LM student shares one base in memory
+(`students.lora`); `store: merged` writes the merged model, a plain transformers folder.
+Either way `lm.LMStudent.load` reads it without PEFT.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from stillroom.students.distill import distillation_trainer, load_teacher
 from stillroom.students.json_answers import is_copied, json_strings, source_views
 from stillroom.students.lm import LMStudent
 from stillroom.students.lm_args import lora_config, training_args
+from stillroom.students.lora import adapter_of, save_adapter, weights_fingerprint
 
 
 def train_lm(
@@ -63,12 +66,13 @@ def train_lm(
     base_path = resolve_base_lm(params.base_model)
     with _progress_bars(progress), tempfile.TemporaryDirectory(prefix="stillroom-lm-") as scratch:
         tokenizer = load_tokenizer(base_path)
-        if params.teacher_model:
-            teacher = load_teacher(params.teacher_model, tokenizer, params.base_model)  # checked before loading
-            model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        teacher = load_teacher(params.teacher_model, tokenizer, params.base_model) if params.teacher_model else None
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        as_adapter = params.lora and params.store == "adapter"
+        base_sha256 = weights_fingerprint(model) if as_adapter else None  # before LoRA wraps its layers
+        if teacher is not None:  # checked against the student's tokenizer before loading
             trainer = distillation_trainer(model, teacher, tokenizer, rows, validation, params, scratch, seed, progress)
         else:
-            model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
             trainer = SFTTrainer(
                 model=model,
                 args=_sft_config(params, scratch, seed, progress, evaluate=bool(validation)),
@@ -92,10 +96,14 @@ def train_lm(
                 eval_loss = trainer.evaluate()["eval_loss"]
 
     model = trainer.model
+    adapter, scale = adapter_of(model) if as_adapter else (None, None)
     if params.lora:
-        model = model.merge_and_unload()
+        model = model.merge_and_unload()  # the student in hand answers merged; its folder keeps the adapter
     info = {
         "base_model": params.base_model,
+        "store": "adapter" if as_adapter else "merged",
+        "base_sha256": base_sha256,
+        "lora_scale": scale,
         "rung": rung,
         "teacher_model": params.teacher_model,
         "max_new_tokens": answer_budget(tokenizer, rows, params.max_new_tokens),
@@ -111,7 +119,7 @@ def train_lm(
     }
     student = LMStudent(model, tokenizer, info)
     with _progress_bars(progress):
-        save_lm(student, out_dir)
+        save_lm(student, out_dir, adapter)
     stats: dict[str, Any] = {
         "rung": rung,
         "train_seconds": round(train_seconds, 2),
@@ -152,11 +160,15 @@ def answer_budget(
     return max(floor, math.ceil(high * margin) + 4)
 
 
-def save_lm(student: LMStudent, directory: Path) -> None:
-    """Write the student folder: the merged model, its tokenizer and the manifest `LMStudent.load` reads."""
+def save_lm(student: LMStudent, directory: Path, adapter: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the student folder `LMStudent.load` reads: the manifest, the tokenizer, and either the
+    adapter's pairs (the base is named and hashed in the manifest) or the whole merged model."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    student.model.save_pretrained(directory)
+    if adapter is not None:
+        save_adapter(directory, adapter)
+    else:
+        student.model.save_pretrained(directory)
     student.tokenizer.save_pretrained(directory)
     write_manifest(directory, student.kind, **student.info)
 

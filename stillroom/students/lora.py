@@ -1,0 +1,166 @@
+"""Many LM students over one base model in memory: each student is a LoRA adapter and a base hash.
+
+Every LM student fine-tunes the same small base, so a user with ten text tasks should not hold ten
+copies of it. A student trained with LoRA is stored as its low-rank pairs (a few MB) and the content
+hash of the base it was trained on. At load, the base is read once per process and path; each of its
+adapted linear layers gets a switch, every student adds its pairs under its own name, and answers
+with its own pairs switched on (`SharedBase.using`). The sum is PEFT's unmerged LoRA forward,
+base(x) + B(A(x)) * alpha / r, so inference needs neither PEFT nor a merged copy of the base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ADAPTER_FILE = "adapter.safetensors"
+_A, _B = ".lora_A", ".lora_B"
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the model's parameters and buffers (names, dtypes, shapes and bytes), wherever
+    they were loaded from: a student records it, and refuses a base whose weights differ."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class _Switch:
+    """Which adapter the layers of one base add, shared by all of them (None: the base alone)."""
+
+    active: str | None = None
+
+
+class SwitchedLinear(nn.Module):
+    """A base linear layer plus whichever student's low-rank pair is switched on."""
+
+    def __init__(self, base: nn.Linear, switch: _Switch):
+        super().__init__()
+        self.base = base
+        self.switch = switch
+        self.pairs: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        pair = self.pairs.get(self.switch.active) if self.switch.active is not None else None
+        if pair is None:
+            return out
+        a, b, scale = pair
+        return out + (x @ a.t()) @ b.t() * scale
+
+
+class SharedBase:
+    """One base model in memory and the adapters of the students loaded over it."""
+
+    def __init__(self, model: nn.Module, fingerprint: str):
+        self.model = model.eval()
+        self.fingerprint = fingerprint
+        self.lock = threading.RLock()  # one student's answer at a time: the switch is the base's state
+        self._switch = _Switch()
+        self._names = itertools.count(1)
+
+    def add(self, weights: Mapping[str, torch.Tensor], scale: float) -> str:
+        """Put a student's pairs on the base; returns the name it answers under."""
+        name = f"adapter-{next(self._names)}"
+        with self.lock:
+            for path in sorted(key[: -len(_A)] for key in weights if key.endswith(_A)):
+                layer = self._switched(path)
+                a, b = weights[path + _A].float(), weights[path + _B].float()
+                if a.shape[1] != layer.base.in_features or b.shape[0] != layer.base.out_features:
+                    shape = tuple(layer.base.weight.shape)
+                    raise ValueError(f"adapter pair {path} does not fit the base layer {shape}")
+                layer.pairs[name] = (a, b, scale)
+        return name
+
+    def remove(self, name: str) -> None:
+        with self.lock:
+            for module in self.model.modules():
+                if isinstance(module, SwitchedLinear):
+                    module.pairs.pop(name, None)
+
+    @contextmanager
+    def using(self, name: str) -> Iterator[None]:
+        """The base answers as that student until the block ends (other students wait for it)."""
+        with self.lock:
+            before, self._switch.active = self._switch.active, name
+            try:
+                yield
+            finally:
+                self._switch.active = before
+
+    def _switched(self, path: str) -> SwitchedLinear:
+        module = self.model.get_submodule(path)
+        if isinstance(module, SwitchedLinear):
+            return module
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"the adapter names {path}, which is not a linear layer of the base")
+        parent, _, attribute = path.rpartition(".")
+        switched = SwitchedLinear(module, self._switch)
+        setattr(self.model.get_submodule(parent) if parent else self.model, attribute, switched)
+        return switched
+
+
+_BASES: weakref.WeakValueDictionary[str, SharedBase] = weakref.WeakValueDictionary()  # resolved path -> base
+_BASES_LOCK = threading.Lock()
+
+
+def shared_base(path: str, fingerprint: str) -> SharedBase:
+    """The base at `path`, loaded once per process while any student holds it; refused unless its
+    weights hash to `fingerprint`, the base the adapter was trained on."""
+    with _BASES_LOCK:
+        base = _BASES.get(path)
+        if base is None:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            base = SharedBase(model, weights_fingerprint(model))
+            _BASES[path] = base
+    if base.fingerprint != fingerprint:
+        raise ValueError(
+            f"the student was trained on a base with weights {fingerprint[:12]}, "
+            f"but {path} has {base.fingerprint[:12]}: "
+            "point train.lm.base_model at the same base (or retrain the task)"
+        )
+    return base
+
+
+def adapter_of(peft_model: nn.Module) -> tuple[dict[str, torch.Tensor], float]:
+    """The low-rank pairs of a trained PEFT LoRA model, keyed by the base's own module paths, and their
+    common scale (alpha / r). Read from the modules, so no PEFT import is needed to write them."""
+    weights: dict[str, torch.Tensor] = {}
+    scales: set[float] = set()
+    for name, module in peft_model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if not isinstance(lora_a, nn.ModuleDict) or "default" not in lora_a:
+            continue
+        path = name.removeprefix("base_model.model.")
+        weights[path + _A] = lora_a["default"].weight.detach().cpu().contiguous()
+        weights[path + _B] = module.lora_B["default"].weight.detach().cpu().contiguous()  # type: ignore[index]
+        scales.add(float(module.scaling["default"]))  # type: ignore[index]
+    if not weights or len(scales) != 1:
+        found = f"{len(weights) // 2} pairs and scales {sorted(scales)}"
+        raise ValueError(f"expected LoRA pairs with one scale, found {found}")
+    return weights, scales.pop()
+
+
+def save_adapter(directory: Path, weights: Mapping[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file(dict(weights), str(Path(directory) / ADAPTER_FILE))
+
+
+def load_adapter(directory: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(directory) / ADAPTER_FILE))
