@@ -1,4 +1,6 @@
-"""Image parts of logged calls: checked and described with Pillow, location tags taken out, stored once.
+"""Image parts of logged calls and served requests: checked and described with Pillow, location tags
+taken out, stored once. Shared by ingest and the server, so a captured request's image is the same blob
+its logged twin's would be.
 
 Bytes sent inline (a data URL, a base64 block) are read here before their record is kept.
 A body over `ingest.max_image_bytes`, a decompression bomb (over Pillow's MAX_IMAGE_PIXELS),
@@ -24,9 +26,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
+import pillow_heif
 from PIL import Image, ImageFile
 
-from stillroom.ingest.common import BadRecord
+from stillroom.content import BadRecord
 from stillroom.schema import ImageRef, LogRecord
 
 _GPS_IFD = 0x8825
@@ -38,7 +41,13 @@ _XMP_LOCATION = re.compile(
 # IPTC-IIM datasets 2:90 city, 2:92 sub-location, 2:95 province, 2:100-101 country (a JPEG's APP13)
 _IPTC_LOCATION = re.compile(rb"\x1c\x02[\x5a\x5c\x5f\x64\x65]")
 T = TypeVar("T")
-_MEDIA_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
+pillow_heif.register_heif_opener()  # HEIC, phones' default: read wherever images are opened (they all import this)
+_MEDIA_ALIASES = {
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+    "image/x-png": "image/png",
+    "image/heic": "image/heif",  # Pillow (through pillow-heif) names both HEIF
+}
 _FORMAT_MEDIA = {"MPO": "image/jpeg"}  # a multi-picture JPEG (phones' depth and gain maps) is sent as a JPEG
 
 
