@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from stillroom.schema import SPLITS, DatasetRow, LogRecord, Split, TaskCard
+from stillroom.schema import SPLITS, DatasetRow, LogRecord, Message, Split, TaskCard
 
 TRAIN_INFO_FILE = "train_info.json"  # a student folder's training facts, written last
 
@@ -173,8 +173,20 @@ def synthesized_cards(layout: Layout) -> list[TaskCard]:
 
 
 def load_splits(layout: Layout, task_id: str, splits: Sequence[Split] = SPLITS) -> dict[Split, list[DatasetRow]]:
-    """Training and threshold code asks for ("train", "validation") only: it never opens the test file."""
-    return {split: list(read_jsonl(layout.dataset(task_id, split), DatasetRow)) for split in splits}
+    """Training and threshold code asks for ("train", "validation") only: it never opens the test file.
+    A row's images come with their bytes from the blob store, as a served request's come with the request."""
+    out = {split: list(read_jsonl(layout.dataset(task_id, split), DatasetRow)) for split in splits}
+    attach_image_bytes((row.prompt for rows in out.values() for row in rows), layout.blobs)
+    return out
+
+
+def attach_image_bytes(prompts: Iterable[Sequence[Message]], blobs: Path) -> None:
+    """Put each stored image's bytes on its reference (`ImageRef.body`, never serialized), so a student reads a
+    logged call's images as it reads a served request's. A blob that is not there stays None."""
+    for prompt in prompts:
+        for ref in (ref for message in prompt for ref in message.images):
+            if ref.body is None and ref.sha256 and (blobs / ref.sha256).is_file():
+                ref.body = (blobs / ref.sha256).read_bytes()
 
 
 def read_json(path: Path) -> dict:
