@@ -8,6 +8,7 @@ be run, inspected or replaced on its own, and no stage imports another.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -180,12 +181,15 @@ def load_splits(layout: Layout, task_id: str, splits: Sequence[Split] = SPLITS) 
     return out
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # a blob's name; anything else (a path) is never opened
+
+
 def attach_image_bytes(prompts: Iterable[Sequence[Message]], blobs: Path) -> None:
     """Put each stored image's bytes on its reference (`ImageRef.body`, never serialized), so a student reads a
     logged call's images as it reads a served request's. A blob that is not there stays None."""
     for prompt in prompts:
         for ref in (ref for message in prompt for ref in message.images):
-            if ref.body is None and ref.sha256 and (blobs / ref.sha256).is_file():
+            if ref.body is None and _SHA256.fullmatch(ref.sha256 or "") and (blobs / ref.sha256).is_file():
                 ref.body = (blobs / ref.sha256).read_bytes()
 
 

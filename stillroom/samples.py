@@ -90,7 +90,7 @@ DOWNLOAD_FOLDERS: dict[str, tuple[str, ...]] = {
 
 JPEG_TASK = "jpeg"
 JPEG_PROMPT = (
-    "You keep a Downloads folder small. Look at the image and say whether it should be converted to JPEG: "
+    "You decide whether an image in a Downloads folder should be converted to JPEG to save space: "
     "yes for a photograph that JPEG would store smaller without losing anything that matters, no for a graphic, "
     "a transparent or animated image, or one that is a JPEG already. Answer yes or no only."
 )
