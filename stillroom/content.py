@@ -77,6 +77,11 @@ IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 _DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.ASCII)
 
 
+# How the capture log holds an image the server stored: a URL naming its blob, never the base64 it came as.
+BLOB_URL = "stillroom-blob:"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def image_ref(part: dict) -> ImageRef:
     """The reference of one image part; bytes sent inline ride along on it until ingest stores them."""
     if part.get("type") == "image":
@@ -94,6 +99,10 @@ def image_ref(part: dict) -> ImageRef:
         return ImageRef(file_id=str(part["file_id"]))
     if not isinstance(url, str) or not url:
         raise BadRecord("bad image: an image part without a URL")
+    if url.startswith(BLOB_URL):  # a captured request's image, stored by the server
+        if not _SHA256.fullmatch(url[len(BLOB_URL) :]):
+            raise BadRecord("bad image: a blob reference that is not a SHA-256")
+        return ImageRef(sha256=url[len(BLOB_URL) :])
     header = _DATA_URL.match(url)
     if header is None:
         return ImageRef(url=url)
@@ -136,3 +145,22 @@ def tool_calls_text(calls: object) -> str:
                 arguments = json.loads(arguments)
         canonical.append({"name": function.get("name"), "arguments": arguments})
     return json.dumps(canonical, ensure_ascii=False, sort_keys=True) if canonical else ""
+
+
+def with_blob_references(messages: list[dict], turns: list[Message]) -> list[dict]:
+    """The request's messages with each stored image part replaced by its blob reference (what the capture
+    log keeps, in the shape ingest reads back); `turns` are the same messages as `turn` read them."""
+    out = []
+    for message, parsed in zip(messages, turns, strict=True):
+        content = message.get("content")
+        if not parsed.images or not isinstance(content, list):
+            out.append(message)
+            continue
+        refs, parts = iter(parsed.images), []
+        for part in content:
+            ref = next(refs, None) if isinstance(part, dict) and part.get("type") in IMAGE_PARTS else None
+            if ref is not None and ref.sha256:
+                part = {"type": "image_url", "image_url": {"url": BLOB_URL + ref.sha256}}
+            parts.append(part)
+        out.append({**message, "content": parts})
+    return out

@@ -31,7 +31,7 @@ import pillow_heif
 from PIL import Image, ImageFile
 
 from stillroom.content import BadRecord
-from stillroom.schema import ImageRef, LogRecord
+from stillroom.schema import ImageRef, LogRecord, Message
 
 _GPS_IFD = 0x8825
 _MAKE, _MODEL = 0x010F, 0x0110
@@ -66,13 +66,23 @@ class ImageStore:
 
     def prepare(self, records: Iterable[LogRecord]) -> None:
         """Fill in each inline image's facts and swap its bytes for the stored form; BadRecord for a bad one."""
-        for ref in {id(ref): ref for record in records for m in record.messages for ref in m.images}.values():
+        self.prepare_turns(m for record in records for m in record.messages)
+
+    def prepare_turns(self, messages: Iterable[Message]) -> None:
+        """`prepare` for turns; an image that names a stored blob (a captured request's) is read from it."""
+        for ref in {id(ref): ref for m in messages for ref in m.images}.values():
+            if ref.body is None and ref.sha256 and self.blobs is not None and (self.blobs / ref.sha256).is_file():
+                ref.body, ref.sha256 = (self.blobs / ref.sha256).read_bytes(), None
             if ref.body is not None and ref.sha256 is None:  # choices of one call share their turns: read once
                 _prepare(ref, self.max_bytes)
 
     def store(self, record: LogRecord) -> None:
         """Write the blobs of a kept record (each at most once) and let go of the bytes."""
-        for ref in (ref for message in record.messages for ref in message.images):
+        self.store_turns(record.messages)
+
+    def store_turns(self, messages: Iterable[Message], keep_bytes: bool = False) -> None:
+        """`store` for turns; `keep_bytes` leaves the bytes on the references (a student is about to read them)."""
+        for ref in (ref for message in messages for ref in message.images):
             self.counts["parts"] += 1
             if ref.sha256 is None:
                 self.counts["url_only" if ref.url else "file_id_only"] += 1
@@ -83,7 +93,8 @@ class ImageStore:
             self.counts["location_tags_removed"] += ref.location_removed
             if self.blobs is not None:
                 self.counts["stored" if _write_once(self.blobs / ref.sha256, ref.body) else "already_stored"] += 1
-            ref.body = None
+            if not keep_bytes:
+                ref.body = None
 
 
 def _write_once(path: Path, body: bytes) -> bool:
