@@ -65,7 +65,7 @@ TARGETS = {
     ],
     "people": [("agreement", 0.85, None), ("f1", 0.80, None), ("train_s", None, 900), ("p50_ms", None, 150)],
     "first_names_copy": [("exact_match", 0.95, None), ("answers_in_input", 1.0, None)],
-    "jpeg": [
+    "image": [  # the convert-to-JPEG task over images (its name comes from detect: decide-whether-image)
         ("agreement", 0.98, None), ("p50_ms", None, 5), ("load_s", None, 0.5), ("coverage", 0.9, None),
         ("routed_agreement", 0.99, None),
     ],

@@ -212,6 +212,8 @@ def baseline_predictions(
         )
         model, _ = train_classifier(train, settings, seed=params.train.seed)
         return model.predict([row.prompt for row in rows])
+    if card.inputs == "image+text":  # the base LM reads text only: it would guess from the question alone
+        return None
     from stillroom.students.lm import LMStudent
 
     model = LMStudent.zero_shot(

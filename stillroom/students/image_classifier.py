@@ -24,8 +24,8 @@ from scipy.sparse import csr_matrix, hstack
 from stillroom.content import BadRecord
 from stillroom.images import colour_stats, describe
 from stillroom.schema import Prediction
-from stillroom.students.base import Prompt, Student, last_user_turn, read_manifest
-from stillroom.students.classifier import HEAD_FILE, Ngrams, softmax
+from stillroom.students.base import Prompt, last_user_turn, read_manifest
+from stillroom.students.classifier import HEAD_FILE, LinearHead, Ngrams
 
 EDGES_FILE = "image_edges.json"
 FORMATS = ("image/jpeg", "image/png", "image/webp", "image/heif", "image/gif", "image/bmp", "image/tiff")
@@ -99,23 +99,12 @@ class ImageFeatures:
         return self.matrix(facts, [last_user_turn(p) for p in prompts]), readable
 
 
-class ImageClassifier(Student):
+class ImageClassifier(LinearHead):
     kind = "image_classifier"
-
-    def __init__(self, features: ImageFeatures, labels: list[str], weights: np.ndarray, bias: np.ndarray, info: dict):
-        self.features = features
-        self.labels = labels
-        self.weights = weights.astype(np.float32)  # (n_labels, dim)
-        self.bias = bias.astype(np.float32)
-        self.info = info
-
-    def probabilities(self, x: csr_matrix) -> np.ndarray:
-        temperature = float(self.info.get("temperature", 1.0))
-        return softmax((np.asarray(x @ self.weights.T) + self.bias) / temperature)
 
     def predict(self, prompts: Sequence[Prompt], batch_size: int = 32) -> list[Prediction]:
         x, readable = self.features.transform(prompts)
-        probs = self.probabilities(x)
+        probs = self.head_probabilities(x)
         best = probs.argmax(axis=1)
         return [
             Prediction(text=self.labels[i], confidence=float(probs[row, i]) * readable[row], valid=bool(readable[row]))
