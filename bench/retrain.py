@@ -35,7 +35,7 @@ RESULTS = ROOT / "bench" / "results" / "retrain.json"
 WORK = ROOT / "bench" / "results" / "retrain-projects"
 BIN = Path(sys.executable).parent
 SMALL = {
-    "sample": {"bbc_articles": 300, "wnut_tweets": 160, "oneoff_prompts": 100, "downloads_files": 0},
+    "sample": {"bbc_articles": 300, "wnut_tweets": 160, "oneoff_prompts": 100, "downloads_files": 0, "jpeg_images": 0},
     "train": {"lm": {"max_train_examples": 64, "max_steps": 12, "batch_size": 8}},
     "evaluate": {"max_test_examples": 40, "latency_samples": 5, "baseline_max_examples": 6},
     "retrain": {"min_new_records": 200},

@@ -58,7 +58,7 @@ from tests.fake_teacher import FakeTeacher  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "watch.json"
 TAKEN_SHARE = 0.1  # names already present in their target sub-folder
 PROJECT = {
-    "sample": {"bbc_articles": 0, "wnut_tweets": 0, "oneoff_prompts": 0, "downloads_files": 800},
+    "sample": {"bbc_articles": 0, "wnut_tweets": 0, "oneoff_prompts": 0, "downloads_files": 800, "jpeg_images": 0},
     "train": {"classifier": {"features": ["tfidf"]}},
     "evaluate": {"baselines": ["tfidf_lr"], "latency_samples": 5},
 }

@@ -25,6 +25,7 @@ class SampleParams(_Section):
     wnut_tweets: int = Field(700, ge=0)
     oneoff_prompts: int = Field(400, ge=0)
     downloads_files: int = Field(800, ge=0, description="file names sorted into Downloads sub-folders (a rule answers)")
+    jpeg_images: int = Field(400, ge=0, description="real images asked 'convert to JPEG?' (a documented rule answers)")
     start: str = "2026-09-01"
     days: int = Field(60, ge=1)
 

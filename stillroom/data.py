@@ -8,6 +8,7 @@ be run, inspected or replaced on its own, and no stage imports another.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,7 +17,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from stillroom.schema import SPLITS, DatasetRow, LogRecord, Split, TaskCard
+from stillroom.schema import SPLITS, DatasetRow, LogRecord, Message, Split, TaskCard
 
 TRAIN_INFO_FILE = "train_info.json"  # a student folder's training facts, written last
 
@@ -173,8 +174,23 @@ def synthesized_cards(layout: Layout) -> list[TaskCard]:
 
 
 def load_splits(layout: Layout, task_id: str, splits: Sequence[Split] = SPLITS) -> dict[Split, list[DatasetRow]]:
-    """Training and threshold code asks for ("train", "validation") only: it never opens the test file."""
-    return {split: list(read_jsonl(layout.dataset(task_id, split), DatasetRow)) for split in splits}
+    """Training and threshold code asks for ("train", "validation") only: it never opens the test file.
+    A row's images come with their bytes from the blob store, as a served request's come with the request."""
+    out = {split: list(read_jsonl(layout.dataset(task_id, split), DatasetRow)) for split in splits}
+    attach_image_bytes((row.prompt for rows in out.values() for row in rows), layout.blobs)
+    return out
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # a blob's name; anything else (a path) is never opened
+
+
+def attach_image_bytes(prompts: Iterable[Sequence[Message]], blobs: Path) -> None:
+    """Put each stored image's bytes on its reference (`ImageRef.body`, never serialized), so a student reads a
+    logged call's images as it reads a served request's. A blob that is not there stays None."""
+    for prompt in prompts:
+        for ref in (ref for message in prompt for ref in message.images):
+            if ref.body is None and _SHA256.fullmatch(ref.sha256 or "") and (blobs / ref.sha256).is_file():
+                ref.body = (blobs / ref.sha256).read_bytes()
 
 
 def read_json(path: Path) -> dict:

@@ -166,7 +166,12 @@ def measure_performance(model_dir: Path, rows: Sequence[DatasetRow], samples: in
         prompts, long_prompts = Path(scratch) / "prompts.json", Path(scratch) / "long.json"
         prompts.write_text(json.dumps([[m.model_dump() for m in row.prompt] for row in rows[: samples + 1]]))
         long_prompts.write_text(json.dumps([[m.model_dump() for m in row.prompt] for row in longest[:samples]]))
-        command = [sys.executable, "-m", "stillroom.probe", str(model_dir), str(prompts)]
+        blobs = Path(scratch) / "blobs"  # the images' bytes, which a prompt's JSON holds only by reference
+        blobs.mkdir()
+        for ref in (ref for row in [*rows[: samples + 1], *longest[:samples]] for m in row.prompt for ref in m.images):
+            if ref.body is not None and ref.sha256:
+                (blobs / ref.sha256).write_bytes(ref.body)
+        command = [sys.executable, "-m", "stillroom.probe", str(model_dir), str(prompts), "--blobs", str(blobs)]
         command += ["--samples", str(samples), "--batch-size", str(batch_size), "--long-prompts", str(long_prompts)]
         done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
     if done.returncode != 0:
@@ -207,6 +212,8 @@ def baseline_predictions(
         )
         model, _ = train_classifier(train, settings, seed=params.train.seed)
         return model.predict([row.prompt for row in rows])
+    if card.inputs == "image+text":  # the base LM reads text only: it would guess from the question alone
+        return None
     from stillroom.students.lm import LMStudent
 
     model = LMStudent.zero_shot(

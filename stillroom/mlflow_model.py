@@ -1,7 +1,10 @@
 """A student as an MLflow pyfunc model, so `mlflow.pyfunc.load_model` serves any kind the same way.
 
 Input: a DataFrame with a `messages` column (the chat turns, as the teacher got them) or
-a `text` column (the user turn alone). Output: a DataFrame of `answer`, `confidence` and `valid`
+a `text` column (the user turn alone). A turn's `content` may be a list of OpenAI content parts: its
+image parts (data URLs) are read as the server and ingest read them (`stillroom.content`), so an
+image student gets the bytes a served request would give it.
+Output: a DataFrame of `answer`, `confidence` and `valid`
 (the answer is in the label set, or JSON that matches the task's schema).
 
 Also the MLflow plumbing register (writes versions) and serve (reads them) share: where the
@@ -20,6 +23,7 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from stillroom.config import Params
+from stillroom.content import turn
 from stillroom.data import Layout
 from stillroom.schema import Message
 
@@ -109,7 +113,7 @@ class StudentModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if "messages" in model_input.columns:
-            prompts = [[Message(**m) for m in messages] for messages in model_input["messages"]]
+            prompts = [[_message(m) for m in messages] for messages in model_input["messages"]]
         elif "text" in model_input.columns:
             prompts = [[Message(role="user", content=str(text))] for text in model_input["text"]]
         else:
@@ -122,3 +126,10 @@ class StudentModel(mlflow.pyfunc.PythonModel):
                 "valid": [p.valid for p in predictions],
             }
         )
+
+
+def _message(message: dict) -> Message:
+    """A turn as the student reads it; content parts (text, data-URL images) parsed as a served request's are."""
+    if isinstance(message.get("content"), list):
+        return turn(message["role"], message["content"])
+    return Message(**message)

@@ -5,7 +5,7 @@ the libraries are imported, the weights are in the page cache of this process's
 allocator, and its peak memory counts everything evaluation did before.
 
     python -m stillroom.probe <student folder> <prompts.json> [--samples N] [--batch-size B]
-                              [--long-prompts longest.json]
+                              [--long-prompts longest.json] [--blobs FOLDER]
 
 prints one JSON object.
 """
@@ -51,11 +51,17 @@ def _timed_singles(student, chats: list, samples: int) -> list[float]:
     return times
 
 
-def probe(model_dir: Path, prompts: list, samples: int, batch_size: int, long_prompts: list = ()) -> dict:
+def probe(
+    model_dir: Path, prompts: list, samples: int, batch_size: int, long_prompts: list = (), blobs: Path | None = None
+) -> dict:
+    from stillroom.data import attach_image_bytes
     from stillroom.schema import Message
     from stillroom.students.base import load_student
 
     chats = [[Message(**m) for m in prompt] for prompt in prompts]
+    long_chats = [[Message(**m) for m in prompt] for prompt in long_prompts]
+    if blobs is not None:  # images come with their bytes, as a served request's do: reading them is not timed
+        attach_image_bytes([*chats, *long_chats], blobs)
     # Import what loading needs first, so load_s is the model's load, not Python's imports.
     import_started = time.perf_counter()
     from stillroom.students import KINDS  # noqa: F401
@@ -68,6 +74,8 @@ def probe(model_dir: Path, prompts: list, samples: int, batch_size: int, long_pr
         from sentence_transformers import SentenceTransformer  # noqa: F401
     elif manifest.get("features") == "static":
         from tokenizers import Tokenizer  # noqa: F401
+    elif manifest["kind"] == "image_classifier":
+        from stillroom.students import image_classifier  # noqa: F401  (Pillow, pillow-heif, scikit-learn)
     imports_s = time.perf_counter() - import_started
     rss_before = _rss_mb()
 
@@ -78,7 +86,6 @@ def probe(model_dir: Path, prompts: list, samples: int, batch_size: int, long_pr
 
     student.predict([chats[0]])  # warm-up: first-call allocations are not a request's latency
     single = _timed_singles(student, chats[1 : samples + 1] or chats, samples)
-    long_chats = [[Message(**m) for m in prompt] for prompt in long_prompts]
     long_single = _timed_singles(student, long_chats, samples) if long_chats else []
     batch = (chats * (batch_size // len(chats) + 1))[:batch_size]
     batched = []
@@ -108,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--long-prompts", type=Path, help="also time these (the longest inputs): p50_long_ms")
+    parser.add_argument("--blobs", type=Path, help="the image bytes the prompts' images name, one file per SHA-256")
     args = parser.parse_args(argv)
     prompts = json.loads(args.prompts.read_text())
     if not prompts:
         parser.error("no prompts to time")
     long_prompts = json.loads(args.long_prompts.read_text()) if args.long_prompts else []
-    print(json.dumps(probe(args.model_dir, prompts, args.samples, args.batch_size, long_prompts)))
+    print(json.dumps(probe(args.model_dir, prompts, args.samples, args.batch_size, long_prompts, args.blobs)))
     return 0
 
 

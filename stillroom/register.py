@@ -87,7 +87,7 @@ def flatten(prefix: str, value: object) -> dict[str, object]:
 def relevant_params(params: Params, kind: str) -> dict[str, object]:
     """The params.yaml sections that shape this student, flattened; the whole file goes in params.json."""
     data = params.model_dump(mode="json", by_alias=True)
-    unused_student = "lm" if kind == "classifier" else "classifier"
+    unused_student = "lm" if kind in ("classifier", "image_classifier") else "classifier"
     train = {key: value for key, value in data["train"].items() if key != unused_student}
     return {
         **flatten("synthesize", data["synthesize"]),

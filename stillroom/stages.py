@@ -24,8 +24,11 @@ INFERENCE_CODE = (
     "stillroom/students/base.py",
     "stillroom/students/chat.py",
     "stillroom/students/classifier.py",
+    "stillroom/students/image_classifier.py",
     "stillroom/students/lm.py",
     "stillroom/students/json_answers.py",
+    "stillroom/images.py",  # the image student's facts, read as ingest reads them
+    "stillroom/content.py",  # content parts (the MLflow model's input, the server's requests)
     "stillroom/embeddings.py",
     "stillroom/base_lm.py",
     "stillroom/answers.py",
@@ -38,6 +41,10 @@ TRAINING_CODE = (
     "stillroom/students/chat.py",
     "stillroom/students/classifier.py",  # training embeds with the features the student answers with
     "stillroom/students/classifier_train.py",
+    "stillroom/students/image_classifier.py",
+    "stillroom/students/image_classifier_train.py",
+    "stillroom/images.py",
+    "stillroom/content.py",
     "stillroom/students/lm_args.py",
     "stillroom/students/lm_train.py",
     "stillroom/students/distill.py",
@@ -86,8 +93,8 @@ STAGES: list[Stage] = [
     Stage(
         "sample_logs",
         "stillroom.samples:run",
-        "Build the bundled sample logs from real public data (BBC News, WNUT-16 tweets, chit-chat).",
-        deps=("stillroom/samples.py",),
+        "Build the bundled sample logs from real public data (BBC News, WNUT-16 tweets, chit-chat, images).",
+        deps=("stillroom/samples.py", "stillroom/images.py"),  # the JPEG task's rule reads images as ingest does
         outs=("data/raw/logs",),
         params=("sample",),
         metrics=False,
@@ -100,7 +107,15 @@ STAGES: list[Stage] = [
         "stillroom.ingest:run",
         "Read LLM call logs into data/records.jsonl; bad lines go to quarantine.",
         # the serve endpoint's capture is an input too: its new rows make ingest (and what follows) stale
-        deps=("stillroom/ingest", DATA_LAYER, "stillroom/schema.py", "${ingest.logs}", "${ingest.capture}"),
+        deps=(
+            "stillroom/ingest",
+            "stillroom/content.py",
+            "stillroom/images.py",
+            DATA_LAYER,
+            "stillroom/schema.py",
+            "${ingest.logs}",
+            "${ingest.capture}",
+        ),
         outs=("data/records.jsonl", "data/quarantine.jsonl", "data/raw/blobs"),  # blobs: the logged images' bytes
         params=("ingest",),
         # the sample logs hold malformed lines on purpose; a script without the flag learns of quarantine by exit 3
@@ -136,7 +151,10 @@ STAGES: list[Stage] = [
         "train",
         "stillroom.train:run",
         "Train one student per task into data/models/.",
-        deps=("stillroom/train.py", DATA_LAYER, PER_TASK, *TRAINING_CODE, "data/datasets", "data/tasks"),
+        # data/raw/blobs: the images dataset rows name, read by an image student
+        deps=(
+            "stillroom/train.py", DATA_LAYER, PER_TASK, *TRAINING_CODE, "data/datasets", "data/raw/blobs", "data/tasks"
+        ),
         outs=("data/models",),
         params=("train",),
         per_task=True,
@@ -156,6 +174,7 @@ STAGES: list[Stage] = [
             "stillroom/students/classifier_train.py",  # the TF-IDF baseline is fitted here
             "data/models",
             "data/datasets",
+            "data/raw/blobs",  # the images the test rows name
             "data/records.jsonl",  # the teacher's logged latency
             "data/tasks",
         ),

@@ -150,11 +150,14 @@ def drop_near_duplicates(records: Sequence[LogRecord], threshold: float | None) 
         return list(records), 0
     from datasketch import MinHash, MinHashLSH
 
-    index = MinHashLSH(threshold=threshold, num_perm=_NUM_PERM)
+    # Only turns about the same images can be near-duplicates: one question asked of many photos is many inputs.
+    indexes: dict[str, MinHashLSH] = {}
     kept = []
     for i, record in enumerate(records):
         signature = MinHash(num_perm=_NUM_PERM)
         signature.update_batch(list(_shingles(record.user_text)))
+        images = record.user_input[len(record.user_text) :]
+        index = indexes.setdefault(images, MinHashLSH(threshold=threshold, num_perm=_NUM_PERM))
         if index.query(signature):
             continue
         index.insert(str(i), signature)
@@ -201,10 +204,10 @@ def build_task_dataset(
                 dataset.off_label += 1
                 continue
             target = label
-        split = split_of(record.user_text, params, dataset.validation_fraction)
+        split = split_of(record.user_input, params, dataset.validation_fraction)
         dataset.rows[split].append(
             DatasetRow(
-                id=stable_id(card.id, record.user_text, prefix="row-"),
+                id=stable_id(card.id, record.user_input, prefix="row-"),
                 task_id=card.id,
                 split=split,
                 prompt=list(request.prompt),

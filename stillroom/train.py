@@ -1,6 +1,7 @@
 """Pick the rung of the training ladder for each task and train its student.
 
-The ladder, cheapest first: a classifier on sentence embeddings for closed label sets;
+The ladder, cheapest first: a classifier on sentence embeddings for closed label sets (on what
+Pillow reads from the image, beside the text, when the task's calls carry images);
 SFT of a small instruct LM for extraction, JSON and text (and for labels when forced);
 logit distillation from a local teacher LM that shares the student's tokenizer. The
 card decides, params.yaml can force a rung per task. Training reads only the train and
@@ -28,13 +29,15 @@ def choose_rung(card: TaskCard, params: TrainParams) -> tuple[Rung, str]:
     if forced is None and params.rung != "auto":
         forced = params.rung
     if forced is not None:
-        if forced == "classifier" and card.output_type != "label":
+        if forced in ("classifier", "image_classifier") and card.output_type != "label":
             raise ValueError(
                 f"task {card.name}: the classifier rung needs a closed label set, not {card.answer_format}"
             )
         if forced == "distill" and not params.lm.teacher_model:
             raise ValueError(f"task {card.name}: the distill rung needs train.lm.teacher_model (a local teacher LM)")
         return forced, "forced in params.yaml (train.rung / train.rungs)"
+    if card.output_type == "label" and card.inputs == "image+text":
+        return "image_classifier", f"closed label set of {len(card.labels)} labels over image inputs"
     if card.output_type == "label":
         return "classifier", f"closed label set of {len(card.labels)} labels"
     if params.lm.teacher_model:
@@ -70,6 +73,11 @@ def train_task(
             train, params.classifier, seed=params.seed, progress=progress, validation=validation
         )
         save_classifier(student, out_dir)
+    elif rung == "image_classifier":
+        from stillroom.students.image_classifier_train import save_image_classifier, train_image_classifier
+
+        student, info = train_image_classifier(train, params.classifier, seed=params.seed, validation=validation)
+        save_image_classifier(student, out_dir)
     else:
         from stillroom.students.lm_train import train_lm
 

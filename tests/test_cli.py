@@ -46,7 +46,8 @@ def test_usage_errors_exit_2_and_failures_exit_1_with_one_clear_line(tmp_path):
 @pytest.mark.slow
 def test_run_the_flow_on_a_label_only_project(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    small = {"sample": {"bbc_articles": 150, "wnut_tweets": 0, "oneoff_prompts": 60, "downloads_files": 0}}
+    sample = {"bbc_articles": 150, "wnut_tweets": 0, "oneoff_prompts": 60, "downloads_files": 0, "jpeg_images": 0}
+    small = {"sample": sample}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(merge(params, small)))
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": ""}
     assert stillroom("sample-logs", "--root", str(tmp_path), cwd=tmp_path, env=env).returncode == 0

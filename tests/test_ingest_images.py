@@ -284,3 +284,13 @@ def test_detect_sees_the_image_as_a_slot_and_the_card_says_image_inputs(tmp_path
     text_card = build_card(records, task_id="t", name="convert", detected_by="structure", templates=[],
                            params=DetectParams())
     assert text_card.inputs == "text"
+
+
+def test_a_heic_photo_is_read_through_pillow_heif(tmp_path):
+    """HEIC (a phone's default) sent as image/heic is read, described and stored, not quarantined."""
+    heic = picture("HEIF", size=(32, 24), mode="RGB")
+    summary, layout, records = stage(tmp_path, [openai_line(1, {"url": data_url(heic, "image/heic")})])
+    assert summary["records"] == 1 and summary["quarantined"] == 0
+    ref = records[0].messages[0].images[0]
+    assert (ref.media_type, ref.width, ref.height, ref.frames, ref.alpha_used) == ("image/heif", 32, 24, 1, False)
+    assert ref.camera_make == "Canon" and (layout.blobs / ref.sha256).read_bytes() == heic

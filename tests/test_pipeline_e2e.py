@@ -28,7 +28,7 @@ PROJECT_FILES = [
 
 # Small but real: a few hundred calls from the public datasets, a short LM fine-tune.
 SMALL = {
-    "sample": {"bbc_articles": 160, "wnut_tweets": 140, "oneoff_prompts": 120, "downloads_files": 0},
+    "sample": {"bbc_articles": 160, "wnut_tweets": 140, "oneoff_prompts": 120, "downloads_files": 0, "jpeg_images": 0},
     "detect": {"min_task_records": 40},
     "train": {"lm": {"max_train_examples": 64, "max_steps": 12, "batch_size": 8}},
     "evaluate": {"max_test_examples": 24, "latency_samples": 3, "baseline_max_examples": 6},

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from stillroom.config import SampleParams
 from stillroom.ingest import IngestResult, ingest
@@ -15,14 +18,19 @@ from stillroom.samples import (
     BBC_PROMPTS,
     DOWNLOAD_FOLDERS,
     DOWNLOADS_PROMPT,
+    JPEG_PROMPT,
     WNUT_PROMPT,
+    _pictures,
     build_sample_logs,
     downloads_answer,
     downloads_folder,
+    jpeg_answer,
 )
 from stillroom.schema import LogRecord
 
-PARAMS = SampleParams(seed=5, bbc_articles=40, wnut_tweets=40, oneoff_prompts=60, downloads_files=80, days=45)
+PARAMS = SampleParams(
+    seed=5, bbc_articles=40, wnut_tweets=40, oneoff_prompts=60, downloads_files=80, jpeg_images=60, days=45
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +47,8 @@ def _task(record: LogRecord) -> str:
         return "wnut_people"
     if record.system_prompt == DOWNLOADS_PROMPT:
         return "downloads"
+    if record.system_prompt == JPEG_PROMPT:
+        return "jpeg"
     return "oneoff"
 
 
@@ -60,17 +70,17 @@ def test_other_seed_other_sample(built: tuple[Path, dict, IngestResult], tmp_pat
 
 def test_counts_match_params(built: tuple[Path, dict, IngestResult]) -> None:
     _, stats, result = built
-    expected = {"bbc_topics": 40, "wnut_people": 40, "oneoff": 60, "downloads": 80}
+    expected = {"bbc_topics": 40, "wnut_people": 40, "oneoff": 60, "downloads": 80, "jpeg": 60}
     assert stats["records"] == expected
     assert Counter(_task(r) for r in result.records) == expected
-    assert sum(f["records"] for f in stats["files"].values()) == 220
+    assert sum(f["records"] for f in stats["files"].values()) == 280
     assert sum(f["malformed"] for f in stats["files"].values()) == stats["malformed_lines"]
 
 
 def test_every_good_line_is_read_and_every_bad_one_quarantined(built: tuple[Path, dict, IngestResult]) -> None:
     _, stats, result = built
-    assert result.lines == 220 + stats["malformed_lines"]
-    assert len(result.records) == 220
+    assert result.lines == 280 + stats["malformed_lines"]
+    assert len(result.records) == 280
     assert result.duplicates == 0
     assert len(result.quarantined) == stats["malformed_lines"] >= 3
     assert set(stats["malformed"]) == {"truncated", "no_choices", "error"}
@@ -175,5 +185,67 @@ def test_asking_for_more_than_the_corpus_holds_fails_by_name(tmp_path: Path) -> 
 def test_rebuild_replaces_old_sample_months_only(tmp_path: Path) -> None:
     (tmp_path / "openai-2026-12.jsonl").write_text("{}\n")
     (tmp_path / "notes.txt").write_text("mine\n")
-    build_sample_logs(SampleParams(bbc_articles=5, wnut_tweets=2, oneoff_prompts=0, days=3), tmp_path)
+    build_sample_logs(SampleParams(bbc_articles=5, wnut_tweets=2, oneoff_prompts=0, jpeg_images=0, days=3), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "openai-2026-09.jsonl"]
+
+
+def _jpeg_calls(out: Path) -> list[tuple[bytes, str, str]]:
+    """(image bytes, media type sent, answer) of every good convert-to-JPEG line in the logs."""
+    calls = []
+    for path in sorted(out.iterdir()):
+        for line in path.read_text().splitlines():
+            try:
+                call = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            messages = call["request"]["messages"]
+            if messages[0]["content"] != JPEG_PROMPT or not (call.get("response") or {}).get("choices"):
+                continue
+            header, _, data = messages[1]["content"][1]["image_url"]["url"].partition(",")
+            answer = call["response"]["choices"][0]["message"]["content"]
+            calls.append((base64.b64decode(data), header.removeprefix("data:").removesuffix(";base64"), answer))
+    return calls
+
+
+def test_jpeg_images_are_real_varied_small_and_answered_by_the_documented_rule(
+    built: tuple[Path, dict, IngestResult],
+) -> None:
+    out, stats, result = built
+    calls = _jpeg_calls(out)
+    assert len(calls) == 60 and stats["jpeg_answers"] == dict(sorted(Counter(a for _, _, a in calls).items()))
+    assert all(jpeg_answer(body) == answer for body, _, answer in calls)
+    assert 0.2 <= stats["jpeg_answers"]["yes"] / 60 <= 0.6
+    sent = Counter(media for _, media, _ in calls)
+    assert set(sent) >= {"image/png", "image/jpeg", "image/webp", "image/heif", "image/gif", "image/tiff"}
+    assert max(len(body) for body, _, _ in calls) <= 120_000
+    jpeg = [r for r in result.records if _task(r) == "jpeg"]
+    assert all(r.messages[0].content.endswith("\n<IMAGE_1>") and len(r.messages[0].images) == 1 for r in jpeg)
+    refs = [(r.messages[0].images[0], r.response_text) for r in jpeg]
+    unfit = [answer for ref, answer in refs if ref.media_type == "image/jpeg" or ref.alpha_used or ref.frames > 1]
+    assert set(unfit) == {"no"} and len(unfit) >= 15  # the rule's "no" cases, as ingest reads them
+    assert sum(ref.alpha_used for ref, _ in refs) >= 3 and sum(ref.frames > 1 for ref, _ in refs) >= 2
+
+
+def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def test_the_jpeg_rule_on_real_images() -> None:
+    pictures = {p.name: p for p in _pictures()}
+    assert len(pictures) == 31  # scikit-image's 29 images and scikit-learn's two photos
+    photo = pictures["astronaut.png"].frames[0].resize((96, 96))
+    assert jpeg_answer(_encoded(photo, "PNG")) == "yes"
+    assert jpeg_answer(_encoded(photo, "WEBP", quality=80)) == jpeg_answer(_encoded(photo, "HEIF")) == "yes"
+    assert jpeg_answer(_encoded(photo, "JPEG")) == "no"  # a JPEG already
+    cut_out = photo.convert("RGBA")
+    cut_out.putalpha(Image.linear_gradient("L").resize(photo.size))
+    assert jpeg_answer(_encoded(cut_out, "PNG")) == "no"  # transparency JPEG cannot keep
+    assert jpeg_answer(_encoded(photo.convert("RGBA"), "PNG")) == "yes"  # an alpha channel nobody uses
+    frames = [photo, photo.rotate(90)]
+    assert jpeg_answer(_encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])) == "no"  # animated
+    assert jpeg_answer(_encoded(pictures["chessboard_RGB.png"].frames[0], "PNG")) == "no"  # a graphic
+    assert jpeg_answer(_encoded(pictures["phantom.png"].frames[0], "BMP")) == "no"
+    assert jpeg_answer(_encoded(pictures["china.jpg"].frames[0].resize((64, 43)), "TIFF")) == "yes"
+    assert jpeg_answer(pictures["no_time_for_that_tiny.gif"].raw) == "no"

@@ -78,7 +78,10 @@ def project(tmp_path_factory: pytest.TempPathFactory, teacher: FakeTeacher) -> P
     """Sample downloads logs plus a small convert-to-JPEG task -> the real stages -> a registered champion."""
     root = tmp_path_factory.mktemp("watch-project")
     overrides = {
-        "sample": {"bbc_articles": 0, "wnut_tweets": 0, "oneoff_prompts": 0, "downloads_files": 800, "days": 30},
+        "sample": {
+            "bbc_articles": 0, "wnut_tweets": 0, "oneoff_prompts": 0, "downloads_files": 800, "jpeg_images": 0,
+            "days": 30,
+        },
         "train": {"classifier": {"features": ["tfidf"]}},
         "evaluate": {"baselines": ["tfidf_lr"], "latency_samples": 3},
         "serve": {"upstream_base_url": teacher.base_url, "shadow_rate": 0.0, "shadow_min_per_hour": 0},

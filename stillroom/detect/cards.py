@@ -256,7 +256,7 @@ def _self_consistency(records: Sequence[LogRecord], fmt: OutputFormat) -> _Consi
     match that input's most common answer. A student can only be as consistent as this."""
     by_input: dict[tuple[tuple[str, str], ...], list[LogRecord]] = {}
     for record in records:
-        by_input.setdefault(tuple((m.role, m.content) for m in record.messages), []).append(record)
+        by_input.setdefault(tuple((m.role, m.identity) for m in record.messages), []).append(record)
     repeated = [calls for calls in by_input.values() if len(calls) > 1]
     if not repeated:
         return _Consistency(0, None, [])

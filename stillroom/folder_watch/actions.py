@@ -12,7 +12,10 @@ import re
 import warnings
 from pathlib import Path
 
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+pillow_heif.register_heif_opener()  # a HEIC photo (a phone's default) converts to JPEG like any other
 
 # link() failing with these means the file system has no hard links (FAT, some network mounts).
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}

@@ -2,8 +2,9 @@
 
 `formats` holds one parser per log shape and the `PARSERS` table that tells them apart;
 `sources` the containers (.jsonl, .jsonl.gz, .json, an llm logs.db, folders, globs);
-`scrub` the secret and personal-data scrubbing; `images` image parts (checked, location
-tags removed, stored once as blobs); `state` what a re-run remembers;
+`scrub` the secret and personal-data scrubbing; `state` what a re-run remembers;
+image parts are checked, cleared of location tags and stored once as blobs by the shared
+`stillroom.images` (the server stores the images it is sent the same way);
 `stage` the stage itself.
 """
 

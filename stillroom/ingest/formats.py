@@ -80,8 +80,11 @@ def record(
 
 
 def _image_identity(image: ImageRef) -> str:
-    """What tells two calls with the same text apart by their image: its bytes, else its URL or file id."""
-    return hashlib.sha256(image.body).hexdigest() if image.body is not None else str(image.url or image.file_id)
+    """What tells two calls with the same text apart by their image: its bytes, else its blob (a captured
+    request's), URL or file id."""
+    if image.body is not None:
+        return hashlib.sha256(image.body).hexdigest()
+    return str(image.sha256 or image.url or image.file_id)
 
 
 def _dict(obj: object, what: str) -> dict:

@@ -22,9 +22,9 @@ from typing import TextIO
 
 from stillroom.config import IngestParams, Params
 from stillroom.data import Layout, write_json
+from stillroom.images import ImageStore
 from stillroom.ingest.common import BadRecord, Skip, timestamp
 from stillroom.ingest.formats import parse_object
-from stillroom.ingest.images import ImageStore
 from stillroom.ingest.scrub import Scrubber, scrub_text
 from stillroom.ingest.sources import Item, items, log_files
 from stillroom.ingest.state import State

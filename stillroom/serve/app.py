@@ -1,9 +1,11 @@
 """The OpenAI-compatible app: POST /v1/chat/completions, GET /v1/models, /healthz and /metrics.
 
-Each request is routed before its first byte: which task is it (detect's matcher), may a
-student answer it (a servable version, nothing in the request it cannot honour), and is the
-student sure (its confidence clears the version's routing threshold). Otherwise the teacher
-answers. Every exchange is captured once, under its request id, before the response leaves.
+Each request is routed before its first byte: which task is it (detect's matcher, on the request read
+as ingest reads a logged call, an image part as its `<IMAGE_n>` slot), may a student answer it (a
+servable version, nothing in the request it cannot honour), and is the student sure (its confidence
+clears the version's routing threshold). Otherwise the teacher answers. Every exchange is captured
+once, under its request id, before the response leaves; its images as blob references, stored as
+ingest stores them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -27,10 +30,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stillroom.config import Params
+from stillroom.content import BadRecord, with_blob_references
 from stillroom.data import Layout
 from stillroom.detect.matcher import Match, TaskMatcher
+from stillroom.images import ImageStore
 from stillroom.mlflow_model import download_student, registry_client
-from stillroom.schema import Prediction
+from stillroom.schema import Message, Prediction
 from stillroom.serve.audit import AuditJob, ShadowAuditor, caller_headers
 from stillroom.serve.capture import CaptureWriter
 from stillroom.serve.errors import NO_RETRY, ApiError, bad_request
@@ -67,6 +72,8 @@ class Exchange:
     started: float
     timestamp: datetime
     body: dict | None = None
+    prompt: list[Message] | None = None  # the request as ingest would read it; None when an image part is bad
+    captured_body: dict | None = None  # the body with each image as its stored blob's reference: what is logged
     route: str = "teacher"
     reason: str = ""
     match: Match | None = None
@@ -135,6 +142,7 @@ class Server:
             layout.resolve(settings.capture_dir), settings.capture_batch, on_batch=self._captured
         )
         self.upstream = Upstream(settings, os.environ.get(settings.upstream_api_key_env) or None)
+        self.images = ImageStore(layout.blobs, params.ingest.max_image_bytes, Counter())  # as ingest stores them
         self.registry = Registry(registry_client(params, layout), settings)
         self.pool = ModelPool(
             layout.resolve(settings.model_cache),
@@ -293,16 +301,39 @@ class Server:
         except ApiError as error:  # not an exchange with any model: counted, not captured
             return self._error_response(error, exchange)
         exchange.body = body
+        image_problem = await asyncio.to_thread(self._read_prompt, body, chat, exchange)
         try:
-            return await self._answer(request.headers, body, chat, exchange)
+            return await self._answer(request.headers, body, chat, exchange, image_problem)
         except ApiError as error:
             await self.capture.write(self.exchange_row(exchange, None, status=error.status, error=error.message))
             return self._error_response(error, exchange)
 
-    async def _answer(self, headers: Mapping[str, str], body: dict, chat: ChatRequest, exchange: Exchange) -> Response:
-        not_for_students = passthrough_reason(chat, headers, self.settings.pin_header)
+    def _read_prompt(self, body: dict, chat: ChatRequest, exchange: Exchange) -> str | None:
+        """Read the request as ingest reads a logged call; its images checked, cleared of location tags and
+        stored as blobs the way ingest stores them (the capture log names them, never holds their base64).
+        Off the event loop: decoding images takes milliseconds. Returns why an image part is unusable."""
+        try:
+            prompt = student_prompt(chat)
+            images = any(m.images for m in prompt)
+            if images:
+                self.images.prepare_turns(prompt)
+                self.images.store_turns(prompt, keep_bytes=True)
+        except BadRecord as error:
+            return str(error)
+        exchange.prompt = prompt
+        if images:
+            exchange.captured_body = {**body, "messages": with_blob_references(body["messages"], prompt)}
+        return None
+
+    async def _answer(
+        self, headers: Mapping[str, str], body: dict, chat: ChatRequest, exchange: Exchange, image_problem: str | None
+    ) -> Response:
+        not_for_students = passthrough_reason(chat, headers, self.settings.pin_header) or image_problem
         if self.matcher is not None:
-            exchange.match = self.matcher.match(body["messages"], body.get("response_format"))
+            messages = body["messages"]
+            if exchange.prompt is not None:  # the text ingest would keep, `<IMAGE_n>` where an image sat
+                messages = [{"role": m.role, "content": m.content} for m in exchange.prompt]
+            exchange.match = self.matcher.match(messages, body.get("response_format"))
         servable = self.servable.get(exchange.match.task_id) if exchange.match else None
         if not_for_students:
             exchange.reason = not_for_students
@@ -323,8 +354,9 @@ class Server:
     async def _ask_student(self, exchange: Exchange, chat: ChatRequest, servable: Servable) -> None:
         started = time.perf_counter()
         try:
+            assert exchange.prompt is not None  # a request whose prompt could not be read never reaches a student
             exchange.prediction, exchange.cold = await self.pool.predict(
-                servable, student_prompt(chat), self.settings.student_timeout_s
+                servable, exchange.prompt, self.settings.student_timeout_s
             )
         except TimeoutError:
             exchange.reason = f"student timed out after {self.settings.student_timeout_s:g} s"
@@ -347,7 +379,7 @@ class Server:
         servable, prediction = exchange.servable, exchange.prediction
         assert servable is not None and prediction is not None
         exchange.route = "student"
-        prompt = student_prompt(chat)
+        prompt = exchange.prompt or []
         completion = student_completion(
             completion_id(), servable.model_name, prediction.text, usage_for(prompt, prediction.text)
         )
@@ -355,7 +387,14 @@ class Server:
         await self.capture.write(self.exchange_row(exchange, payload))
         if exchange.degraded is None and self.auditor.wanted(servable.task_id):
             self.auditor.submit(
-                AuditJob(exchange.request_id, servable, exchange.body or {}, caller_headers(headers), prediction.text)
+                AuditJob(
+                    exchange.request_id,
+                    servable,
+                    exchange.body or {},
+                    caller_headers(headers),
+                    prediction.text,
+                    exchange.captured_body,
+                )
             )
         self._count(exchange)
         if chat.stream:
@@ -475,7 +514,7 @@ class Server:
         prediction = exchange.prediction
         return self.capture_row(
             request_id=exchange.request_id,
-            body=exchange.body,
+            body=exchange.captured_body or exchange.body,
             response=response,
             latency_ms=latency,
             route=exchange.route,

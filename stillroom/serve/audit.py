@@ -32,6 +32,7 @@ class AuditJob:
     body: dict
     caller: dict[str, str]
     student_text: str
+    captured_body: dict | None = None  # the body as the capture log keeps it (images as blob references)
 
 
 class ShadowAuditor:
@@ -97,7 +98,7 @@ class ShadowAuditor:
         # The teacher's answer is training data like any other teacher answer.
         row = self.capture_row(
             request_id=f"{job.request_id}-shadow",
-            body=job.body,
+            body=job.captured_body or job.body,
             response=completion,
             latency_ms=teacher_ms,
             route="shadow",

@@ -21,10 +21,12 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from stillroom.answers import estimate_tokens
+from stillroom.content import turn
 from stillroom.schema import Message
 from stillroom.serve.errors import bad_request
 
-TEXT_PARTS = ("text", "input_text")
+# Content parts a student may read: text, and images (a task over images has an image student).
+STUDENT_PARTS = ("text", "input_text", "image_url")
 
 
 class ChatMessage(BaseModel):
@@ -102,20 +104,16 @@ def passthrough_reason(chat: ChatRequest, headers: Mapping[str, str], pin_header
     if chat.audio or "audio" in (chat.modalities or []):
         return "audio"
     for message in chat.messages:
-        if isinstance(message.content, list) and any(part.get("type") not in TEXT_PARTS for part in message.content):
-            return "images or audio"
+        if isinstance(message.content, list) and any(part.get("type") not in STUDENT_PARTS for part in message.content):
+            return "audio or files"
     return None
 
 
-def content_text(content: str | list[dict[str, Any]] | None) -> str:
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if part.get("type") in TEXT_PARTS)
-    return content or ""
-
-
 def student_prompt(chat: ChatRequest) -> list[Message]:
-    """The turns as the student was trained on them (system prompt first, text only)."""
-    return [Message(role=m.role, content=content_text(m.content)) for m in chat.messages]
+    """The turns as ingest reads a logged call (system prompt first; an image part as its `<IMAGE_n>`
+    placeholder, its bytes on the turn's ImageRef), so the student and the matcher see what they learnt from.
+    BadRecord for an image part that is not one (bad base64, a data URL without it)."""
+    return [turn(m.role, m.content) for m in chat.messages]
 
 
 def completion_id() -> str:

@@ -20,6 +20,7 @@ MANIFEST = "student.json"
 # kind -> "module:Class" of its inference side; the kind is what a student folder's manifest names.
 KINDS = {
     "classifier": "stillroom.students.classifier:EmbeddingClassifier",
+    "image_classifier": "stillroom.students.image_classifier:ImageClassifier",
     "lm": "stillroom.students.lm:LMStudent",
 }
 

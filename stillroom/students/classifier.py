@@ -142,10 +142,10 @@ class Features:
         return parts[0] if len(parts) == 1 else hstack(parts).tocsr()
 
 
-class EmbeddingClassifier(Student):
-    kind = "classifier"
+class LinearHead(Student):
+    """A temperature-scaled linear head over a feature matrix: what the text and image classifiers share."""
 
-    def __init__(self, features: Features, labels: list[str], weights: np.ndarray, bias: np.ndarray, info: dict):
+    def __init__(self, features: Any, labels: list[str], weights: np.ndarray, bias: np.ndarray, info: dict):
         self.features = features
         self.labels = labels
         self.weights = weights.astype(np.float32)  # (n_labels, dim)
@@ -156,9 +156,15 @@ class EmbeddingClassifier(Student):
     def temperature(self) -> float:
         return float(self.info.get("temperature", 1.0))
 
-    def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        x = self.features.transform(texts, batch_size=batch_size)
+    def head_probabilities(self, x: Any) -> np.ndarray:
         return softmax((np.asarray(x @ self.weights.T) + self.bias) / self.temperature)
+
+
+class EmbeddingClassifier(LinearHead):
+    kind = "classifier"
+
+    def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        return self.head_probabilities(self.features.transform(texts, batch_size=batch_size))
 
     def predict(self, prompts: Sequence[Prompt], batch_size: int = 32) -> list[Prediction]:
         probs = self.probabilities([last_user_turn(p) for p in prompts], batch_size=batch_size)

@@ -161,18 +161,21 @@ def save_classifier(student: EmbeddingClassifier, directory: Path) -> None:
         if student.info.get("quantize"):
             encoder = load_encoder(student.features.encoder_source, student.info["max_seq_length"], quantize=False)
         encoder.save(str(directory / ENCODER_DIR))
-    ngrams = student.features.tfidf
-    if ngrams is not None:
-        for vectorizer, file, key in (
-            (ngrams.word, VOCABULARY_FILE, "idf"),
-            (ngrams.char, CHAR_VOCABULARY_FILE, "char_idf"),
-        ):
-            if vectorizer is not None:
-                vocabulary = {term: int(i) for term, i in vectorizer.vocabulary_.items()}
-                (directory / file).write_text(json.dumps(vocabulary, ensure_ascii=False))
-                arrays[key] = vectorizer.idf_.astype(np.float64)
+    if student.features.tfidf is not None:
+        save_ngrams(student.features.tfidf, directory, arrays)
     np.savez(directory / HEAD_FILE, **arrays)
     write_manifest(directory, student.kind, labels=student.labels, **student.info)
+
+
+def save_ngrams(ngrams: Ngrams, directory: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The vocabularies as JSON in the folder and their idf weights into `arrays` (the head file), as
+    `Ngrams.load` reads them back."""
+    parts = ((ngrams.word, VOCABULARY_FILE, "idf"), (ngrams.char, CHAR_VOCABULARY_FILE, "char_idf"))
+    for vectorizer, file, key in parts:
+        if vectorizer is not None:
+            vocabulary = {term: int(i) for term, i in vectorizer.vocabulary_.items()}
+            (directory / file).write_text(json.dumps(vocabulary, ensure_ascii=False))
+            arrays[key] = vectorizer.idf_.astype(np.float64)
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:

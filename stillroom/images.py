@@ -1,4 +1,6 @@
-"""Image parts of logged calls: checked and described with Pillow, location tags taken out, stored once.
+"""Image parts of logged calls and served requests: checked and described with Pillow, location tags
+taken out, stored once. Shared by ingest and the server, so a captured request's image is the same blob
+its logged twin's would be.
 
 Bytes sent inline (a data URL, a base64 block) are read here before their record is kept.
 A body over `ingest.max_image_bytes`, a decompression bomb (over Pillow's MAX_IMAGE_PIXELS),
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 import warnings
@@ -24,10 +27,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
+import pillow_heif
 from PIL import Image, ImageFile
 
-from stillroom.ingest.common import BadRecord
-from stillroom.schema import ImageRef, LogRecord
+from stillroom.content import BadRecord
+from stillroom.schema import ImageRef, LogRecord, Message
 
 _GPS_IFD = 0x8825
 _MAKE, _MODEL = 0x010F, 0x0110
@@ -38,7 +42,13 @@ _XMP_LOCATION = re.compile(
 # IPTC-IIM datasets 2:90 city, 2:92 sub-location, 2:95 province, 2:100-101 country (a JPEG's APP13)
 _IPTC_LOCATION = re.compile(rb"\x1c\x02[\x5a\x5c\x5f\x64\x65]")
 T = TypeVar("T")
-_MEDIA_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
+pillow_heif.register_heif_opener()  # HEIC, phones' default: read wherever images are opened (they all import this)
+_MEDIA_ALIASES = {
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+    "image/x-png": "image/png",
+    "image/heic": "image/heif",  # Pillow (through pillow-heif) names both HEIF
+}
 _FORMAT_MEDIA = {"MPO": "image/jpeg"}  # a multi-picture JPEG (phones' depth and gain maps) is sent as a JPEG
 
 
@@ -56,13 +66,23 @@ class ImageStore:
 
     def prepare(self, records: Iterable[LogRecord]) -> None:
         """Fill in each inline image's facts and swap its bytes for the stored form; BadRecord for a bad one."""
-        for ref in {id(ref): ref for record in records for m in record.messages for ref in m.images}.values():
+        self.prepare_turns(m for record in records for m in record.messages)
+
+    def prepare_turns(self, messages: Iterable[Message]) -> None:
+        """`prepare` for turns; an image that names a stored blob (a captured request's) is read from it."""
+        for ref in {id(ref): ref for m in messages for ref in m.images}.values():
+            if ref.body is None and ref.sha256 and self.blobs is not None and (self.blobs / ref.sha256).is_file():
+                ref.body, ref.sha256 = (self.blobs / ref.sha256).read_bytes(), None
             if ref.body is not None and ref.sha256 is None:  # choices of one call share their turns: read once
                 _prepare(ref, self.max_bytes)
 
     def store(self, record: LogRecord) -> None:
         """Write the blobs of a kept record (each at most once) and let go of the bytes."""
-        for ref in (ref for message in record.messages for ref in message.images):
+        self.store_turns(record.messages)
+
+    def store_turns(self, messages: Iterable[Message], keep_bytes: bool = False) -> None:
+        """`store` for turns; `keep_bytes` leaves the bytes on the references (a student is about to read them)."""
+        for ref in (ref for message in messages for ref in message.images):
             self.counts["parts"] += 1
             if ref.sha256 is None:
                 self.counts["url_only" if ref.url else "file_id_only"] += 1
@@ -73,7 +93,8 @@ class ImageStore:
             self.counts["location_tags_removed"] += ref.location_removed
             if self.blobs is not None:
                 self.counts["stored" if _write_once(self.blobs / ref.sha256, ref.body) else "already_stored"] += 1
-            ref.body = None
+            if not keep_bytes:
+                ref.body = None
 
 
 def _write_once(path: Path, body: bytes) -> bool:
@@ -144,6 +165,33 @@ def _describe(ref: ImageRef, image: ImageFile.ImageFile, exif: Image.Exif, media
     ref.animated = bool(getattr(image, "is_animated", False))
     ref.exif = len(exif) > 0
     ref.camera_make, ref.camera_model = _tag_text(exif.get(_MAKE)), _tag_text(exif.get(_MODEL))
+
+
+# The side of the nearest-neighbour thumbnail colours and entropy are counted on: what they tell (a photo or
+# a graphic) shows at this size, and counting it costs well under a millisecond whatever the image's size.
+STATS_SIDE = 64
+
+
+def describe(body: bytes) -> tuple[ImageRef, ImageFile.ImageFile]:
+    """An image's reference with what Pillow reads from its bytes (as ingest records it), and the open image.
+    BadRecord when the bytes are not a readable image."""
+    image = _open(body)
+    ref = ImageRef(bytes=len(body), sha256=hashlib.sha256(body).hexdigest())
+    _describe(ref, image, _read(image.getexif), _media(image.format))
+    return ref, image
+
+
+def colour_stats(image: Image.Image) -> tuple[int, float]:
+    """(distinct colours, luminance entropy in bits) of the first frame's STATS_SIDE-pixel thumbnail: a photo
+    has thousands of colours and 6-8 bits, a graphic, a scan or a screenshot few colours and a few bits."""
+    image.seek(0)
+    small = image.convert("RGB")  # a palette, grey or alpha image counted by the colours it shows
+    small = small.resize((min(STATS_SIDE, small.width), min(STATS_SIDE, small.height)), Image.Resampling.NEAREST)
+    colours = len(small.getcolors(STATS_SIDE * STATS_SIDE) or ())
+    histogram = small.convert("L").histogram()
+    total = sum(histogram)
+    entropy = -sum(n / total * math.log2(n / total) for n in histogram if n)
+    return colours, entropy
 
 
 def _alpha_used(image: Image.Image, transparent: bool) -> bool:
