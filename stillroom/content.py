@@ -164,3 +164,45 @@ def with_blob_references(messages: list[dict], turns: list[Message]) -> list[dic
             parts.append(part)
         out.append({**message, "content": parts})
     return out
+
+
+_PLACEHOLDER = re.compile(re.escape(IMAGE_PLACEHOLDER).replace(r"\{\}", r"(\d+)"))
+
+
+def wire_message(message: Message, provider: str = "openai") -> dict:
+    """A turn as a provider's API takes it: plain text, or, when it has images, text and image parts in
+    the order the placeholders give (inline bytes as base64, else the URL); an image with neither stays
+    its placeholder. The inverse of `turn`, so a teacher sees what the logged model saw."""
+    if not message.images:
+        return {"role": message.role, "content": message.content}
+    parts: list[dict] = []
+    position = 0
+    for match in _PLACEHOLDER.finditer(message.content):
+        index = int(match.group(1)) - 1
+        image = message.images[index] if 0 <= index < len(message.images) else None
+        part = _image_part(image, provider) if image is not None else None
+        if part is None:
+            continue
+        text = message.content[position : match.start()].strip("\n")
+        if text:
+            parts.append({"type": "text", "text": text})
+        parts.append(part)
+        position = match.end()
+    tail = message.content[position:].strip("\n")
+    if tail or not parts:
+        parts.append({"type": "text", "text": tail})
+    return {"role": message.role, "content": parts}
+
+
+def _image_part(image: ImageRef, provider: str) -> dict | None:
+    media_type = image.media_type or "image/png"
+    if image.body is not None:
+        data = base64.b64encode(image.body).decode("ascii")
+        if provider == "anthropic":
+            return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        return {"type": "image_url", "image_url": {"url": f"data:{media_type};base64,{data}"}}
+    if image.url:
+        if provider == "anthropic":
+            return {"type": "image", "source": {"type": "url", "url": image.url}}
+        return {"type": "image_url", "image_url": {"url": image.url}}
+    return None

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from stillroom.answers import estimate_tokens
 from stillroom.config import Price, TeacherParams, price_of
+from stillroom.content import wire_message
 from stillroom.data import open_sqlite
 from stillroom.schema import LogRecord, Message
 
@@ -52,7 +53,8 @@ def request_key(model: str, prompt: Sequence[Message], response_format: dict | N
     """What identifies a request: model, messages and response_format (never a key or a header)."""
     body = {
         "model": model,
-        "messages": [m.model_dump() for m in prompt],
+        # a text-only turn keys as {role, content}, as it did before turns had images; an image by its blob
+        "messages": [m.model_dump(exclude_defaults=True) for m in prompt],
         "response_format": response_format,
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -372,7 +374,7 @@ class OpenAITeacher(RemoteTeacher):
         extra = {"response_format": response_format} if response_format else {}
         completion = self._client.chat.completions.create(
             model=self.params.model,
-            messages=[m.model_dump() for m in prompt],
+            messages=[wire_message(m) for m in prompt],
             temperature=0,
             max_tokens=self.params.max_tokens,
             **extra,
@@ -406,7 +408,7 @@ class AnthropicTeacher(RemoteTeacher):
 
     def _complete(self, prompt: Sequence[Message], response_format: dict | None) -> Completion:
         system = "\n\n".join(m.content for m in prompt if m.role in ("system", "developer"))
-        turns = [{"role": m.role, "content": m.content} for m in prompt if m.role not in ("system", "developer")]
+        turns = [wire_message(m, "anthropic") for m in prompt if m.role not in ("system", "developer")]
         extra = {"system": system} if system else {}
         # This SDK's Messages API takes no temperature: the model's default sampling answers.
         message = self._client.messages.create(

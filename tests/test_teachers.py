@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -81,6 +83,49 @@ def test_anthropic_teacher_speaks_the_messages_protocol(tmp_path, monkeypatch):
         assert SECRET in (server.api_keys[0], (server.auth[0] or "").removeprefix("Bearer "))
         assert teacher.stats()["input_tokens"] == 10 and teacher.stats()["output_tokens"] == 2
         teacher.close()
+
+
+def image_prompt() -> list[Message]:
+    from stillroom.schema import ImageRef
+
+    photo = ImageRef(sha256="a" * 64, media_type="image/png")
+    photo.body = b"\x89PNG-bytes"
+    linked = ImageRef(url="https://example.com/cat.jpg")
+    return [Message(role="user", content="Which is a photo?\n<IMAGE_1>\nor\n<IMAGE_2>", images=[photo, linked])]
+
+
+def test_a_teacher_sees_a_turns_images_as_the_logged_model_did(tmp_path, monkeypatch):
+    """Images go as parts in the placeholders' order (bytes as base64, else the URL); a text turn stays text."""
+    with FakeTeacher(lambda messages: "first") as server:
+        teacher = OpenAITeacher(params_for(server), tmp_path)
+        assert teacher.answer(image_prompt()) == "first"
+        assert server.requests[0]["messages"] == [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Which is a photo?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORy1ieXRlcw=="}},
+                    {"type": "text", "text": "or"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+                ],
+            }
+        ]
+        teacher.close()
+        monkeypatch.setenv("ANTHROPIC_TEST_KEY", SECRET)
+        params = TeacherParams(
+            backend="anthropic", base_url=server.root_url, model="claude-x", api_key_env="ANTHROPIC_TEST_KEY"
+        )
+        anthropic = make_teacher(params, [], tmp_path / "anthropic")
+        assert anthropic.answer(image_prompt()) == "first"
+        parts = server.requests[1]["messages"][0]["content"]
+        inline = {"type": "base64", "media_type": "image/png", "data": "iVBORy1ieXRlcw=="}
+        assert parts[1] == {"type": "image", "source": inline}
+        assert parts[3] == {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}
+        anthropic.close()
+    # The cache knows a text-only turn by its role and text, as before turns had images: old caches still hit.
+    turns = [{"role": m.role, "content": m.content} for m in PROMPT]
+    before = {"model": "m", "messages": turns, "response_format": None}
+    assert request_key("m", PROMPT, None) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
 
 
 def test_concurrent_answers_arrive_exactly_once_in_order_and_a_rerun_makes_no_call(tmp_path):
