@@ -38,8 +38,15 @@ from stillroom.detect.distillability import assess
 from stillroom.detect.fingerprints import canonical_format, is_generic_prompt, same_output, structure_key
 from stillroom.detect.history import append_history, reconcile
 from stillroom.detect.matcher import build_index, write_index
-from stillroom.detect.second_chance import FormIndex, instruction_form, place
-from stillroom.detect.templates import WILDCARD, TurnForms, mine, skeleton, skeleton_vocabulary
+from stillroom.detect.second_chance import FormIndex, instruction_forms, place
+from stillroom.detect.templates import (
+    WILDCARD,
+    TurnForms,
+    distinct_support,
+    mine,
+    skeleton,
+    skeleton_vocabulary,
+)
 from stillroom.embeddings import embed
 from stillroom.schema import DetectedBy, LogRecord, TaskCard, stable_id
 
@@ -50,6 +57,8 @@ _MAX_EMBED_CHARS = 1000
 # DBSCAN core points need this many calls within cluster_similarity (themselves included);
 # a template used less often than this cannot name a task's id either.
 _CORE_NEIGHBOURS = 3
+# A template is embedded (and clustered) when this many distinct turns carry it.
+_EMBED_SUPPORT = 3
 _NAME_WORDS = 3
 _TEMPLATES_ON_CARD = 5
 _CARD_TEMPLATE_SAMPLE = 4000
@@ -232,9 +241,13 @@ def _cluster_pool(
     found = []
     forms: dict[str, tuple[str, str]] = {}
     for response_format, records in partitions.items():
-        templates = mine([r.user_text for r in records], vocabulary=vocabulary, forms=turns)
+        texts = [r.user_text for r in records]
+        templates = mine(texts, vocabulary=vocabulary, forms=turns)
         forms.update((r.id, (response_format, t)) for r, t in zip(records, templates, strict=True) if t is not None)
-        counts = Counter(t for t in templates if t is not None)
+        # only templates that distinct turns repeat are embedded: rarer ones (a typo, payload words two
+        # turns happen to share) grow with the log, and the second chance places their calls without a model
+        support = distinct_support(texts, templates)
+        counts = Counter(t for t in templates if t is not None and support[t] >= _EMBED_SUPPORT)
         if not counts:
             continue
         unique = list(counts)
@@ -246,7 +259,7 @@ def _cluster_pool(
         cluster_of = dict(zip(unique, labels.tolist(), strict=True))
         members: dict[int, list[tuple[LogRecord, str]]] = {}
         for record, template in zip(records, templates, strict=True):
-            if template is not None and cluster_of[template] != -1:
+            if cluster_of.get(template, -1) != -1:
                 members.setdefault(cluster_of[template], []).append((record, template))
         for cluster, calls in sorted(members.items()):
             inside = labels == cluster
@@ -313,7 +326,7 @@ def _second_chance(tasks: list[_Group], pool: Sequence[LogRecord], params: Detec
     free_form = {r.id for r in pool}
     index = FormIndex.build(
         {
-            str(i): [instruction_form(r.user_text) for r in task.records if r.id in free_form]
+            str(i): instruction_forms([r.user_text for r in task.records if r.id in free_form])
             for i, task in enumerate(tasks)
         }
     )

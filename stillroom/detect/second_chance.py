@@ -50,6 +50,13 @@ def instruction_form(text: str) -> frozenset[str]:
     return frozenset(t for t in _WORD.findall(mask(masked)) if t not in FUNCTION_WORDS)
 
 
+def instruction_forms(texts: Sequence[str]) -> list[frozenset[str]]:
+    """`instruction_form` of each text, each distinct text worked out once: a task's calls and a
+    log's one-offs repeat their turns."""
+    forms = {text: instruction_form(text) for text in texts}
+    return [forms[text] for text in texts]
+
+
 @dataclass
 class FormIndex:
     """Each task's instruction forms over the instruction words: what an unplaced call is compared with."""
@@ -116,5 +123,8 @@ class FormIndex:
 
 
 def place(texts: Sequence[str], index: FormIndex, floor: float, margin: float) -> list[str | None]:
-    """The task each text's instruction form is nearest to, or None."""
-    return index.nearest([instruction_form(t) for t in texts], floor, margin)
+    """The task each text's instruction form is nearest to, or None; each distinct form compared once."""
+    forms = instruction_forms(texts)
+    unique = list(dict.fromkeys(forms))
+    nearest = dict(zip(unique, index.nearest(unique, floor, margin), strict=True))
+    return [nearest[form] for form in forms]

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-from stillroom.answers import parse_json
+from stillroom.answers import fold_case_and_spacing, parse_json
 
 # A candidate longer than this is content (an article's paragraph), not an instruction.
 MAX_TEMPLATE_WORDS = 60
@@ -160,6 +160,8 @@ class TurnForms:
     def __init__(self) -> None:
         self._candidates: dict[str, list[str]] = {}
         self._tokens: dict[str, list[str] | None] = {}
+        self._skeletons: dict[str, str | None] = {}
+        self._vocabulary: frozenset[str] | None = None  # what the cached skeletons were made over
 
     def candidates(self, text: str) -> list[str]:
         found = self._candidates.get(text)
@@ -171,6 +173,13 @@ class TurnForms:
         if text not in self._tokens:
             self._tokens[text] = _skeleton_tokens(text)
         return self._tokens[text]
+
+    def skeleton(self, text: str, vocabulary: frozenset[str]) -> str | None:
+        if vocabulary is not self._vocabulary:
+            self._skeletons, self._vocabulary = {}, vocabulary
+        if text not in self._skeletons:
+            self._skeletons[text] = _skeleton_of(self.tokens(text), vocabulary)
+        return self._skeletons[text]
 
 
 def skeleton_vocabulary(texts: Iterable[str], forms: TurnForms | None = None) -> frozenset[str]:
@@ -202,7 +211,10 @@ def skeleton(text: str, vocabulary: frozenset[str], forms: TurnForms | None = No
     """A short turn with every word outside `vocabulary` as a wildcard (runs of them as one),
     when it keeps a slot or wildcard, at least two fixed content words and no more wildcards
     than those (a chat message is mostly its own words); else None."""
-    tokens = forms.tokens(text) if forms else _skeleton_tokens(text)
+    return forms.skeleton(text, vocabulary) if forms else _skeleton_of(_skeleton_tokens(text), vocabulary)
+
+
+def _skeleton_of(tokens: list[str] | None, vocabulary: frozenset[str]) -> str | None:
     if not tokens:
         return None
     out = _wildcard_runs(tokens, vocabulary)
@@ -222,19 +234,24 @@ def mine(
 ) -> list[str | None]:
     """Per turn, the candidate it shares with the most other turns (ties: the first found),
     or None when it shares none with at least `min_support - 1` others; support counts
-    distinct turns (the same turn sent again is not a template). With a `vocabulary`, a turn
-    left without one gets its skeleton when at least `min_support` distinct turns share it."""
-    found = [(forms.candidates if forms else candidates)(text) for text in texts]
-    support = Counter(c for cs in dict(zip(texts, found, strict=True)).values() for c in cs)
-    picked: list[str | None] = []
-    for cs in found:
+    distinct turns (the same turn sent again, in other case or spacing, is not a template: else
+    a whole-turn form carrying its payload's words would count every resend, and such forms
+    would grow with the log). With a `vocabulary`, a turn left without one gets its skeleton
+    when at least `min_support` distinct turns share it."""
+    found = {text: (forms.candidates if forms else candidates)(text) for text in texts}  # each distinct turn once
+    support = Counter(c for cs in {fold_case_and_spacing(t): cs for t, cs in found.items()}.values() for c in cs)
+    picked: dict[str, str | None] = {}
+    for text, cs in found.items():
         best = max(cs, key=support.__getitem__, default=None)
-        picked.append(best if best is not None and support[best] >= min_support else None)
-    if vocabulary is None:
-        return picked
-    shapes = {text: skeleton(text, vocabulary, forms) for text, p in zip(texts, picked, strict=True) if p is None}
-    shared = Counter(form for form in shapes.values() if form is not None)
-    return [
-        p if p is not None else (form if (form := shapes[text]) and shared[form] >= min_support else None)
-        for text, p in zip(texts, picked, strict=True)
-    ]
+        picked[text] = best if best is not None and support[best] >= min_support else None
+    if vocabulary is not None:
+        shapes = {text: skeleton(text, vocabulary, forms) for text, p in picked.items() if p is None}
+        shared = Counter(form for form in {fold_case_and_spacing(t): f for t, f in shapes.items()}.values() if form)
+        picked |= {text: form for text, form in shapes.items() if form and shared[form] >= min_support}
+    return [picked[text] for text in texts]
+
+
+def distinct_support(texts: Sequence[str], picked: Sequence[str | None]) -> Counter[str]:
+    """How many distinct turns (case and spacing aside) carry each picked template, as `mine` counts them."""
+    turns = {fold_case_and_spacing(text): t for text, t in dict(zip(texts, picked, strict=True)).items() if t}
+    return Counter(turns.values())
