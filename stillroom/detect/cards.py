@@ -56,10 +56,14 @@ def json_signature(value: object) -> frozenset[str] | None:
     return None
 
 
-def _json_signature(parsed: Sequence[object], total: int) -> frozenset[str] | None:
-    """The shape nearly every answer has, if JSON. Empty arrays fit any array shape: a list of
-    names is often empty, and that must not make a names task look like two."""
-    signatures = Counter(s for value in parsed if (s := json_signature(value)) is not None)
+def _json_signature(answers: Counter[str], total: int) -> frozenset[str] | None:
+    """The shape nearly every answer has, if JSON (`answers`: each distinct answer text with its
+    count). Empty arrays fit any array shape: a list of names is often empty, and that must not
+    make a names task look like two."""
+    signatures: Counter[frozenset[str]] = Counter()
+    for text, n in answers.items():
+        if (s := json_signature(parse_json(text))) is not None:
+            signatures[s] += n
     empty = signatures.pop(_EMPTY_ARRAY, 0)
     top = next((s for s, _ in signatures.most_common() if _is_array(s)), None) if empty else None
     if top is not None:
@@ -87,10 +91,13 @@ class AnswerShape:
     @classmethod
     def of(cls, records: Sequence[LogRecord], params: DetectParams) -> AnswerShape:
         total = len(records)
-        counts = Counter(normalize_label(r.response_text) for r in records)
+        answers = Counter(r.response_text for r in records)  # each distinct answer read once: labels repeat
+        counts: Counter[str] = Counter()
+        for text, n in answers.items():
+            counts[normalize_label(text)] += n
         short = {a for a in counts if len(a.split()) <= params.label_max_words}
         labels = {a: n for a, n in counts.most_common() if a in short and n > 1}
-        json_keys = _json_signature([parse_json(r.response_text) for r in records], total)
+        json_keys = _json_signature(answers, total)
         # JSON objects are structured output even when few distinct ones recur ({"people": []})
         closed = (
             json_keys is None
@@ -98,7 +105,7 @@ class AnswerShape:
             and len(labels) * _MIN_RECORDS_PER_LABEL <= total
             and sum(labels.values()) >= SHAPE_SHARE * total
         )
-        words = [max(1, len(a.split())) for a in counts.elements()]
+        words = np.repeat([max(1, len(a.split())) for a in counts], list(counts.values()))
         median_words = float(np.median(words)) if total else 0.0
         spread = float(np.percentile(words, 90) / np.percentile(words, 10)) if total else 1.0
         if closed:
@@ -200,9 +207,8 @@ def infer_json_schema(answers: Sequence[object]) -> dict:
 def _tokens(record: LogRecord) -> tuple[int, int]:
     """Billed tokens, estimated from characters when the log has no usage."""
     usage = record.usage
-    prompt_text = "".join(m.content for m in record.prompt())
     return (
-        usage.input_tokens or estimate_tokens(prompt_text),
+        usage.input_tokens or estimate_tokens(record.system_prompt + "".join(m.content for m in record.messages)),
         usage.output_tokens or estimate_tokens(record.response_text),
     )
 
@@ -270,10 +276,15 @@ def _self_consistency(records: Sequence[LogRecord], fmt: OutputFormat) -> _Consi
     return _Consistency(len(repeated), agreeing / total, disagreeing)
 
 
+def _first_two(item: tuple) -> tuple:
+    return item[:2]
+
+
 def _edge_cases(records: Sequence[LogRecord], shape: AnswerShape, consistency: _Consistency) -> list[Example]:
     """The calls a student is likeliest to get wrong, each with why."""
-    by_length = sorted(records, key=lambda r: (len(r.user_text), r.id))
-    cases = [_example(by_length[-1], "longest input"), _example(by_length[0], "shortest input")]
+    lengths = [(len(r.user_text), r.id, r) for r in records]
+    longest, shortest = max(lengths, key=_first_two)[2], min(lengths, key=_first_two)[2]
+    cases = [_example(longest, "longest input"), _example(shortest, "shortest input")]
     if shape.format == "label":
         rarest = min(shape.labels, key=lambda label: (shape.labels[label], label))
         record = next(r for r in records if normalize_label(r.response_text) == rarest)
@@ -326,10 +337,12 @@ def build_card(
     last_seen: datetime | None = max(stamps, default=None)
     span_days = max(1.0, (last_seen - first_seen).total_seconds() / 86400) if first_seen and last_seen else 1.0
     tokens = [_tokens(r) for r in records]
-    user_tokens = [estimate_tokens(r.user_text) for r in records]
+    user_texts = [r.user_text for r in records]
+    user_tokens = [estimate_tokens(text) for text in user_texts]
     cost, used = 0.0, {}
+    prices = {model: price_of(model, params.prices) for model in {r.model for r in records}}  # a few models
     for record, (tokens_in, tokens_out) in zip(records, tokens, strict=True):
-        entry, price = price_of(record.model, params.prices)
+        entry, price = prices[record.model]
         used[record.model or "(none)"] = {"input": price.input, "output": price.output, "price_entry": entry}
         cost += (tokens_in * price.input + tokens_out * price.output) / 1e6
     consistency = _self_consistency(records, shape.format)
@@ -341,7 +354,7 @@ def build_card(
         system_prompts=[p for p, _ in Counter(r.system_prompt for r in records).most_common() if p],
         labels=list(distribution),
         label_distribution=distribution,
-        examples=evenly_spaced(list(dict.fromkeys(_shorten(r.user_text) for r in records)), _EXAMPLES),
+        examples=evenly_spaced(list(dict.fromkeys(map(_shorten, dict.fromkeys(user_texts)))), _EXAMPLES),
         first_seen=first_seen,
         last_seen=last_seen,
         input_tokens=sum(t[0] for t in tokens),

@@ -53,7 +53,7 @@ def instruction_form(text: str) -> frozenset[str]:
 def instruction_forms(texts: Sequence[str]) -> list[frozenset[str]]:
     """`instruction_form` of each text, each distinct text worked out once: a task's calls and a
     log's one-offs repeat their turns."""
-    forms = {text: instruction_form(text) for text in texts}
+    forms = {text: instruction_form(text) for text in dict.fromkeys(texts)}
     return [forms[text] for text in texts]
 
 

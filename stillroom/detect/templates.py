@@ -16,12 +16,13 @@ in the free-form pool become a wildcard, so only the words a person repeats stay
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-from stillroom.answers import fold_case_and_spacing, parse_json
+from stillroom.answers import fold_case_and_spacing
 
 # A candidate longer than this is content (an article's paragraph), not an instruction.
 MAX_TEMPLATE_WORDS = 60
@@ -76,22 +77,16 @@ _EDGE_PUNCTUATION = " .:;,!?-\"'"
 _TOKEN = re.compile(r"<\w+>|[\w']+|[^\w\s]")
 
 
+_DECODER = json.JSONDecoder()
+
+
 def _json_end(text: str, start: int) -> int | None:
-    """Where the JSON object or array opening at `start` ends, if it is one."""
-    depth, quoted, escaped = 0, False, False
-    for i in range(start, len(text)):
-        char = text[i]
-        if quoted:
-            escaped, quoted = (False, quoted) if escaped else (char == "\\", char != '"')
-        elif char == '"':
-            quoted = True
-        elif char in "{[":
-            depth += 1
-        elif char in "}]":
-            depth -= 1
-            if depth == 0:
-                return i + 1 if parse_json(text[start : i + 1]) is not None else None
-    return None
+    """Where the JSON object or array opening at `start` ends, if it is one (the C decoder, not
+    a Python loop over characters: pasted documents are most of a turn's characters)."""
+    try:
+        return _DECODER.raw_decode(text, start)[1]
+    except ValueError:
+        return None
 
 
 def mask_json(text: str) -> str:
@@ -238,7 +233,7 @@ def mine(
     a whole-turn form carrying its payload's words would count every resend, and such forms
     would grow with the log). With a `vocabulary`, a turn left without one gets its skeleton
     when at least `min_support` distinct turns share it."""
-    found = {text: (forms.candidates if forms else candidates)(text) for text in texts}  # each distinct turn once
+    found = {text: (forms.candidates if forms else candidates)(text) for text in dict.fromkeys(texts)}
     support = Counter(c for cs in {fold_case_and_spacing(t): cs for t, cs in found.items()}.values() for c in cs)
     picked: dict[str, str | None] = {}
     for text, cs in found.items():
