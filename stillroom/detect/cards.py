@@ -191,16 +191,31 @@ def _union(schemas: Sequence[dict]) -> dict:
     return merged
 
 
-def infer_json_schema(answers: Sequence[object]) -> dict:
-    """A JSON Schema for the answers: an array of the items' types when most answers are arrays,
-    else an object whose key is required when nearly every answer has it."""
-    arrays = [a for a in answers if isinstance(a, list)]
-    objects = [a for a in answers if isinstance(a, dict)]
-    if len(arrays) > len(objects):
-        return _union([_json_type(a) for a in arrays])
-    schema = _union([_json_type(a) for a in objects])
-    present = Counter(k for a in objects for k in a)
-    schema["required"] = [k for k in schema.get("properties", {}) if present[k] >= SHAPE_SHARE * len(objects)]
+def _union_of_distinct(values: Sequence[object]) -> dict:
+    """`_union` of the values' schemas, each distinct schema once: a task's answers share a few."""
+    schemas = {}
+    for value in values:
+        schema = _json_type(value)
+        schemas.setdefault(json.dumps(schema), schema)
+    return _union(list(schemas.values()))
+
+
+def infer_json_schema(answers: Sequence[object], counts: Sequence[int] | None = None) -> dict:
+    """A JSON Schema for the answers (each given `counts` times, else once): an array of the
+    items' types when most answers are arrays, else an object whose key is required when nearly
+    every answer has it."""
+    weighted = list(zip(answers, counts or [1] * len(answers), strict=True))
+    arrays = [(a, n) for a, n in weighted if isinstance(a, list)]
+    objects = [(a, n) for a, n in weighted if isinstance(a, dict)]
+    if sum(n for _, n in arrays) > sum(n for _, n in objects):
+        return _union_of_distinct([a for a, _ in arrays])
+    schema = _union_of_distinct([a for a, _ in objects])
+    present: Counter[str] = Counter()
+    for a, n in objects:
+        for k in a:
+            present[k] += n
+    total = sum(n for _, n in objects)
+    schema["required"] = [k for k in schema.get("properties", {}) if present[k] >= SHAPE_SHARE * total]
     return schema
 
 
@@ -262,7 +277,7 @@ def _self_consistency(records: Sequence[LogRecord], fmt: OutputFormat) -> _Consi
     match that input's most common answer. A student can only be as consistent as this."""
     by_input: dict[tuple[tuple[str, str], ...], list[LogRecord]] = {}
     for record in records:
-        by_input.setdefault(tuple((m.role, m.content) for m in record.messages), []).append(record)
+        by_input.setdefault(tuple([(m.role, m.content) for m in record.messages]), []).append(record)
     repeated = [calls for calls in by_input.values() if len(calls) > 1]
     if not repeated:
         return _Consistency(0, None, [])
@@ -346,6 +361,7 @@ def build_card(
         used[record.model or "(none)"] = {"input": price.input, "output": price.output, "price_entry": entry}
         cost += (tokens_in * price.input + tokens_out * price.output) / 1e6
     consistency = _self_consistency(records, shape.format)
+    answers = Counter(r.response_text for r in records) if shape.format == "json" else Counter()
     return TaskCard(
         id=task_id,
         name=name,
@@ -362,7 +378,7 @@ def build_card(
         models=dict(Counter(r.model for r in records if r.model).most_common()),
         detected_by=detected_by,
         output_format=shape.format,
-        json_schema=infer_json_schema([parse_json(r.response_text) for r in records])
+        json_schema=infer_json_schema([parse_json(a) for a in answers], list(answers.values()))
         if shape.format == "json"
         else None,
         templates=list(templates),
