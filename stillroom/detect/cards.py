@@ -261,8 +261,9 @@ def _answer_key(text: str, fmt: OutputFormat) -> str:
     return normalize_label(text)
 
 
-def _in_format(record: LogRecord, shape: AnswerShape) -> bool:
-    return shape.fits(record.response_text) if shape.format in ("label", "json") else True
+def _off_format(answers: Counter[str], shape: AnswerShape) -> set[str]:
+    """The distinct answers outside a label or JSON task's format (text has no format to be outside)."""
+    return {a for a in answers if not shape.fits(a)} if shape.format in ("label", "json") else set()
 
 
 @dataclass
@@ -295,7 +296,9 @@ def _first_two(item: tuple) -> tuple:
     return item[:2]
 
 
-def _edge_cases(records: Sequence[LogRecord], shape: AnswerShape, consistency: _Consistency) -> list[Example]:
+def _edge_cases(
+    records: Sequence[LogRecord], shape: AnswerShape, consistency: _Consistency, off_format: set[str]
+) -> list[Example]:
     """The calls a student is likeliest to get wrong, each with why."""
     lengths = [(len(r.user_text), r.id, r) for r in records]
     longest, shortest = max(lengths, key=_first_two)[2], min(lengths, key=_first_two)[2]
@@ -304,7 +307,7 @@ def _edge_cases(records: Sequence[LogRecord], shape: AnswerShape, consistency: _
         rarest = min(shape.labels, key=lambda label: (shape.labels[label], label))
         record = next(r for r in records if normalize_label(r.response_text) == rarest)
         cases.append(_example(record, f"rarest label ({shape.labels[rarest]} calls)"))
-    off = next((r for r in records if not _in_format(r, shape)), None)
+    off = next((r for r in records if r.response_text in off_format), None) if off_format else None
     if off is not None:
         cases.append(_example(off, f"answer outside the {shape.format.replace('_', ' ')} format"))
     if consistency.disagreeing:
@@ -354,14 +357,18 @@ def build_card(
     tokens = [_tokens(r) for r in records]
     user_texts = [r.user_text for r in records]
     user_tokens = [estimate_tokens(text) for text in user_texts]
-    cost, used = 0.0, {}
     prices = {model: price_of(model, params.prices) for model in {r.model for r in records}}  # a few models
+    used = {
+        model or "(none)": {"input": price.input, "output": price.output, "price_entry": entry}
+        for model, (entry, price) in prices.items()
+    }
+    cost = 0.0
     for record, (tokens_in, tokens_out) in zip(records, tokens, strict=True):
-        entry, price = prices[record.model]
-        used[record.model or "(none)"] = {"input": price.input, "output": price.output, "price_entry": entry}
+        price = prices[record.model][1]
         cost += (tokens_in * price.input + tokens_out * price.output) / 1e6
     consistency = _self_consistency(records, shape.format)
-    answers = Counter(r.response_text for r in records) if shape.format == "json" else Counter()
+    answers = Counter(r.response_text for r in records)
+    off_format = _off_format(answers, shape)
     return TaskCard(
         id=task_id,
         name=name,
@@ -392,8 +399,8 @@ def build_card(
         monthly_spend_usd=round(cost / span_days * DAYS_PER_MONTH, 4),
         prices=dict(sorted(used.items())),
         representative=_representative(records, shape),
-        edge_cases=_edge_cases(records, shape, consistency),
-        format_consistency=round(sum(_in_format(r, shape) for r in records) / len(records), 4),
+        edge_cases=_edge_cases(records, shape, consistency, off_format),
+        format_consistency=round(1 - sum(answers[a] for a in off_format) / len(records), 4),
         repeated_inputs=consistency.repeated_inputs,
         self_consistency=None if consistency.agreement is None else round(consistency.agreement, 4),
     )

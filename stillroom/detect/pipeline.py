@@ -317,7 +317,9 @@ def _add_calls(tasks: list[_Group], calls: dict[int, list[LogRecord]]) -> int:
     return sum(len(rs) for rs in calls.values())
 
 
-def _second_chance(tasks: list[_Group], pool: Sequence[LogRecord], params: DetectParams) -> tuple[int, FormIndex]:
+def _second_chance(
+    tasks: list[_Group], pool: Sequence[LogRecord], params: DetectParams, turns: TurnForms
+) -> tuple[int, FormIndex]:
     """Pass 3: every free-form call still unplaced joins the task its instruction form is
     nearest (see second_chance.py), when its answer fits that task's answers. The index holds the
     forms of the tasks' free-form calls as they were before this pass, which is what the
@@ -326,12 +328,14 @@ def _second_chance(tasks: list[_Group], pool: Sequence[LogRecord], params: Detec
     free_form = {r.id for r in pool}
     index = FormIndex.build(
         {
-            str(i): instruction_forms([r.user_text for r in task.records if r.id in free_form])
+            str(i): instruction_forms([r.user_text for r in task.records if r.id in free_form], turns.mask)
             for i, task in enumerate(tasks)
         }
     )
     strays = [r for r in pool if r.id not in placed_ids]
-    found = place([r.user_text for r in strays], index, params.second_chance_similarity, params.second_chance_margin)
+    found = place(
+        [r.user_text for r in strays], index, params.second_chance_similarity, params.second_chance_margin, turns.mask
+    )
     joined: dict[int, list[LogRecord]] = {}
     for record, task in zip(strays, found, strict=True):
         if task is not None and tasks[int(task)].shape.fits(record.response_text):
@@ -506,7 +510,7 @@ def detect_tasks(
     alone = _join_wordings(unattached, params)
     tasks += [c.group for c in alone if _is_task(c, params)]
     adopted = _adopt_strays(tasks, pool, forms, vocabulary, turns)
-    second_chance, form_index = _second_chance(tasks, pool, params)
+    second_chance, form_index = _second_chance(tasks, pool, params, turns)
 
     cards = [_card(group, params, vocabulary, turns) for group in tasks]
     form_index.owners = [cards[int(i)].id for i in form_index.owners]

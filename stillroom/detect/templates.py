@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 
 from stillroom.answers import fold_case_and_spacing
@@ -119,7 +119,7 @@ def _words_besides_slots(masked: str) -> int:
     return sum(token[0].isalnum() for token in _TOKEN.findall(masked))
 
 
-def candidates(text: str) -> list[str]:
+def candidates(text: str, mask: Callable[[str], str] = mask) -> list[str]:
     """The masked parts of a turn that could be its fixed instruction."""
     text = mask_json(text.strip())
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
@@ -139,11 +139,11 @@ def candidates(text: str) -> list[str]:
     return list(dict.fromkeys(m for m in masked if m))
 
 
-def _skeleton_tokens(text: str) -> list[str] | None:
+def _skeleton_tokens(text: str, mask: Callable[[str], str] = mask) -> list[str] | None:
     """The tokens of a short turn once masked, or None for a turn too long to be one sentence."""
     if len(text) > MAX_SKELETON_CHARS:
         return None
-    tokens = _TOKEN.findall(mask(mask_json(text)))
+    tokens = _TOKEN.findall(mask(mask_json(text.strip())))
     return tokens if len(tokens) <= 2 * MAX_SKELETON_WORDS else None
 
 
@@ -153,6 +153,7 @@ class TurnForms:
     of detect's time. Per run, not global, so a long-lived process does not grow with traffic."""
 
     def __init__(self) -> None:
+        self._masks: dict[str, str] = {}  # one turn's whole text is masked for its candidates, skeleton and form
         self._candidates: dict[str, list[str]] = {}
         self._tokens: dict[str, list[str] | None] = {}
         self._skeletons: dict[str, str | None] = {}
@@ -161,12 +162,19 @@ class TurnForms:
     def candidates(self, text: str) -> list[str]:
         found = self._candidates.get(text)
         if found is None:
-            found = self._candidates[text] = candidates(text)
+            found = self._candidates[text] = candidates(text, self.mask)
+        return found
+
+    def mask(self, text: str) -> str:
+        """`mask`, memoized for the run: its cache is too small for a large log's distinct turns."""
+        found = self._masks.get(text)
+        if found is None:
+            found = self._masks[text] = mask(text)
         return found
 
     def tokens(self, text: str) -> list[str] | None:
         if text not in self._tokens:
-            self._tokens[text] = _skeleton_tokens(text)
+            self._tokens[text] = _skeleton_tokens(text, self.mask)
         return self._tokens[text]
 
     def skeleton(self, text: str, vocabulary: frozenset[str]) -> str | None:
