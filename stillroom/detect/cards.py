@@ -276,9 +276,11 @@ class _Consistency:
 def _self_consistency(records: Sequence[LogRecord], fmt: OutputFormat) -> _Consistency:
     """How often the teacher repeats itself: answers to an input seen more than once that
     match that input's most common answer. A student can only be as consistent as this."""
-    by_input: dict[tuple[tuple[str, str], ...], list[LogRecord]] = {}
+    by_input: dict[tuple, list[LogRecord]] = {}
     for record in records:
-        by_input.setdefault(tuple([(m.role, m.content) for m in record.messages]), []).append(record)
+        turns = record.messages  # most calls are one turn: its pair is the key, no tuple of pairs to build
+        key = (turns[0].role, turns[0].content) if len(turns) == 1 else tuple([(m.role, m.content) for m in turns])
+        by_input.setdefault(key, []).append(record)
     repeated = [calls for calls in by_input.values() if len(calls) > 1]
     if not repeated:
         return _Consistency(0, None, [])
@@ -297,11 +299,15 @@ def _first_two(item: tuple) -> tuple:
 
 
 def _edge_cases(
-    records: Sequence[LogRecord], shape: AnswerShape, consistency: _Consistency, off_format: set[str]
+    records: Sequence[LogRecord],
+    lengths: Sequence[int],
+    shape: AnswerShape,
+    consistency: _Consistency,
+    off_format: set[str],
 ) -> list[Example]:
-    """The calls a student is likeliest to get wrong, each with why."""
-    lengths = [(len(r.user_text), r.id, r) for r in records]
-    longest, shortest = max(lengths, key=_first_two)[2], min(lengths, key=_first_two)[2]
+    """The calls a student is likeliest to get wrong, each with why (`lengths`: of each call's user turn)."""
+    by_length = [(n, r.id, r) for n, r in zip(lengths, records, strict=True)]
+    longest, shortest = max(by_length, key=_first_two)[2], min(by_length, key=_first_two)[2]
     cases = [_example(longest, "longest input"), _example(shortest, "shortest input")]
     if shape.format == "label":
         rarest = min(shape.labels, key=lambda label: (shape.labels[label], label))
@@ -320,14 +326,13 @@ def _edge_cases(
     return list(merged.values())
 
 
-def _representative(records: Sequence[LogRecord], shape: AnswerShape) -> list[Example]:
+def _representative(records: Sequence[LogRecord], lengths: Sequence[int], shape: AnswerShape) -> list[Example]:
     """Typical calls: one per most common label, else calls of median input length over time."""
     if shape.format == "label":
         first: dict[str, LogRecord] = {}
         for record in records:
             first.setdefault(normalize_label(record.response_text), record)
         return [_example(first[label]) for label in list(shape.labels)[:_EXAMPLES]]
-    lengths = np.array([len(r.user_text) for r in records])
     low, high = np.percentile(lengths, [25, 75])
     typical = [r for r, n in zip(records, lengths, strict=True) if low <= n <= high]
     return [_example(r) for r in evenly_spaced(typical, _EXAMPLES)]
@@ -357,6 +362,7 @@ def build_card(
     tokens = [_tokens(r) for r in records]
     user_texts = [r.user_text for r in records]
     user_tokens = [estimate_tokens(text) for text in user_texts]
+    lengths = [len(text) for text in user_texts]
     prices = {model: price_of(model, params.prices) for model in {r.model for r in records}}  # a few models
     used = {
         model or "(none)": {"input": price.input, "output": price.output, "price_entry": entry}
@@ -398,8 +404,8 @@ def build_card(
         user_tokens_p95=_percentile(user_tokens, 95),
         monthly_spend_usd=round(cost / span_days * DAYS_PER_MONTH, 4),
         prices=dict(sorted(used.items())),
-        representative=_representative(records, shape),
-        edge_cases=_edge_cases(records, shape, consistency, off_format),
+        representative=_representative(records, lengths, shape),
+        edge_cases=_edge_cases(records, lengths, shape, consistency, off_format),
         format_consistency=round(1 - sum(answers[a] for a in off_format) / len(records), 4),
         repeated_inputs=consistency.repeated_inputs,
         self_consistency=None if consistency.agreement is None else round(consistency.agreement, 4),

@@ -62,6 +62,7 @@ _EMBED_SUPPORT = 3
 _NAME_WORDS = 3
 _TEMPLATES_ON_CARD = 5
 _CARD_TEMPLATE_SAMPLE = 4000
+_FORM_SAMPLE = 4000
 
 
 def _wordset(words: str) -> frozenset[str]:
@@ -322,13 +323,17 @@ def _second_chance(
 ) -> tuple[int, FormIndex]:
     """Pass 3: every free-form call still unplaced joins the task its instruction form is
     nearest (see second_chance.py), when its answer fits that task's answers. The index holds the
-    forms of the tasks' free-form calls as they were before this pass, which is what the
-    matcher gets, so both compare a call with the same forms."""
+    forms of the tasks' free-form calls as they were before this pass (of a spread sample of a
+    large task's: its common forms show in any sample), which is what the matcher gets, so both
+    compare a call with the same forms."""
     placed_ids = {r.id for task in tasks for r in task.records}
     free_form = {r.id for r in pool}
     index = FormIndex.build(
         {
-            str(i): instruction_forms([r.user_text for r in task.records if r.id in free_form], turns.mask)
+            str(i): instruction_forms(
+                [r.user_text for r in evenly_spaced([r for r in task.records if r.id in free_form], _FORM_SAMPLE)],
+                turns.mask,
+            )
             for i, task in enumerate(tasks)
         }
     )
