@@ -285,8 +285,12 @@ def _self_consistency(records: Sequence[LogRecord], fmt: OutputFormat) -> _Consi
     if not repeated:
         return _Consistency(0, None, [])
     agreeing, total, disagreeing = 0, 0, []
+    keys: dict[str, str] = {}  # each distinct answer keyed once: a large log repeats inputs and their answers
     for calls in repeated:
-        answers = Counter(_answer_key(r.response_text, fmt) for r in calls)
+        answers = Counter(
+            keys[text] if text in keys else keys.setdefault(text, _answer_key(text, fmt))
+            for text in (r.response_text for r in calls)
+        )
         agreeing += answers.most_common(1)[0][1]
         total += len(calls)
         if len(answers) > 1:
