@@ -62,6 +62,7 @@ _EMBED_SUPPORT = 3
 _NAME_WORDS = 3
 _TEMPLATES_ON_CARD = 5
 _CARD_TEMPLATE_SAMPLE = 4000
+# Calls of a task whose instruction forms make its second-chance index (a spread sample of a large task).
 _FORM_SAMPLE = 4000
 
 
