@@ -56,10 +56,14 @@ def json_signature(value: object) -> frozenset[str] | None:
     return None
 
 
-def _json_signature(parsed: Sequence[object], total: int) -> frozenset[str] | None:
-    """The shape nearly every answer has, if JSON. Empty arrays fit any array shape: a list of
-    names is often empty, and that must not make a names task look like two."""
-    signatures = Counter(s for value in parsed if (s := json_signature(value)) is not None)
+def _json_signature(answers: Counter[str], total: int) -> frozenset[str] | None:
+    """The shape nearly every answer has, if JSON (`answers`: each distinct answer text with its
+    count). Empty arrays fit any array shape: a list of names is often empty, and that must not
+    make a names task look like two."""
+    signatures: Counter[frozenset[str]] = Counter()
+    for text, n in answers.items():
+        if (s := json_signature(parse_json(text))) is not None:
+            signatures[s] += n
     empty = signatures.pop(_EMPTY_ARRAY, 0)
     top = next((s for s, _ in signatures.most_common() if _is_array(s)), None) if empty else None
     if top is not None:
@@ -87,10 +91,13 @@ class AnswerShape:
     @classmethod
     def of(cls, records: Sequence[LogRecord], params: DetectParams) -> AnswerShape:
         total = len(records)
-        counts = Counter(normalize_label(r.response_text) for r in records)
+        answers = Counter(r.response_text for r in records)  # each distinct answer read once: labels repeat
+        counts: Counter[str] = Counter()
+        for text, n in answers.items():
+            counts[normalize_label(text)] += n
         short = {a for a in counts if len(a.split()) <= params.label_max_words}
         labels = {a: n for a, n in counts.most_common() if a in short and n > 1}
-        json_keys = _json_signature([parse_json(r.response_text) for r in records], total)
+        json_keys = _json_signature(answers, total)
         # JSON objects are structured output even when few distinct ones recur ({"people": []})
         closed = (
             json_keys is None
@@ -98,7 +105,7 @@ class AnswerShape:
             and len(labels) * _MIN_RECORDS_PER_LABEL <= total
             and sum(labels.values()) >= SHAPE_SHARE * total
         )
-        words = [max(1, len(a.split())) for a in counts.elements()]
+        words = np.repeat([max(1, len(a.split())) for a in counts], list(counts.values()))
         median_words = float(np.median(words)) if total else 0.0
         spread = float(np.percentile(words, 90) / np.percentile(words, 10)) if total else 1.0
         if closed:
@@ -184,25 +191,39 @@ def _union(schemas: Sequence[dict]) -> dict:
     return merged
 
 
-def infer_json_schema(answers: Sequence[object]) -> dict:
-    """A JSON Schema for the answers: an array of the items' types when most answers are arrays,
-    else an object whose key is required when nearly every answer has it."""
-    arrays = [a for a in answers if isinstance(a, list)]
-    objects = [a for a in answers if isinstance(a, dict)]
-    if len(arrays) > len(objects):
-        return _union([_json_type(a) for a in arrays])
-    schema = _union([_json_type(a) for a in objects])
-    present = Counter(k for a in objects for k in a)
-    schema["required"] = [k for k in schema.get("properties", {}) if present[k] >= SHAPE_SHARE * len(objects)]
+def _union_of_distinct(values: Sequence[object]) -> dict:
+    """`_union` of the values' schemas, each distinct schema once: a task's answers share a few."""
+    schemas = {}
+    for value in values:
+        schema = _json_type(value)
+        schemas.setdefault(json.dumps(schema), schema)
+    return _union(list(schemas.values()))
+
+
+def infer_json_schema(answers: Sequence[object], counts: Sequence[int] | None = None) -> dict:
+    """A JSON Schema for the answers (each given `counts` times, else once): an array of the
+    items' types when most answers are arrays, else an object whose key is required when nearly
+    every answer has it."""
+    weighted = list(zip(answers, counts or [1] * len(answers), strict=True))
+    arrays = [(a, n) for a, n in weighted if isinstance(a, list)]
+    objects = [(a, n) for a, n in weighted if isinstance(a, dict)]
+    if sum(n for _, n in arrays) > sum(n for _, n in objects):
+        return _union_of_distinct([a for a, _ in arrays])
+    schema = _union_of_distinct([a for a, _ in objects])
+    present: Counter[str] = Counter()
+    for a, n in objects:
+        for k in a:
+            present[k] += n
+    total = sum(n for _, n in objects)
+    schema["required"] = [k for k in schema.get("properties", {}) if present[k] >= SHAPE_SHARE * total]
     return schema
 
 
 def _tokens(record: LogRecord) -> tuple[int, int]:
     """Billed tokens, estimated from characters when the log has no usage."""
     usage = record.usage
-    prompt_text = "".join(m.content for m in record.prompt())
     return (
-        usage.input_tokens or estimate_tokens(prompt_text),
+        usage.input_tokens or estimate_tokens(record.system_prompt + "".join(m.content for m in record.messages)),
         usage.output_tokens or estimate_tokens(record.response_text),
     )
 
@@ -240,8 +261,9 @@ def _answer_key(text: str, fmt: OutputFormat) -> str:
     return normalize_label(text)
 
 
-def _in_format(record: LogRecord, shape: AnswerShape) -> bool:
-    return shape.fits(record.response_text) if shape.format in ("label", "json") else True
+def _off_format(answers: Counter[str], shape: AnswerShape) -> set[str]:
+    """The distinct answers outside a label or JSON task's format (text has no format to be outside)."""
+    return {a for a in answers if not shape.fits(a)} if shape.format in ("label", "json") else set()
 
 
 @dataclass
@@ -254,15 +276,22 @@ class _Consistency:
 def _self_consistency(records: Sequence[LogRecord], fmt: OutputFormat) -> _Consistency:
     """How often the teacher repeats itself: answers to an input seen more than once that
     match that input's most common answer. A student can only be as consistent as this."""
-    by_input: dict[tuple[tuple[str, str], ...], list[LogRecord]] = {}
+    by_input: dict[tuple, list[LogRecord]] = {}
     for record in records:
-        by_input.setdefault(tuple((m.role, m.identity) for m in record.messages), []).append(record)
+        turns = record.messages  # most calls are one turn: its pair is the key, no tuple of pairs to build
+        # a turn's identity is its text, and its images' blobs when it has any (two photos, one question)
+        key = (turns[0].role, turns[0].identity) if len(turns) == 1 else tuple([(m.role, m.identity) for m in turns])
+        by_input.setdefault(key, []).append(record)
     repeated = [calls for calls in by_input.values() if len(calls) > 1]
     if not repeated:
         return _Consistency(0, None, [])
     agreeing, total, disagreeing = 0, 0, []
+    keys: dict[str, str] = {}  # each distinct answer keyed once: a large log repeats inputs and their answers
     for calls in repeated:
-        answers = Counter(_answer_key(r.response_text, fmt) for r in calls)
+        answers = Counter(
+            keys[text] if text in keys else keys.setdefault(text, _answer_key(text, fmt))
+            for text in (r.response_text for r in calls)
+        )
         agreeing += answers.most_common(1)[0][1]
         total += len(calls)
         if len(answers) > 1:
@@ -270,15 +299,26 @@ def _self_consistency(records: Sequence[LogRecord], fmt: OutputFormat) -> _Consi
     return _Consistency(len(repeated), agreeing / total, disagreeing)
 
 
-def _edge_cases(records: Sequence[LogRecord], shape: AnswerShape, consistency: _Consistency) -> list[Example]:
-    """The calls a student is likeliest to get wrong, each with why."""
-    by_length = sorted(records, key=lambda r: (len(r.user_text), r.id))
-    cases = [_example(by_length[-1], "longest input"), _example(by_length[0], "shortest input")]
+def _first_two(item: tuple) -> tuple:
+    return item[:2]
+
+
+def _edge_cases(
+    records: Sequence[LogRecord],
+    lengths: Sequence[int],
+    shape: AnswerShape,
+    consistency: _Consistency,
+    off_format: set[str],
+) -> list[Example]:
+    """The calls a student is likeliest to get wrong, each with why (`lengths`: of each call's user turn)."""
+    by_length = [(n, r.id, r) for n, r in zip(lengths, records, strict=True)]
+    longest, shortest = max(by_length, key=_first_two)[2], min(by_length, key=_first_two)[2]
+    cases = [_example(longest, "longest input"), _example(shortest, "shortest input")]
     if shape.format == "label":
         rarest = min(shape.labels, key=lambda label: (shape.labels[label], label))
         record = next(r for r in records if normalize_label(r.response_text) == rarest)
         cases.append(_example(record, f"rarest label ({shape.labels[rarest]} calls)"))
-    off = next((r for r in records if not _in_format(r, shape)), None)
+    off = next((r for r in records if r.response_text in off_format), None) if off_format else None
     if off is not None:
         cases.append(_example(off, f"answer outside the {shape.format.replace('_', ' ')} format"))
     if consistency.disagreeing:
@@ -291,14 +331,13 @@ def _edge_cases(records: Sequence[LogRecord], shape: AnswerShape, consistency: _
     return list(merged.values())
 
 
-def _representative(records: Sequence[LogRecord], shape: AnswerShape) -> list[Example]:
+def _representative(records: Sequence[LogRecord], lengths: Sequence[int], shape: AnswerShape) -> list[Example]:
     """Typical calls: one per most common label, else calls of median input length over time."""
     if shape.format == "label":
         first: dict[str, LogRecord] = {}
         for record in records:
             first.setdefault(normalize_label(record.response_text), record)
         return [_example(first[label]) for label in list(shape.labels)[:_EXAMPLES]]
-    lengths = np.array([len(r.user_text) for r in records])
     low, high = np.percentile(lengths, [25, 75])
     typical = [r for r, n in zip(records, lengths, strict=True) if low <= n <= high]
     return [_example(r) for r in evenly_spaced(typical, _EXAMPLES)]
@@ -326,13 +365,21 @@ def build_card(
     last_seen: datetime | None = max(stamps, default=None)
     span_days = max(1.0, (last_seen - first_seen).total_seconds() / 86400) if first_seen and last_seen else 1.0
     tokens = [_tokens(r) for r in records]
-    user_tokens = [estimate_tokens(r.user_text) for r in records]
-    cost, used = 0.0, {}
+    user_texts = [r.user_text for r in records]
+    user_tokens = [estimate_tokens(text) for text in user_texts]
+    lengths = [len(text) for text in user_texts]
+    prices = {model: price_of(model, params.prices) for model in {r.model for r in records}}  # a few models
+    used = {
+        model or "(none)": {"input": price.input, "output": price.output, "price_entry": entry}
+        for model, (entry, price) in prices.items()
+    }
+    cost = 0.0
     for record, (tokens_in, tokens_out) in zip(records, tokens, strict=True):
-        entry, price = price_of(record.model, params.prices)
-        used[record.model or "(none)"] = {"input": price.input, "output": price.output, "price_entry": entry}
+        price = prices[record.model][1]
         cost += (tokens_in * price.input + tokens_out * price.output) / 1e6
     consistency = _self_consistency(records, shape.format)
+    answers = Counter(r.response_text for r in records)
+    off_format = _off_format(answers, shape)
     return TaskCard(
         id=task_id,
         name=name,
@@ -341,7 +388,7 @@ def build_card(
         system_prompts=[p for p, _ in Counter(r.system_prompt for r in records).most_common() if p],
         labels=list(distribution),
         label_distribution=distribution,
-        examples=evenly_spaced(list(dict.fromkeys(_shorten(r.user_text) for r in records)), _EXAMPLES),
+        examples=evenly_spaced(list(dict.fromkeys(map(_shorten, dict.fromkeys(user_texts)))), _EXAMPLES),
         first_seen=first_seen,
         last_seen=last_seen,
         input_tokens=sum(t[0] for t in tokens),
@@ -349,7 +396,7 @@ def build_card(
         models=dict(Counter(r.model for r in records if r.model).most_common()),
         detected_by=detected_by,
         output_format=shape.format,
-        json_schema=infer_json_schema([parse_json(r.response_text) for r in records])
+        json_schema=infer_json_schema([parse_json(a) for a in answers], list(answers.values()))
         if shape.format == "json"
         else None,
         templates=list(templates),
@@ -362,9 +409,9 @@ def build_card(
         user_tokens_p95=_percentile(user_tokens, 95),
         monthly_spend_usd=round(cost / span_days * DAYS_PER_MONTH, 4),
         prices=dict(sorted(used.items())),
-        representative=_representative(records, shape),
-        edge_cases=_edge_cases(records, shape, consistency),
-        format_consistency=round(sum(_in_format(r, shape) for r in records) / len(records), 4),
+        representative=_representative(records, lengths, shape),
+        edge_cases=_edge_cases(records, lengths, shape, consistency, off_format),
+        format_consistency=round(1 - sum(answers[a] for a in off_format) / len(records), 4),
         repeated_inputs=consistency.repeated_inputs,
         self_consistency=None if consistency.agreement is None else round(consistency.agreement, 4),
         inputs="image+text" if any(m.images for r in records for m in r.messages) else "text",

@@ -38,8 +38,15 @@ from stillroom.detect.distillability import assess
 from stillroom.detect.fingerprints import canonical_format, is_generic_prompt, same_output, structure_key
 from stillroom.detect.history import append_history, reconcile
 from stillroom.detect.matcher import build_index, write_index
-from stillroom.detect.second_chance import FormIndex, instruction_form, place
-from stillroom.detect.templates import WILDCARD, TurnForms, mine, skeleton, skeleton_vocabulary
+from stillroom.detect.second_chance import FormIndex, instruction_forms, place
+from stillroom.detect.templates import (
+    WILDCARD,
+    TurnForms,
+    distinct_support,
+    mine,
+    skeleton,
+    skeleton_vocabulary,
+)
 from stillroom.embeddings import embed
 from stillroom.schema import DetectedBy, LogRecord, TaskCard, stable_id
 
@@ -50,9 +57,13 @@ _MAX_EMBED_CHARS = 1000
 # DBSCAN core points need this many calls within cluster_similarity (themselves included);
 # a template used less often than this cannot name a task's id either.
 _CORE_NEIGHBOURS = 3
+# A template is embedded (and clustered) when this many distinct turns carry it.
+_EMBED_SUPPORT = 3
 _NAME_WORDS = 3
 _TEMPLATES_ON_CARD = 5
 _CARD_TEMPLATE_SAMPLE = 4000
+# Calls of a task whose instruction forms make its second-chance index (a spread sample of a large task).
+_FORM_SAMPLE = 4000
 
 
 def _wordset(words: str) -> frozenset[str]:
@@ -232,9 +243,13 @@ def _cluster_pool(
     found = []
     forms: dict[str, tuple[str, str]] = {}
     for response_format, records in partitions.items():
-        templates = mine([r.user_text for r in records], vocabulary=vocabulary, forms=turns)
+        texts = [r.user_text for r in records]
+        templates = mine(texts, vocabulary=vocabulary, forms=turns)
         forms.update((r.id, (response_format, t)) for r, t in zip(records, templates, strict=True) if t is not None)
-        counts = Counter(t for t in templates if t is not None)
+        # only templates that distinct turns repeat are embedded: rarer ones (a typo, payload words two
+        # turns happen to share) grow with the log, and the second chance places their calls without a model
+        support = distinct_support(texts, templates)
+        counts = Counter(t for t in templates if t is not None and support[t] >= _EMBED_SUPPORT)
         if not counts:
             continue
         unique = list(counts)
@@ -246,7 +261,7 @@ def _cluster_pool(
         cluster_of = dict(zip(unique, labels.tolist(), strict=True))
         members: dict[int, list[tuple[LogRecord, str]]] = {}
         for record, template in zip(records, templates, strict=True):
-            if template is not None and cluster_of[template] != -1:
+            if cluster_of.get(template, -1) != -1:
                 members.setdefault(cluster_of[template], []).append((record, template))
         for cluster, calls in sorted(members.items()):
             inside = labels == cluster
@@ -304,21 +319,29 @@ def _add_calls(tasks: list[_Group], calls: dict[int, list[LogRecord]]) -> int:
     return sum(len(rs) for rs in calls.values())
 
 
-def _second_chance(tasks: list[_Group], pool: Sequence[LogRecord], params: DetectParams) -> tuple[int, FormIndex]:
+def _second_chance(
+    tasks: list[_Group], pool: Sequence[LogRecord], params: DetectParams, turns: TurnForms
+) -> tuple[int, FormIndex]:
     """Pass 3: every free-form call still unplaced joins the task its instruction form is
     nearest (see second_chance.py), when its answer fits that task's answers. The index holds the
-    forms of the tasks' free-form calls as they were before this pass, which is what the
-    matcher gets, so both compare a call with the same forms."""
+    forms of the tasks' free-form calls as they were before this pass (of a spread sample of a
+    large task's: its common forms show in any sample), which is what the matcher gets, so both
+    compare a call with the same forms."""
     placed_ids = {r.id for task in tasks for r in task.records}
     free_form = {r.id for r in pool}
     index = FormIndex.build(
         {
-            str(i): [instruction_form(r.user_text) for r in task.records if r.id in free_form]
+            str(i): instruction_forms(
+                [r.user_text for r in evenly_spaced([r for r in task.records if r.id in free_form], _FORM_SAMPLE)],
+                turns.mask,
+            )
             for i, task in enumerate(tasks)
         }
     )
     strays = [r for r in pool if r.id not in placed_ids]
-    found = place([r.user_text for r in strays], index, params.second_chance_similarity, params.second_chance_margin)
+    found = place(
+        [r.user_text for r in strays], index, params.second_chance_similarity, params.second_chance_margin, turns.mask
+    )
     joined: dict[int, list[LogRecord]] = {}
     for record, task in zip(strays, found, strict=True):
         if task is not None and tasks[int(task)].shape.fits(record.response_text):
@@ -493,7 +516,7 @@ def detect_tasks(
     alone = _join_wordings(unattached, params)
     tasks += [c.group for c in alone if _is_task(c, params)]
     adopted = _adopt_strays(tasks, pool, forms, vocabulary, turns)
-    second_chance, form_index = _second_chance(tasks, pool, params)
+    second_chance, form_index = _second_chance(tasks, pool, params, turns)
 
     cards = [_card(group, params, vocabulary, turns) for group in tasks]
     form_index.owners = [cards[int(i)].id for i in form_index.owners]

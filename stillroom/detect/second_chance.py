@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -37,7 +37,7 @@ _MIN_WORDS = 2
 _WORD = re.compile(r"<\w+>|[a-z][\w']*")
 
 
-def instruction_form(text: str) -> frozenset[str]:
+def instruction_form(text: str, mask: Callable[[str], str] = mask) -> frozenset[str]:
     """The words of a turn that could say what to do: payload masked to slots, function words
     and punctuation dropped; of a long turn, only its first and last words (a head before the
     payload, or a question after it)."""
@@ -48,6 +48,13 @@ def instruction_form(text: str) -> frozenset[str]:
         last = lines[-1].split()[-_EDGE_WORDS:] if len(lines) > 1 else []
         masked = " ".join([*first, *last])
     return frozenset(t for t in _WORD.findall(mask(masked)) if t not in FUNCTION_WORDS)
+
+
+def instruction_forms(texts: Sequence[str], mask: Callable[[str], str] = mask) -> list[frozenset[str]]:
+    """`instruction_form` of each text, each distinct text worked out once: a task's calls and a
+    log's one-offs repeat their turns."""
+    forms = {text: instruction_form(text, mask) for text in dict.fromkeys(texts)}
+    return [forms[text] for text in texts]
 
 
 @dataclass
@@ -115,6 +122,11 @@ class FormIndex:
         return cls(list(data["words"]), [list(f) for f in data["forms"]], list(data["owners"]))
 
 
-def place(texts: Sequence[str], index: FormIndex, floor: float, margin: float) -> list[str | None]:
-    """The task each text's instruction form is nearest to, or None."""
-    return index.nearest([instruction_form(t) for t in texts], floor, margin)
+def place(
+    texts: Sequence[str], index: FormIndex, floor: float, margin: float, mask: Callable[[str], str] = mask
+) -> list[str | None]:
+    """The task each text's instruction form is nearest to, or None; each distinct form compared once."""
+    forms = instruction_forms(texts, mask)
+    unique = list(dict.fromkeys(forms))
+    nearest = dict(zip(unique, index.nearest(unique, floor, margin), strict=True))
+    return [nearest[form] for form in forms]

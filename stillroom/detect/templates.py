@@ -16,12 +16,13 @@ in the free-form pool become a wildcard, so only the words a person repeats stay
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 
-from stillroom.answers import parse_json
+from stillroom.answers import fold_case_and_spacing
 
 # A candidate longer than this is content (an article's paragraph), not an instruction.
 MAX_TEMPLATE_WORDS = 60
@@ -76,22 +77,16 @@ _EDGE_PUNCTUATION = " .:;,!?-\"'"
 _TOKEN = re.compile(r"<\w+>|[\w']+|[^\w\s]")
 
 
+_DECODER = json.JSONDecoder()
+
+
 def _json_end(text: str, start: int) -> int | None:
-    """Where the JSON object or array opening at `start` ends, if it is one."""
-    depth, quoted, escaped = 0, False, False
-    for i in range(start, len(text)):
-        char = text[i]
-        if quoted:
-            escaped, quoted = (False, quoted) if escaped else (char == "\\", char != '"')
-        elif char == '"':
-            quoted = True
-        elif char in "{[":
-            depth += 1
-        elif char in "}]":
-            depth -= 1
-            if depth == 0:
-                return i + 1 if parse_json(text[start : i + 1]) is not None else None
-    return None
+    """Where the JSON object or array opening at `start` ends, if it is one (the C decoder, not
+    a Python loop over characters: pasted documents are most of a turn's characters)."""
+    try:
+        return _DECODER.raw_decode(text, start)[1]
+    except ValueError:
+        return None
 
 
 def mask_json(text: str) -> str:
@@ -124,7 +119,7 @@ def _words_besides_slots(masked: str) -> int:
     return sum(token[0].isalnum() for token in _TOKEN.findall(masked))
 
 
-def candidates(text: str) -> list[str]:
+def candidates(text: str, mask: Callable[[str], str] = mask) -> list[str]:
     """The masked parts of a turn that could be its fixed instruction."""
     text = mask_json(text.strip())
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
@@ -144,11 +139,11 @@ def candidates(text: str) -> list[str]:
     return list(dict.fromkeys(m for m in masked if m))
 
 
-def _skeleton_tokens(text: str) -> list[str] | None:
+def _skeleton_tokens(text: str, mask: Callable[[str], str] = mask) -> list[str] | None:
     """The tokens of a short turn once masked, or None for a turn too long to be one sentence."""
     if len(text) > MAX_SKELETON_CHARS:
         return None
-    tokens = _TOKEN.findall(mask(mask_json(text)))
+    tokens = _TOKEN.findall(mask(mask_json(text.strip())))
     return tokens if len(tokens) <= 2 * MAX_SKELETON_WORDS else None
 
 
@@ -158,19 +153,36 @@ class TurnForms:
     of detect's time. Per run, not global, so a long-lived process does not grow with traffic."""
 
     def __init__(self) -> None:
+        self._masks: dict[str, str] = {}  # one turn's whole text is masked for its candidates, skeleton and form
         self._candidates: dict[str, list[str]] = {}
         self._tokens: dict[str, list[str] | None] = {}
+        self._skeletons: dict[str, str | None] = {}
+        self._vocabulary: frozenset[str] | None = None  # what the cached skeletons were made over
 
     def candidates(self, text: str) -> list[str]:
         found = self._candidates.get(text)
         if found is None:
-            found = self._candidates[text] = candidates(text)
+            found = self._candidates[text] = candidates(text, self.mask)
+        return found
+
+    def mask(self, text: str) -> str:
+        """`mask`, memoized for the run: its cache is too small for a large log's distinct turns."""
+        found = self._masks.get(text)
+        if found is None:
+            found = self._masks[text] = mask(text)
         return found
 
     def tokens(self, text: str) -> list[str] | None:
         if text not in self._tokens:
-            self._tokens[text] = _skeleton_tokens(text)
+            self._tokens[text] = _skeleton_tokens(text, self.mask)
         return self._tokens[text]
+
+    def skeleton(self, text: str, vocabulary: frozenset[str]) -> str | None:
+        if vocabulary is not self._vocabulary:
+            self._skeletons, self._vocabulary = {}, vocabulary
+        if text not in self._skeletons:
+            self._skeletons[text] = _skeleton_of(self.tokens(text), vocabulary)
+        return self._skeletons[text]
 
 
 def skeleton_vocabulary(texts: Iterable[str], forms: TurnForms | None = None) -> frozenset[str]:
@@ -202,7 +214,10 @@ def skeleton(text: str, vocabulary: frozenset[str], forms: TurnForms | None = No
     """A short turn with every word outside `vocabulary` as a wildcard (runs of them as one),
     when it keeps a slot or wildcard, at least two fixed content words and no more wildcards
     than those (a chat message is mostly its own words); else None."""
-    tokens = forms.tokens(text) if forms else _skeleton_tokens(text)
+    return forms.skeleton(text, vocabulary) if forms else _skeleton_of(_skeleton_tokens(text), vocabulary)
+
+
+def _skeleton_of(tokens: list[str] | None, vocabulary: frozenset[str]) -> str | None:
     if not tokens:
         return None
     out = _wildcard_runs(tokens, vocabulary)
@@ -222,19 +237,24 @@ def mine(
 ) -> list[str | None]:
     """Per turn, the candidate it shares with the most other turns (ties: the first found),
     or None when it shares none with at least `min_support - 1` others; support counts
-    distinct turns (the same turn sent again is not a template). With a `vocabulary`, a turn
-    left without one gets its skeleton when at least `min_support` distinct turns share it."""
-    found = [(forms.candidates if forms else candidates)(text) for text in texts]
-    support = Counter(c for cs in dict(zip(texts, found, strict=True)).values() for c in cs)
-    picked: list[str | None] = []
-    for cs in found:
+    distinct turns (the same turn sent again, in other case or spacing, is not a template: else
+    a whole-turn form carrying its payload's words would count every resend, and such forms
+    would grow with the log). With a `vocabulary`, a turn left without one gets its skeleton
+    when at least `min_support` distinct turns share it."""
+    found = {text: (forms.candidates if forms else candidates)(text) for text in dict.fromkeys(texts)}
+    support = Counter(c for cs in {fold_case_and_spacing(t): cs for t, cs in found.items()}.values() for c in cs)
+    picked: dict[str, str | None] = {}
+    for text, cs in found.items():
         best = max(cs, key=support.__getitem__, default=None)
-        picked.append(best if best is not None and support[best] >= min_support else None)
-    if vocabulary is None:
-        return picked
-    shapes = {text: skeleton(text, vocabulary, forms) for text, p in zip(texts, picked, strict=True) if p is None}
-    shared = Counter(form for form in shapes.values() if form is not None)
-    return [
-        p if p is not None else (form if (form := shapes[text]) and shared[form] >= min_support else None)
-        for text, p in zip(texts, picked, strict=True)
-    ]
+        picked[text] = best if best is not None and support[best] >= min_support else None
+    if vocabulary is not None:
+        shapes = {text: skeleton(text, vocabulary, forms) for text, p in picked.items() if p is None}
+        shared = Counter(form for form in {fold_case_and_spacing(t): f for t, f in shapes.items()}.values() if form)
+        picked |= {text: form for text, form in shapes.items() if form and shared[form] >= min_support}
+    return [picked[text] for text in texts]
+
+
+def distinct_support(texts: Sequence[str], picked: Sequence[str | None]) -> Counter[str]:
+    """How many distinct turns (case and spacing aside) carry each picked template, as `mine` counts them."""
+    turns = {fold_case_and_spacing(text): t for text, t in dict(zip(texts, picked, strict=True)).items() if t}
+    return Counter(turns.values())
