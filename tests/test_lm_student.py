@@ -331,6 +331,7 @@ def test_adapter_students_share_one_base_and_switch_per_request(
     trained, folders, _ = two_adapters
     first, second = (LMStudent.load(folder) for folder in folders)
     assert first.model is second.model  # one base in memory
+    assert first.tokenizer is second.tokenizer  # and one tokenizer (the same files), with one token table
     prompts = [row.prompt for row in make_rows(LORA_ROWS)]
     alone = [student.predict(prompts) for student in trained]  # each merged on its own copy
     answers = [[(p.text, round(p.confidence, 3)) for p in predictions] for predictions in alone]

@@ -7,7 +7,11 @@ decoded from exactly the prompt format and tokens it was trained on. No training
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from stillroom.schema import Message
@@ -16,6 +20,26 @@ from stillroom.schema import Message
 def chat(messages: Sequence[Message]) -> list[dict[str, str]]:
     """The turns as the chat template (and TRL) takes them."""
     return [{"role": message.role, "content": message.content} for message in messages]
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+_TOKENIZERS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()  # files' hash -> tokenizer
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def shared_tokenizer(path: str) -> Any:
+    """The tokenizer of a student folder, one object per distinct set of tokenizer files in the process:
+    LM students fine-tuned from one base carry the same files, and each copy would cost ~12 MB."""
+    digest = hashlib.sha256()
+    for name in _TOKENIZER_FILES:
+        file = Path(path) / name
+        digest.update(name.encode() + b"\0" + (file.read_bytes() if file.exists() else b"") + b"\0")
+    with _TOKENIZERS_LOCK:
+        tokenizer = _TOKENIZERS.get(digest.hexdigest())
+        if tokenizer is None:
+            tokenizer = load_tokenizer(path)
+            _TOKENIZERS[digest.hexdigest()] = tokenizer
+    return tokenizer
 
 
 def load_tokenizer(path: str) -> Any:

@@ -34,6 +34,7 @@ from stillroom.students.chat import (
     load_tokenizer,
     prompt_answer_ids,
     schema_validator,
+    shared_tokenizer,
 )
 from stillroom.students.json_answers import JsonCursor, close_json, ground_in_source, json_field_spans, source_views
 from stillroom.students.lora import SharedBase, load_adapter, shared_base
@@ -52,7 +53,6 @@ class LMStudent(Student):
         self.json_schema: dict[str, Any] | None = info.get("json_schema")
         self._validator = schema_validator(self.json_schema) if self.json_schema is not None else None
         self._label_ids: list[list[int]] | None = None  # built on first use
-        self._token_bytes: list[bytes | None] | None = None  # built on first use
         # Learnt from the training answers (see `lm_train.answer_constraints`): a constant start every answer
         # shares, written instead of generated, and whether extracted values are copied from the input.
         self.answer_prefix: str = info.get("answer_prefix") or ""
@@ -269,9 +269,11 @@ class LMStudent(Student):
         return None
 
     def _token_table(self) -> list[bytes | None]:
-        if self._token_bytes is None:
-            self._token_bytes = token_bytes(self.tokenizer)
-        return self._token_bytes
+        """Built on first use, once per tokenizer object (students sharing a tokenizer share it too)."""
+        table = _TOKEN_TABLES.get(self.tokenizer)
+        if table is None:
+            table = _TOKEN_TABLES[self.tokenizer] = token_bytes(self.tokenizer)
+        return table
 
     def _eos_ids(self) -> list[int]:
         return eos_token_ids(self.model, self.tokenizer)
@@ -288,10 +290,10 @@ class LMStudent(Student):
         info = {key: value for key, value in read_manifest(directory).items() if key != "kind"}
         if info.get("store") != "adapter":
             model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-            return cls(model, load_tokenizer(str(directory)), info)
+            return cls(model, shared_tokenizer(str(directory)), info)
         base = shared_base(resolve_base_lm(info["base_model"]), info["base_sha256"])
         name = base.add(load_adapter(directory), float(info["lora_scale"]))
-        student = cls(base.model, load_tokenizer(str(directory)), info)
+        student = cls(base.model, shared_tokenizer(str(directory)), info)
         student._adapter = (base, name)
         weakref.finalize(student, base.remove, name)  # an unloaded student takes its pairs off the base
         return student
@@ -302,6 +304,9 @@ class LMStudent(Student):
             return nullcontext()
         base, name = self._adapter
         return base.using(name)
+
+
+_TOKEN_TABLES: weakref.WeakKeyDictionary[Any, list[bytes | None]] = weakref.WeakKeyDictionary()
 
 
 def _parse_container(text: str) -> dict | list | None:
