@@ -359,7 +359,8 @@ class JsonCursor:
             return self._escape_char(char)
         if char == "\\":
             self.escape = "\\"
-            return not self._constrained() or bool(self._next_chars())  # any next character can be \uXXXX
+            # after the backslash any escape may follow (a \u one spells its character in four hex digits)
+            return not self._constrained() or bool(self._next_chars())
         if char == '"':
             return self._string_end()
         if char < " ":
