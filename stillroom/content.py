@@ -194,13 +194,18 @@ def wire_message(message: Message, provider: str = "openai") -> dict:
     return {"role": message.role, "content": parts}
 
 
+def data_url(body: bytes, media_type: str) -> str:
+    """An image's bytes as the data URL an OpenAI `image_url` part carries."""
+    return f"data:{media_type};base64,{base64.b64encode(body).decode('ascii')}"
+
+
 def _image_part(image: ImageRef, provider: str) -> dict | None:
     media_type = image.media_type or "image/png"
     if image.body is not None:
-        data = base64.b64encode(image.body).decode("ascii")
         if provider == "anthropic":
+            data = base64.b64encode(image.body).decode("ascii")
             return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
-        return {"type": "image_url", "image_url": {"url": f"data:{media_type};base64,{data}"}}
+        return {"type": "image_url", "image_url": {"url": data_url(image.body, media_type)}}
     if image.url:
         if provider == "anthropic":
             return {"type": "image", "source": {"type": "url", "url": image.url}}

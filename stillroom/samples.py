@@ -13,7 +13,6 @@ over realistic names and over the real photos and graphics scikit-image and scik
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
 import io
@@ -32,6 +31,7 @@ from PIL import Image
 
 from stillroom.answers import estimate_tokens
 from stillroom.config import Params, SampleParams
+from stillroom.content import data_url
 from stillroom.data import Layout
 from stillroom.images import colour_stats, describe
 
@@ -558,9 +558,9 @@ def _jpeg_calls(params: SampleParams, start: datetime) -> list[_Call]:
         picture = rng.choice(pictures)
         kind = rng.choices(list(JPEG_VARIANTS), weights=list(JPEG_VARIANTS.values()))[0]
         body, media = _encode(rng, picture, kind if kind != "original" or picture.raw else "png")
-        url = f"data:{media};base64,{base64.b64encode(body).decode()}"
         text = rng.choices(JPEG_TEMPLATES, weights=JPEG_TEMPLATE_WEIGHTS)[0]
-        content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url, "detail": "low"}}]
+        part = {"type": "image_url", "image_url": {"url": data_url(body, media), "detail": "low"}}
+        content = [{"type": "text", "text": text}, part]
         messages = [{"role": "system", "content": JPEG_PROMPT}, {"role": "user", "content": content}]
         calls.append(_Call(JPEG_TASK, when, "gpt-4o-mini", messages, jpeg_answer(body), {"temperature": 0}))
     return calls

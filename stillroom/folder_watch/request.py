@@ -7,12 +7,12 @@ request reads like the user's own calls, and the student sees the input it was t
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from stillroom.content import data_url
 from stillroom.schema import TaskCard
 
 Action = Literal["move", "convert", "suggest"]
@@ -105,9 +105,8 @@ class TaskRequest:
         text = self.shape.replace(NAME, name)
         content: str | list[dict] = text
         if image is not None:
-            data, media = image
-            url = f"data:{media};base64,{base64.b64encode(data).decode()}"
-            content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
+            part = {"type": "image_url", "image_url": {"url": data_url(*image)}}
+            content = [{"type": "text", "text": text}, part]
         return {"model": self.model, "messages": [*system, {"role": "user", "content": content}]}
 
     def folder(self, answer: str) -> str | None:
