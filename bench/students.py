@@ -12,6 +12,7 @@ threshold chosen on validation, p50 latency of one request, cold load time and s
     python bench/students.py --reuse      # keep the scratch project's data and models, re-evaluate only
     python bench/students.py --tasks copy # only the JSON-array copy task (a few minutes on 2 cores)
     python bench/students.py --tasks files  # only the Downloads-sorting and convert-to-JPEG tasks (minutes)
+    python bench/students.py --tasks topics # only the BBC topics task (a minute or two)
 
 Also per task: the routed share's agreement and its lower bound, whether the student is at
 least as good as the best baseline on the same test rows (`beats_baseline`), and the p50 on the
@@ -73,6 +74,9 @@ TARGETS = {
 }
 # `--tasks files`: the sample with only the two file tasks of issue 18 and the one-off chats around them.
 FILES_SAMPLE = {"bbc_articles": 0, "wnut_tweets": 0, "oneoff_prompts": 100, "downloads_files": 800, "jpeg_images": 400}
+# `--tasks topics`: the BBC topics task alone (and one-off chats), through the same stages, in a minute or two.
+TOPICS_SAMPLE = {"wnut_tweets": 0, "oneoff_prompts": 100, "downloads_files": 0, "jpeg_images": 0}
+SUBSETS = {"files": FILES_SAMPLE, "topics": TOPICS_SAMPLE}
 COPY_TASK = "first_names_copy"
 COPY_SYSTEM = (
     "List the first word of the name of every person in the document's people fields, in the order they "
@@ -367,14 +371,14 @@ def main() -> int:
         "--tasks",
         default="ladder,copy",
         help="comma-separated: ladder (the sample logs through the pipeline), copy (the JSON-array copy task), "
-        "files (only the downloads and convert-to-JPEG sample tasks, through the pipeline)",
+        "files (only the downloads and convert-to-JPEG sample tasks, through the pipeline), topics (only BBC topics)",
     )
     args = parser.parse_args()
     tasks = set(args.tasks.split(","))
     results = run_ladder(args.params, args.project, args.reuse) if "ladder" in tasks else []
-    if "files" in tasks and "ladder" not in tasks:
-        files_project = args.project.with_name(args.project.name + "-files")
-        results += run_ladder(args.params, files_project, args.reuse, FILES_SAMPLE)
+    for subset in sorted(tasks & set(SUBSETS)) if "ladder" not in tasks else []:
+        subset_project = args.project.with_name(f"{args.project.name}-{subset}")
+        results += run_ladder(args.params, subset_project, args.reuse, SUBSETS[subset])
     if "copy" in tasks:
         results.append(run_copy_task(load_params(args.params), args.project, args.reuse))
     sharing = adapter_sharing(args.project) if "ladder" in tasks else None

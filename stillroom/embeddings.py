@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import os
 import shutil
+import warnings
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -62,8 +65,30 @@ def embed(texts: list[str], name: str, batch_size: int = 64, progress: bool = Fa
     return vectors.astype(np.float32)
 
 
+def cache_dir(kind: str) -> Path:
+    return Path(os.environ.get("STILLROOM_CACHE", "~/.cache/stillroom")).expanduser() / kind
+
+
 def static_cache_dir() -> Path:
-    return Path(os.environ.get("STILLROOM_CACHE", "~/.cache/stillroom")).expanduser() / "static"
+    return cache_dir("static")
+
+
+def _built_once(target: Path, done_file: str, build: Callable[[Path], None]) -> Path:
+    """`target`, built by `build(partial_folder)` unless a finished copy exists; a lock keeps two
+    processes from building it at once, and a half-built folder is never seen as done."""
+    if (target / done_file).exists():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if not (target / done_file).exists():
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            build(partial)
+            partial.rename(target)
+    return target
 
 
 STATIC_VECTORS = "vectors.npy"
@@ -82,21 +107,11 @@ def static_embedder(name: str, dims: int = 256, sif: float = 1e-4) -> Path:
     """
     source = resolve_embedder(name)
     key = hashlib.sha256(f"{source}|{dims}|{sif}|static-v1".encode()).hexdigest()[:12]
-    target = static_cache_dir() / f"{Path(source).name}-{dims}-{key}"
-    if (target / STATIC_VECTORS).exists():
-        return target
-    from filelock import FileLock
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{target}.lock"):
-        if not (target / STATIC_VECTORS).exists():
-            partial = target.with_name(target.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir()
-            vectors = _distil_vectors(source, dims, sif, partial / STATIC_TOKENIZER)
-            np.save(partial / STATIC_VECTORS, vectors)
-            partial.rename(target)
-    return target
+    def build(folder: Path) -> None:
+        np.save(folder / STATIC_VECTORS, _distil_vectors(source, dims, sif, folder / STATIC_TOKENIZER))
+
+    return _built_once(static_cache_dir() / f"{Path(source).name}-{dims}-{key}", STATIC_VECTORS, build)
 
 
 def _distil_vectors(source: str, dims: int, sif: float, tokenizer_file: Path) -> np.ndarray:
@@ -121,3 +136,68 @@ def _distil_vectors(source: str, dims: int, sif: float, tokenizer_file: Path) ->
     rank = np.arange(2, len(vectors) + 2, dtype=np.float64)  # piece ids run roughly from frequent to rare
     probability = (1 / rank) / (1 / rank).sum()
     return (vectors * (sif / (sif + probability))[:, None]).astype(np.float32)
+
+
+def onnx_encoder(name: str, quantize: bool = True) -> Path:
+    """The encoder as an ONNX graph from word pieces to its unit-length mean-pooled vector, int8 weights
+    when `quantize` (dynamic quantization: ~23 MB instead of ~90, about twice as fast on CPU, the same
+    topic accuracy on BBC News). Exporting costs a few seconds once; the result is kept per encoder
+    under the user's cache, and a student folder copies it in (`students.onnx_encoder` runs it)."""
+    from stillroom.students.onnx_encoder import ONNX_FILE
+
+    source = resolve_embedder(name)
+    key = hashlib.sha256(f"{source}|{quantize}|onnx-v1".encode()).hexdigest()[:12]
+    target = cache_dir("onnx") / f"{Path(source).name}-{'int8' if quantize else 'fp32'}-{key}"
+    return _built_once(target, ONNX_FILE, lambda folder: _export_onnx(source, quantize, folder))
+
+
+def _export_onnx(source: str, quantize: bool, folder: Path) -> None:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from stillroom.students.onnx_encoder import INPUT_NAMES, ONNX_FILE, TOKENIZER_FILE
+
+    encoder = SentenceTransformer(source, device="cpu")
+    encoder.tokenizer.backend_tokenizer.save(str(folder / TOKENIZER_FILE))
+
+    class Pooled(torch.nn.Module):
+        """Word pieces in, the sentence vector out: mean over the real pieces, then unit length."""
+
+        def __init__(self, model: torch.nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            hidden = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(mean, dim=-1)
+
+    example = encoder.tokenizer(["an example"], return_tensors="pt")
+    inputs = tuple(example[name] if name in example else torch.zeros_like(example["input_ids"]) for name in INPUT_NAMES)
+    exported = folder / ("float.onnx" if quantize else ONNX_FILE)
+    with warnings.catch_warnings():  # the tracer's notes on BERT's mask code, which holds for any length
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Pooled(encoder[0].auto_model.eval()),
+            inputs,
+            str(exported),
+            input_names=list(INPUT_NAMES),
+            output_names=["embedding"],
+            dynamic_axes={**{name: {0: "batch", 1: "pieces"} for name in INPUT_NAMES}, "embedding": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,  # the TorchScript exporter: no onnxscript needed, and it handles BERT's masks
+        )
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quiet = logging.getLogger()  # onnxruntime's advice to pre-process first warns on the root logger
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(str(exported), str(folder / ONNX_FILE), weight_type=QuantType.QInt8)
+        finally:
+            quiet.setLevel(level)
+        exported.unlink()

