@@ -69,6 +69,13 @@ def test_an_inconsistent_teacher_is_not_a_fit():
     assert "agrees with itself less than 80%" in verdict.reasons[0]
 
 
+def test_two_inconsistent_repeats_lower_the_score_but_do_not_rule_the_task_out():
+    verdict = assess(card(repeated_inputs=2, self_consistency=0.5), PARAMS)
+    assert verdict.decision == "distill_now" and verdict.factors["consistency"] == 0.5
+    assert "too few to rule the task out" in verdict.reasons[4]
+    assert assess(card(repeated_inputs=40, self_consistency=0.5), PARAMS).decision == "not_a_fit"
+
+
 def test_unknown_consistency_is_neutral():
     verdict = assess(card(repeated_inputs=0, self_consistency=None), PARAMS)
     assert verdict.factors["consistency"] == 0.75

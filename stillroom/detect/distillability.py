@@ -13,6 +13,7 @@ import math
 
 from stillroom.answers import DAYS_PER_MONTH
 from stillroom.config import DistillParams
+from stillroom.metrics.scoring import wilson_interval
 from stillroom.schema import Distillability, TaskCard
 
 # How much each factor weighs in the score; the decision also has hard bars (see assess).
@@ -85,8 +86,13 @@ def _consistency(card: TaskCard, params: DistillParams) -> tuple[float, str, str
         f"the teacher gave its most common answer {card.self_consistency:.0%} of the time "
         f"on {card.repeated_inputs} repeated inputs"
     )
-    if card.self_consistency < params.min_consistency:
+    # A veto needs evidence: two inputs asked twice say little, so the share's 95% upper bound (Wilson,
+    # over the repeated inputs) must be under the minimum; below it on few inputs only lowers the score.
+    upper = wilson_interval(card.self_consistency * card.repeated_inputs, card.repeated_inputs)[1]
+    if upper < params.min_consistency:
         return card.self_consistency, reason, f"the teacher agrees with itself less than {params.min_consistency:.0%}"
+    if card.self_consistency < params.min_consistency:
+        reason += f" (too few to rule the task out: up to {upper:.0%} is possible)"
     return card.self_consistency, reason, None
 
 
