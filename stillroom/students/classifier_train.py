@@ -1,13 +1,13 @@
 """Training the classifier student: fit a head per candidate feature set, keep the best, calibrate, save.
 
-Cheap to train (seconds on CPU). Which features it reads is chosen on held-out answers (5-fold
-out-of-fold answers on the training rows, plus the validation split; a run without validation keeps
-the first candidate) among the candidates in params: frozen MiniLM embeddings carry meaning, TF-IDF carries the rare topical
-words a small encoder blurs, the hybrid reads both, and static vectors (distilled from the
-same encoder, in the manner of model2vec) carry some meaning at the cost of TF-IDF. The
-cheapest candidate within `selection_tolerance` of the best wins. Probabilities are temperature-scaled on
-out-of-fold training predictions, so a confidence of 0.9 means right about 9 times in 10 and
-routing thresholds mean what they say.
+Cheap to train (seconds on CPU). Which features it reads is chosen among the candidates in params on
+held-out answers: 5-fold out-of-fold answers on the training rows, plus the validation split (a run
+without validation keeps the first candidate). Frozen MiniLM embeddings carry meaning, TF-IDF
+carries the rare topical words a small encoder blurs, the hybrid reads both, and static vectors
+(distilled from the same encoder, in the manner of model2vec) carry some meaning at the cost of
+TF-IDF. The cheapest candidate within `selection_tolerance` of the best wins. Probabilities are
+temperature-scaled on out-of-fold training predictions, so a confidence of 0.9 means right about 9
+times in 10 and routing thresholds mean what they say.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def train_classifier(
     progress: bool = False,
     validation: Sequence[DatasetRow] = (),
 ) -> tuple[EmbeddingClassifier, dict]:
-    """Fit one head per candidate feature set, keep the best on validation, calibrate it."""
+    """Fit one head per candidate feature set, keep the cheapest near the best held out, calibrate it."""
     rows = list(train)[: params.max_train_examples]
     labels = sorted({row.target for row in rows})
     if len(labels) < 2:
@@ -68,26 +68,27 @@ def train_classifier(
     texts = [row.input_text for row in rows]
     held = [row for row in validation if row.target in index]
 
-    candidates = list(dict.fromkeys(params.features))
-    needs_encoder = any(kind in ("embedding", "hybrid") for kind in candidates)
-    settings = encoder_settings(params)
-    source = encoder_folder(params) if needs_encoder else resolve_embedder(params.embedder)
-    encoder = load_encoder(source, settings) if needs_encoder else None
+    candidates = candidate_names(params)
+    windows = sorted({window for name in candidates if (window := window_of(name))})
+    source = encoder_folder(params) if windows else resolve_embedder(params.embedder)
+    encoders = {window: load_encoder(source, encoder_settings(params, window)) for window in windows}
     static_source = static_embedder(params.embedder, params.static_dims) if "static" in candidates else None
     static = StaticVectors(static_source) if static_source else None
-    reads_ngrams = any(kind in ("tfidf", "hybrid") for kind in candidates)
+    reads_ngrams = any(kind_of(name) in ("tfidf", "hybrid") for name in candidates)
     tfidf = fit_ngrams(texts, params.char_ngrams, params.tfidf_max_chars) if reads_ngrams else None
-    # Embed once; the hybrid reuses the same vectors.
-    cache: dict[str, np.ndarray] = {}
+    # Embed once per window; the hybrid reuses the same vectors.
+    cache: dict[tuple[int, str], np.ndarray] = {}
 
-    def matrix(kind: ClassifierFeatures, batch: list[str], key: str) -> Any:
+    def matrix(name: str, batch: list[str], split: str) -> Any:
+        kind, window = kind_of(name), window_of(name)
         if kind == "tfidf":
             return tfidf.transform(batch)
         if kind == "static":
             return static.transform(batch)
-        if key not in cache:
-            cache[key] = Features("embedding", encoder).transform(batch, progress=progress)
-        return cache[key] if kind == "embedding" else hstack([csr_matrix(cache[key]), tfidf.transform(batch)]).tocsr()
+        if (window, split) not in cache:
+            cache[window, split] = Features("embedding", encoders[window]).transform(batch, progress=progress)
+        vectors = cache[window, split]
+        return vectors if kind == "embedding" else hstack([csr_matrix(vectors), tfidf.transform(batch)]).tocsr()
 
     # A candidate is judged on every held-out answer there is: each training row answered by a head
     # fitted without it (5-fold), then the validation rows. On a small task validation alone is a few
@@ -96,39 +97,42 @@ def train_classifier(
     validation_scores: dict[str, float] = {}
     heads, fold_logits = {}, {}
     can_fold = int(np.bincount(y).min()) >= 2
-    for kind in candidates:
-        x = matrix(kind, texts, "train")
-        heads[kind] = _fit_head(x, y, params.C, seed, len(labels))
+    for name in candidates:
+        x = matrix(name, texts, "train")
+        heads[name] = _fit_head(x, y, params.C, seed, len(labels))
         right = []
         if can_fold:
-            fold_logits[kind] = out_of_fold_logits(x, y, params.C, seed, len(labels))
-            right.append(fold_logits[kind].argmax(1) == y)
+            fold_logits[name] = out_of_fold_logits(x, y, params.C, seed, len(labels))
+            right.append(fold_logits[name].argmax(1) == y)
         if held:
-            predicted = _logits(heads[kind], matrix(kind, [r.input_text for r in held], "validation")).argmax(1)
+            predicted = _logits(heads[name], matrix(name, [r.input_text for r in held], "validation")).argmax(1)
             right.append(np.array([labels[p] == r.target for p, r in zip(predicted, held, strict=True)]))
-            validation_scores[kind] = float(right[-1].mean())
-        scores[kind] = float(np.concatenate(right).mean()) if held and right else None
-    chosen = cheapest_within_tolerance(candidates, scores, params.selection_tolerance)
-    x = matrix(chosen, texts, "train")
-    weights, bias = heads[chosen]
+            validation_scores[name] = float(right[-1].mean())
+        scores[name] = float(np.concatenate(right).mean()) if held and right else None
+    chosen_name = cheapest_within_tolerance(candidates, scores, params.selection_tolerance)
+    chosen, window = kind_of(chosen_name), window_of(chosen_name)
+    x = matrix(chosen_name, texts, "train")
+    weights, bias = heads[chosen_name]
     temperature = 1.0
     if params.calibrate and can_fold:
-        temperature = fit_temperature(fold_logits[chosen], y)
+        temperature = fit_temperature(fold_logits[chosen_name], y)
 
-    chosen_encoder = {"static": static, "tfidf": None}.get(chosen, encoder)
+    chosen_encoder = {"static": static, "tfidf": None}.get(chosen, encoders.get(window))
     chosen_source = str(static_source) if chosen == "static" else source
     features = Features(chosen, chosen_encoder, tfidf if chosen in ("tfidf", "hybrid") else None, chosen_source)
+    settings = encoder_settings(params, window or max(params.encoder_windows))
     info = {"features": chosen, "temperature": temperature, "embedder": params.embedder, **settings}
     student = EmbeddingClassifier(features, labels, weights, bias, info)
-    train_accuracy = float((_logits(heads[chosen], x).argmax(1) == y).mean())
+    train_accuracy = float((_logits(heads[chosen_name], x).argmax(1) == y).mean())
     stats = {
         "n_train": len(rows),
         "n_validation": len(held),
         "labels": len(labels),
         "features": chosen,
-        "validation_accuracy": validation_scores.get(chosen),
-        **{f"validation_accuracy_{kind}": score for kind, score in validation_scores.items()},
-        **{f"held_out_accuracy_{kind}": round(score, 4) for kind, score in scores.items() if score is not None},
+        "candidate": chosen_name,
+        "validation_accuracy": validation_scores.get(chosen_name),
+        **{f"validation_accuracy_{name}": score for name, score in validation_scores.items()},
+        **{f"held_out_accuracy_{name}": round(score, 4) for name, score in scores.items() if score is not None},
         "temperature": round(temperature, 4),
         "train_seconds": round(time.perf_counter() - started, 3),
         "train_accuracy": train_accuracy,
@@ -136,12 +140,34 @@ def train_classifier(
     return student, stats
 
 
-def encoder_settings(params: ClassifierParams) -> dict[str, Any]:
-    """What a student's manifest records of its encoder, and `load_encoder` reads back."""
+def candidate_names(params: ClassifierParams) -> list[str]:
+    """Each feature set in params, the encoder's once per window: `static`, `tfidf`, `embedding_64`,
+    `hybrid_128`, ... A short window answers in half the time, a long one reads more of a text, which
+    matters most when there are few training rows; held-out accuracy decides which is worth it."""
+    names = []
+    for kind in dict.fromkeys(params.features):
+        encoded = kind in ("embedding", "hybrid")
+        names += [f"{kind}_{window}" for window in sorted(set(params.encoder_windows))] if encoded else [kind]
+    return names
+
+
+def kind_of(name: str) -> ClassifierFeatures:
+    return name.partition("_")[0]  # type: ignore[return-value]
+
+
+def window_of(name: str) -> int | None:
+    """The word pieces an encoder candidate reads (None for static vectors and TF-IDF)."""
+    window = name.partition("_")[2]
+    return int(window) if window else None
+
+
+def encoder_settings(params: ClassifierParams, window: int) -> dict[str, Any]:
+    """What a student's manifest records of its encoder, and `load_encoder` reads back: a window of
+    `window` word pieces, a quarter of them (`tail_share`) from the input's end."""
     return {
         "encoder_runtime": params.encoder_runtime,
-        "max_seq_length": params.max_seq_length,
-        "tail_tokens": params.tail_tokens,
+        "max_seq_length": window,
+        "tail_tokens": round(window * params.tail_share),
         "quantize": params.quantize,
     }
 
@@ -154,20 +180,19 @@ def encoder_folder(params: ClassifierParams) -> str:
 
 
 # What each feature set costs to answer, cheapest first: static vectors and n-grams about a millisecond
-# at any length (character n-grams a few on long texts), the encoder tens of milliseconds.
+# at any length (character n-grams a few on long texts), then the encoder by its window (about 5 ms
+# at 64 word pieces, 9 at 128), the hybrid a TF-IDF's time more than the encoder alone.
 _COST = {"static": 0, "tfidf": 1, "embedding": 2, "hybrid": 3}
 
 
-def cheapest_within_tolerance(
-    candidates: Sequence[ClassifierFeatures], scores: dict[str, float | None], tolerance: float
-) -> ClassifierFeatures:
-    """The cheapest candidate whose validation accuracy is within `tolerance` of the best one's
+def cheapest_within_tolerance(candidates: Sequence[str], scores: dict[str, float | None], tolerance: float) -> str:
+    """The cheapest candidate whose held-out accuracy is within `tolerance` of the best one's
     (without validation: the first listed)."""
     if not any(score is not None for score in scores.values()):
         return candidates[0]
     best = max(score or 0.0 for score in scores.values())
-    good = [kind for kind in candidates if (scores[kind] or 0.0) >= best - tolerance - 1e-12]
-    return min(good, key=lambda kind: (_COST[kind], candidates.index(kind)))
+    good = [name for name in candidates if (scores[name] or 0.0) >= best - tolerance - 1e-12]
+    return min(good, key=lambda name: (window_of(name) or 0, _COST[kind_of(name)], candidates.index(name)))
 
 
 def fit_ngrams(texts: list[str], chars: bool = True, max_chars: int | None = None) -> Ngrams:
