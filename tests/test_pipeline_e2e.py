@@ -31,8 +31,8 @@ SMALL = {
     "sample": {"bbc_articles": 160, "wnut_tweets": 140, "oneoff_prompts": 120, "downloads_files": 0, "jpeg_images": 0},
     "detect": {"min_task_records": 40},
     "train": {"lm": {"max_train_examples": 64, "max_steps": 12, "batch_size": 8}},
-    "evaluate": {"max_test_examples": 24, "latency_samples": 3, "baseline_max_examples": 6},
-    # ~100 training articles and 24 test rows: the gate on the interval's lower bound is set lower here
+    "evaluate": {"max_test_examples": 40, "latency_samples": 3, "baseline_max_examples": 6},
+    # ~76 training articles and ~39 test rows: the gate on the interval's lower bound is set lower here
     "register": {"gate": {"label": 0.6, "min_test_rows": 20}},
 }
 
@@ -138,7 +138,7 @@ def test_students_are_trained_evaluated_and_registered(project, flow_run):
     rows = {row["student"]: row for row in flow_run}
     assert set(rows) == {"classifier", "lm"}
     bbc = rows["classifier"]
-    assert bbc["agreement"] >= 0.85, bbc
+    assert bbc["agreement"] >= 0.8, bbc  # five topics from ~76 articles (chance: 0.2); one row is 2.6 points
     assert bbc["agreement_low"] <= bbc["agreement"] <= bbc["agreement_high"]
     assert bbc["model_uri"].startswith("models:/stillroom-") and bbc["alias"] == "champion"
     lm = rows["lm"]

@@ -258,7 +258,8 @@ def out_of_fold_logits(x: Any, y: np.ndarray, C: float, seed: int, n_labels: int
 
 def _fit_head(x: Any, y: np.ndarray, C: float, seed: int, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """(weights (n_labels, dim), bias) with a row for every label, even ones missing from a fold."""
-    model = LogisticRegression(C=C, max_iter=3000, random_state=seed).fit(x, y)
+    # Newton-CG: a few exact steps; lbfgs took 3x as long on 60k TF-IDF columns for the same answers.
+    model = LogisticRegression(C=C, solver="newton-cg", max_iter=3000, random_state=seed).fit(x, y)
     weights = np.zeros((n_labels, x.shape[1]))
     bias = np.full(n_labels, -1e4)  # a label the head never saw gets no probability
     coef, intercept = model.coef_, model.intercept_
