@@ -590,6 +590,39 @@ def test_json_student_judges_generated_answers(memorised: tuple[LMStudent, dict,
     assert all(p.confidence == 0.0 for p in rejected if not p.valid)
 
 
+def generate_and_decode(student: LMStudent, prompts: list[list[Message]]) -> tuple[list, list]:
+    """Each prompt answered alone by HF `generate` (`_generate`) and by the student's own loop (`_decode`)."""
+    texts = [student._prompt_text(prompt) + student.answer_prefix for prompt in prompts]
+    sources = [prompt[-1].content for prompt in prompts]
+    with torch.inference_mode():
+        generated = [student._generate([text], [source])[0] for text, source in zip(texts, sources, strict=True)]
+        # Twice, the second time backwards: the prompt start cached from the previous request must not matter.
+        decoded = [student._decode(text, source) for text, source in zip(texts, sources, strict=True)]
+        again = [student._decode(text, source) for text, source in zip(texts[::-1], sources[::-1], strict=True)]
+    assert [p.text for p in again[::-1]] == [p.text for p in decoded]
+    assert [p.confidence for p in again[::-1]] == pytest.approx([p.confidence for p in decoded], abs=1e-5)
+    return generated, decoded
+
+
+def test_own_decoding_loop_answers_as_generate(memorised: tuple[LMStudent, dict, Path], tiny_base: Path) -> None:
+    """Greedy either way: the loop with its prompt cache, forced braces and early stop gives generate's answers."""
+    student, _, _ = memorised
+    prompts = [row.prompt for row in make_rows(NAMES)] + [[Message(role="user", content="Tweet: zebra 42 ???")]]
+    people = {"json_schema": PEOPLE_SCHEMA, "answer_prefix": '{"people":', "grounded": True}
+    students = [
+        student,  # free text
+        LMStudent(student.model, student.tokenizer, {**student.info, **people}),  # trained, grounded JSON
+        # Untrained: the grammar overrides the model at nearly every step.
+        LMStudent(LMStudent.zero_shot(str(tiny_base)).model, student.tokenizer, {**student.info, **people}),
+    ]
+    for each in students:
+        generated, decoded = generate_and_decode(each, prompts)
+        assert [p.text for p in decoded] == [p.text for p in generated]
+        assert [p.valid for p in decoded] == [p.valid for p in generated]
+        assert [p.confidence for p in decoded] == pytest.approx([p.confidence for p in generated], abs=1e-4)
+    assert [p.text for p in students[1].predict(prompts[:4])] == [row.target for row in make_rows(NAMES)]
+
+
 def test_a_malformed_schema_fails_at_construction(memorised: tuple[LMStudent, dict, Path]) -> None:
     from jsonschema.exceptions import SchemaError
 

@@ -436,6 +436,14 @@ class JsonCursor:
             return True
         return any(char.encode("utf-8").startswith(partial) for char in self._next_chars())
 
+    def forced(self) -> str:
+        """The closing braces that are the only way on (an object whose keys are all written can only
+        close), "" while the model still has a choice: decoding writes them without asking the model."""
+        out, cursor = "", self.copy()
+        while cursor.mode == _AFTER and cursor.frames[-1].free_keys("") == [] and cursor._close("}"):
+            out += "}"
+        return out
+
     def closing(self) -> str:
         """What closes the containers open at `clean`."""
         return "".join("}" if frame.bracket == "{" else "]" for frame in reversed(self.clean_frames))
