@@ -283,27 +283,40 @@ class LMStudent(Student):
             input_ids=torch.tensor([ids[reused:]]), past_key_values=cache, use_cache=True, logits_to_keep=1
         )
         self._remember_prefix(ids, out.past_key_values)
-        tokens: list[int] = []
-        logprobs: list[float] = []
-        while len(tokens) < self.max_new_tokens:
-            scores = out.logits[0, -1].float()
-            step = torch.log_softmax(scores, dim=-1)
-            token = constraint.step(0, scores, step) if constraint is not None else int(scores.argmax())
-            tokens.append(token)
-            logprobs.append(float(step[token]))
-            if token in eos_ids:
+        cache, tokens, logprobs, draft = out.past_key_values, [], [], []
+        done = False
+        while not done:
+            # The last row scores the next token; with a draft, each row after an accepted draft token too.
+            for j, scores in enumerate(out.logits[0, -len(draft) - 1 :].float()):
+                step = torch.log_softmax(scores, dim=-1)
+                token = constraint.step(0, scores, step) if constraint is not None else int(scores.argmax())
+                tokens.append(token)
+                logprobs.append(float(step[token]))
+                accepted = j < len(draft) and token == draft[j]  # then it is in the cache already
+                feed = [] if accepted else [token]
+                if constraint is not None and token not in eos_ids:
+                    forced = constraint.force(0, self.tokenizer, self.max_new_tokens - len(tokens))
+                    tokens.extend(forced)
+                    logprobs.extend([0.0] * len(forced))  # no choice, so no doubt
+                    feed.extend(forced)
+                # A whole JSON answer stops here: its end of turn is certain and needs no step.
+                whole = constraint is not None and constraint.whole(0)
+                done = token in eos_ids or whole or len(tokens) >= self.max_new_tokens
+                if done or feed:
+                    break  # else the next row, scored after the accepted draft token, is valid
+            if done:
                 break
-            fed = [token]
-            if constraint is not None:
-                forced = constraint.force(0, self.tokenizer, self.max_new_tokens - len(tokens))
-                tokens.extend(forced)
-                logprobs.extend([0.0] * len(forced))  # no choice, so no doubt
-                fed.extend(forced)
-                if constraint.whole(0):
-                    break  # the answer is complete: its end of turn is certain and needs no step
-            if len(tokens) >= self.max_new_tokens:
-                break
-            out = self.model(input_ids=torch.tensor([fed]), past_key_values=out.past_key_values, use_cache=True)
+            if unused := len(draft) - j - accepted:
+                cache.crop(-unused)  # the guesses the model did not make
+            draft = (
+                constraint.draft(0, self.tokenizer, min(4, self.max_new_tokens - len(tokens) - 1)) if constraint else []
+            )
+            out = self.model(
+                input_ids=torch.tensor([feed + draft]),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=len(draft) + 1,
+            )
         if constraint is not None:
             return self.json_prediction(tokens, constraint.logprobs[0], source, constraint.overridden[0])
         answer = (self.answer_prefix + self.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
@@ -478,6 +491,14 @@ class JsonDecoding:
     def whole(self, row: int) -> bool:
         cursor = self.cursors[row]
         return cursor is not None and cursor.done and not self.pending[row]
+
+    def draft(self, row: int, tokenizer: Any, size: int) -> list[int]:
+        """Up to `size` guessed next tokens: how the input goes on after the string being copied so far.
+        The next step checks them all in one pass and keeps those the model picks itself."""
+        cursor = self.cursors[row]
+        if cursor is None or size <= 0 or self.pending[row] or not (text := cursor.continuation()):
+            return []
+        return tokenizer(text, add_special_tokens=False)["input_ids"][:size]
 
     def force(self, row: int, tokenizer: Any, budget: int) -> list[int]:
         """Write what the grammar forces next (closing braces) as tokens the row takes without a model
