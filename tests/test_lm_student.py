@@ -344,6 +344,28 @@ def test_adapter_students_share_one_base_and_switch_per_request(
                 assert got.confidence == pytest.approx(want.confidence, abs=1e-4)
 
 
+def test_int8_weights_quantize_the_shared_base_and_keep_the_answers(
+    two_adapters: tuple[list[LMStudent], list[Path], Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+
+    from stillroom.students.base import write_manifest
+    from stillroom.students.lora import SwitchedLinear
+
+    _, folders, _ = two_adapters
+    folder = Path(shutil.copytree(folders[0], tmp_path / "int8"))
+    manifest = read_manifest(folder)
+    write_manifest(folder, manifest.pop("kind"), **{**manifest, "weights": "int8"})
+    full, int8 = LMStudent.load(folders[0]), LMStudent.load(folder)
+    assert int8.model is not full.model  # a base of its own: float32 students keep theirs
+    layers = [module for module in int8.model.modules() if isinstance(module, SwitchedLinear)]
+    assert layers and all(isinstance(layer.base, QuantizedLinear) for layer in layers)
+    prompts = [row.prompt for row in make_rows(LORA_ROWS)]
+    assert [p.text for p in int8.predict(prompts)] == [p.text for p in full.predict(prompts)]
+
+
 def test_adapter_refuses_a_different_base(
     two_adapters: tuple[list[LMStudent], list[Path], Path], tmp_path: Path
 ) -> None:
