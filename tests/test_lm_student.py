@@ -621,6 +621,7 @@ def generate_and_decode(student: LMStudent, prompts: list[list[Message]]) -> tup
         # Twice, the second time backwards: the prompt start cached from the previous request must not matter.
         decoded = [student._decode(text, source) for text, source in zip(texts, sources, strict=True)]
         again = [student._decode(text, source) for text, source in zip(texts[::-1], sources[::-1], strict=True)]
+    assert student._prefix is not None  # the prompt start was kept, so the later prompts started from it
     assert [p.text for p in again[::-1]] == [p.text for p in decoded]
     assert [p.confidence for p in again[::-1]] == pytest.approx([p.confidence for p in decoded], abs=1e-5)
     return generated, decoded

@@ -343,9 +343,11 @@ class LMStudent(Student):
         return DynamicCache(ddp_cache_data=kv, config=self.model.config), shared
 
     def _remember_prefix(self, ids: list[int], cache: Any) -> None:
+        from transformers.cache_utils import DynamicLayer
+
         layers = getattr(cache, "layers", None)
-        if not layers or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
-            return  # a cache kind this does not know how to slice: run every prompt whole
+        if not layers or any(type(layer) is not DynamicLayer or layer.keys is None for layer in layers):
+            return  # sliding windows and other kinds do not keep every position: run every prompt whole
         self._prefix = (tuple(ids), [(layer.keys, layer.values) for layer in layers])
 
     def _cursor(self, source: str | None) -> JsonCursor | None:
