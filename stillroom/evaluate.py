@@ -159,9 +159,12 @@ def routing_on_test(
 # ------------------------------------------------------------------ cost of running it
 
 
-def measure_performance(model_dir: Path, rows: Sequence[DatasetRow], samples: int, batch_size: int) -> dict:
+def measure_performance(
+    model_dir: Path, rows: Sequence[DatasetRow], samples: int, batch_size: int, threads: int | None = None
+) -> dict:
     """Cold load, latency and memory from `stillroom.probe` in a fresh Python process; also the p50
-    on the longest quarter of the test inputs, where a student that reads more pays more."""
+    on the longest quarter of the test inputs, where a student that reads more pays more. `threads`:
+    torch's intra-op threads as the server pins them (one by default: on shared cores more can be slower)."""
     longest = sorted(rows, key=lambda row: len(row.input_text), reverse=True)[: max(1, len(rows) // 4)]
     with tempfile.TemporaryDirectory(prefix="stillroom-probe-") as scratch:
         prompts, long_prompts = Path(scratch) / "prompts.json", Path(scratch) / "long.json"
@@ -174,6 +177,7 @@ def measure_performance(model_dir: Path, rows: Sequence[DatasetRow], samples: in
                 (blobs / ref.sha256).write_bytes(ref.body)
         command = [sys.executable, "-m", "stillroom.probe", str(model_dir), str(prompts), "--blobs", str(blobs)]
         command += ["--samples", str(samples), "--batch-size", str(batch_size), "--long-prompts", str(long_prompts)]
+        command += ["--threads", str(threads)] if threads else []
         done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
     if done.returncode != 0:
         raise RuntimeError(f"measuring {model_dir} failed:\n{done.stderr[-3000:]}")
@@ -304,7 +308,9 @@ def evaluate_student(
             "ece": expected_calibration_error(confidence, agreement),
             **routing,
             **routing_on_test(confidence, agreement, routing["threshold"], settings.target_agreement, fmt),
-            **measure_performance(model_dir, rows, settings.latency_samples, settings.batch_size),
+            **measure_performance(
+                model_dir, rows, settings.latency_samples, settings.batch_size, params.serve.torch_threads
+            ),
             "size_mb": directory_size_mb(model_dir),
             **teacher_costs(card, teacher_records),
             **compare_baselines(card, splits["train"], rows, agreement, params),

@@ -5,7 +5,7 @@ the libraries are imported, the weights are in the page cache of this process's
 allocator, and its peak memory counts everything evaluation did before.
 
     python -m stillroom.probe <student folder> <prompts.json> [--samples N] [--batch-size B]
-                              [--long-prompts longest.json] [--blobs FOLDER]
+                              [--long-prompts longest.json] [--blobs FOLDER] [--threads T]
 
 prints one JSON object.
 """
@@ -115,7 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--long-prompts", type=Path, help="also time these (the longest inputs): p50_long_ms")
     parser.add_argument("--blobs", type=Path, help="the image bytes the prompts' images name, one file per SHA-256")
+    parser.add_argument(
+        "--threads", type=int, help="torch intra-op threads, as the server pins them (default: torch's)"
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     prompts = json.loads(args.prompts.read_text())
     if not prompts:
         parser.error("no prompts to time")

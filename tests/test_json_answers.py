@@ -154,6 +154,24 @@ def test_the_grammar_holds_the_schema_and_the_spans():
     assert not fits("\n" * 3 + "[]")  # a model cannot idle on whitespace
 
 
+def test_the_cursor_names_forced_braces_and_where_a_copy_goes_on():
+    nested = {"type": "object", "properties": {"people": NAMES_SCHEMA}, "required": ["people"]}
+
+    def cursor(text: str, schema: dict | None = nested) -> JsonCursor:
+        at = JsonCursor(schema, source_views('Tweet: "Big" Ann Lee met Bo'))
+        assert at.feed(text)
+        return at
+
+    assert cursor('{"people": ["Ann"]').forced() == "}"  # every key written: the object can only close
+    assert cursor('{"people": ["Ann"]', None).forced() == ""  # any key may follow
+    assert cursor('{"people": ["Ann"').forced() == ""  # another item may follow
+    assert cursor('{"people": ["Ann"]}').forced() == ""
+    assert cursor('{"people": ["Ann').continuation().startswith(" Lee met Bo")
+    assert cursor('{"people": ["Tweet: ').continuation().startswith('\\"Big\\" Ann')  # escaped as JSON writes it
+    assert cursor('{"people": ["').continuation() == ""  # nothing copied yet: no guess
+    assert cursor('{"peo').continuation() == ""  # a key is not copied
+
+
 def test_a_cut_answer_is_closed_at_its_last_whole_value():
     assert close_json('["Ann", "Bo') == '["Ann"]'
     assert close_json('{"people": ["Ann", "Bo"') == '{"people": ["Ann", "Bo"]}'

@@ -344,6 +344,28 @@ def test_adapter_students_share_one_base_and_switch_per_request(
                 assert got.confidence == pytest.approx(want.confidence, abs=1e-4)
 
 
+def test_int8_weights_quantize_the_shared_base_and_keep_the_answers(
+    two_adapters: tuple[list[LMStudent], list[Path], Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+
+    from stillroom.students.base import write_manifest
+    from stillroom.students.lora import SwitchedLinear
+
+    _, folders, _ = two_adapters
+    folder = Path(shutil.copytree(folders[0], tmp_path / "int8"))
+    manifest = read_manifest(folder)
+    write_manifest(folder, manifest.pop("kind"), **{**manifest, "weights": "int8"})
+    full, int8 = LMStudent.load(folders[0]), LMStudent.load(folder)
+    assert int8.model is not full.model  # a base of its own: float32 students keep theirs
+    layers = [module for module in int8.model.modules() if isinstance(module, SwitchedLinear)]
+    assert layers and all(isinstance(layer.base, QuantizedLinear) for layer in layers)
+    prompts = [row.prompt for row in make_rows(LORA_ROWS)]
+    assert [p.text for p in int8.predict(prompts)] == [p.text for p in full.predict(prompts)]
+
+
 def test_adapter_refuses_a_different_base(
     two_adapters: tuple[list[LMStudent], list[Path], Path], tmp_path: Path
 ) -> None:
@@ -588,6 +610,40 @@ def test_json_student_judges_generated_answers(memorised: tuple[LMStudent, dict,
     rejected = LMStudent(student.model, student.tokenizer, {**student.info, "json_schema": strict}).predict(prompts)
     assert [p.valid for p in rejected] == [row.target == '{"people": []}' for row in rows]
     assert all(p.confidence == 0.0 for p in rejected if not p.valid)
+
+
+def generate_and_decode(student: LMStudent, prompts: list[list[Message]]) -> tuple[list, list]:
+    """Each prompt answered alone by HF `generate` (`_generate`) and by the student's own loop (`_decode`)."""
+    texts = [student._prompt_text(prompt) + student.answer_prefix for prompt in prompts]
+    sources = [prompt[-1].content for prompt in prompts]
+    with torch.inference_mode():
+        generated = [student._generate([text], [source])[0] for text, source in zip(texts, sources, strict=True)]
+        # Twice, the second time backwards: the prompt start cached from the previous request must not matter.
+        decoded = [student._decode(text, source) for text, source in zip(texts, sources, strict=True)]
+        again = [student._decode(text, source) for text, source in zip(texts[::-1], sources[::-1], strict=True)]
+    assert student._prefix is not None  # the prompt start was kept, so the later prompts started from it
+    assert [p.text for p in again[::-1]] == [p.text for p in decoded]
+    assert [p.confidence for p in again[::-1]] == pytest.approx([p.confidence for p in decoded], abs=1e-5)
+    return generated, decoded
+
+
+def test_own_decoding_loop_answers_as_generate(memorised: tuple[LMStudent, dict, Path], tiny_base: Path) -> None:
+    """Greedy either way: the loop with its prompt cache, forced braces and early stop gives generate's answers."""
+    student, _, _ = memorised
+    prompts = [row.prompt for row in make_rows(NAMES)] + [[Message(role="user", content="Tweet: zebra 42 ???")]]
+    people = {"json_schema": PEOPLE_SCHEMA, "answer_prefix": '{"people":', "grounded": True}
+    students = [
+        student,  # free text
+        LMStudent(student.model, student.tokenizer, {**student.info, **people}),  # trained, grounded JSON
+        # Untrained: the grammar overrides the model at nearly every step.
+        LMStudent(LMStudent.zero_shot(str(tiny_base)).model, student.tokenizer, {**student.info, **people}),
+    ]
+    for each in students:
+        generated, decoded = generate_and_decode(each, prompts)
+        assert [p.text for p in decoded] == [p.text for p in generated]
+        assert [p.valid for p in decoded] == [p.valid for p in generated]
+        assert [p.confidence for p in decoded] == pytest.approx([p.confidence for p in generated], abs=1e-4)
+    assert [p.text for p in students[1].predict(prompts[:4])] == [row.target for row in make_rows(NAMES)]
 
 
 def test_a_malformed_schema_fails_at_construction(memorised: tuple[LMStudent, dict, Path]) -> None:

@@ -436,6 +436,26 @@ class JsonCursor:
             return True
         return any(char.encode("utf-8").startswith(partial) for char in self._next_chars())
 
+    def forced(self) -> str:
+        """The closing braces that are the only way on (an object whose keys are all written can only
+        close), "" while the model still has a choice: decoding writes them without asking the model."""
+        out, cursor = "", self.copy()
+        while cursor.mode == _AFTER and cursor.frames[-1].free_keys("") == [] and cursor._close("}"):
+            out += "}"
+        return out
+
+    def continuation(self, size: int = 40) -> str:
+        """Inside a copied string: the input after its first occurrence of what is written so far, escaped
+        as the answer writes it (a likely next stretch, for decoding to check); "" elsewhere."""
+        if self.mode != _STRING or self.is_key or self.escape or not self.content or not self.views:
+            return ""
+        for view in self.views:
+            at = view.find(self.content)
+            if at >= 0:
+                after = view[at + len(self.content) : at + len(self.content) + size]
+                return json.dumps(after, ensure_ascii=False)[1:-1]
+        return ""
+
     def closing(self) -> str:
         """What closes the containers open at `clean`."""
         return "".join("}" if frame.bracket == "{" else "]" for frame in reversed(self.clean_frames))

@@ -104,6 +104,7 @@ def train_lm(
         "store": "adapter" if as_adapter else "merged",
         "base_sha256": base_sha256,
         "lora_scale": scale,
+        "weights": params.weights,
         "rung": rung,
         "teacher_model": params.teacher_model,
         "max_new_tokens": answer_budget(tokenizer, rows, params.max_new_tokens),
