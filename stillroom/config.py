@@ -197,7 +197,9 @@ class ClassifierParams(_Section):
         min_length=1,
         description="word pieces the encoder reads, one candidate each; the cheapest near the best is kept",
     )
-    tail_share: float = Field(0.25, ge=0, lt=1, description="of a window, the share read from a long input's end")
+    tail_share: float = Field(
+        0.25, ge=0, lt=1, description="of a window, the share read from a long input's end (onnx; torch reads the head)"
+    )
     encoder_runtime: Literal["onnx", "torch"] = Field(
         "onnx", description="onnx: the encoder exported and run by onnxruntime, no torch at answer time"
     )
