@@ -76,19 +76,24 @@ def train_classifier(
     static = StaticVectors(static_source) if static_source else None
     reads_ngrams = any(kind_of(name) in ("tfidf", "hybrid") for name in candidates)
     tfidf = fit_ngrams(texts, params.char_ngrams, params.tfidf_max_chars) if reads_ngrams else None
-    # Embed once per window; the hybrid reuses the same vectors.
-    cache: dict[tuple[int, str], np.ndarray] = {}
+    # Each split is embedded once per window and read by TF-IDF once; the hybrids reuse both.
+    cache: dict[tuple[int | str, str], Any] = {}
+
+    def ngrams(batch: list[str], split: str) -> Any:
+        if ("tfidf", split) not in cache:
+            cache["tfidf", split] = tfidf.transform(batch)
+        return cache["tfidf", split]
 
     def matrix(name: str, batch: list[str], split: str) -> Any:
         kind, window = kind_of(name), window_of(name)
         if kind == "tfidf":
-            return tfidf.transform(batch)
+            return ngrams(batch, split)
         if kind == "static":
             return static.transform(batch)
         if (window, split) not in cache:
             cache[window, split] = Features("embedding", encoders[window]).transform(batch, progress=progress)
         vectors = cache[window, split]
-        return vectors if kind == "embedding" else hstack([csr_matrix(vectors), tfidf.transform(batch)]).tocsr()
+        return vectors if kind == "embedding" else hstack([csr_matrix(vectors), ngrams(batch, split)]).tocsr()
 
     # A candidate is judged on every held-out answer there is: each training row answered by a head
     # fitted without it (5-fold), then the validation rows. On a small task validation alone is a few
