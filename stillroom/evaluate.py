@@ -263,6 +263,20 @@ def compare_baselines(
 # ------------------------------------------------------------------ one task
 
 
+def export_check(student: Student, model_dir: Path, rows: Sequence[DatasetRow], answers: Sequence[str]) -> dict:
+    """An LM student that answers in compact weights (bf16, int8) against the same student in float32,
+    on the test rows: the share of the same answers. Empty for every other student."""
+    from stillroom.students.lm import LMStudent
+
+    weights = student.info.get("weights", "float32") if isinstance(student, LMStudent) else "float32"
+    if weights == "float32":
+        return {}
+    reference = LMStudent.load(model_dir, weights="float32")
+    float32 = reference.predict([row.prompt for row in rows])
+    same = [p.text == answer for p, answer in zip(float32, answers, strict=True)]
+    return {"export_weights": weights, "export_same_answers": float(np.mean(same)), "export_n": len(same)}
+
+
 def evaluate_student(
     card: TaskCard,
     model_dir: Path,
@@ -314,6 +328,7 @@ def evaluate_student(
             "size_mb": directory_size_mb(model_dir),
             **teacher_costs(card, teacher_records),
             **compare_baselines(card, splits["train"], rows, agreement, params),
+            **export_check(student, model_dir, rows, texts),
             "gate_metric": AGREEMENT_NAME[fmt],
             "gate": gate,
         }

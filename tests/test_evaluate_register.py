@@ -232,6 +232,20 @@ def test_too_few_test_rows_or_a_baseline_ahead_keep_a_student_challenger(tmp_pat
     assert tied["beats_baseline"] is True and gate_verdict(tied, "label", params)[0] is True
 
 
+def test_a_compact_form_that_changes_answers_keeps_a_student_challenger(tmp_path):
+    params, layout, card = make_project(tmp_path, gate=0.7)
+    metrics = write_report(params, layout, card, wrong=0)
+    faithful = {**metrics, "export_weights": "bf16", "export_same_answers": 0.99, "export_n": 18}
+    assert gate_verdict(faithful, "label", params)[0] is True
+    metrics.update(export_weights="int8", export_same_answers=16 / 18, export_n=18)
+    write_json(layout.report(card.id) / "metrics.json", metrics)
+    drifted = register.run(params, layout)["models"][0]
+    assert drifted["alias"] == "challenger"
+    assert drifted["gate_reason"].endswith(
+        "int8 weights give float32's answer on 0.889 of 18 test rows < register.gate.min_export_same 0.98"
+    )
+
+
 def test_a_champion_that_cannot_be_loaded_leaves_the_gate_alone_to_decide(tmp_path):
     params, layout, card = make_project(tmp_path, gate=0.7)
     first, client = register_version(params, layout, card, wrong=0)

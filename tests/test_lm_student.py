@@ -119,7 +119,13 @@ def memorised(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     """A full fine-tune that overfits four rows: a working pipeline must then reproduce them exactly."""
     rows = make_rows(NAMES)
     params = LMParams(
-        base_model=str(tiny_base), lora=False, learning_rate=5e-3, batch_size=4, max_steps=60, max_new_tokens=16
+        base_model=str(tiny_base),
+        lora=False,
+        learning_rate=5e-3,
+        batch_size=4,
+        max_steps=60,
+        max_new_tokens=16,
+        weights="float32",  # the round trips below compare confidences to 1e-5
     )
     out_dir = tmp_path_factory.mktemp("memorised")
     student, stats = train_lm(rows, rows[:2], params, out_dir, seed=0, progress=False)
@@ -268,6 +274,7 @@ def train_lora(base_dir: Path, out_dir: Path, store: str, seed: int = 0) -> tupl
         max_train_examples=3,
         max_new_tokens=16,
         store=store,
+        weights="float32",
     )
     return train_lm(make_rows(LORA_ROWS), [], params, out_dir, seed=seed, progress=False)
 
@@ -344,26 +351,47 @@ def test_adapter_students_share_one_base_and_switch_per_request(
                 assert got.confidence == pytest.approx(want.confidence, abs=1e-4)
 
 
-def test_int8_weights_quantize_the_shared_base_and_keep_the_answers(
-    two_adapters: tuple[list[LMStudent], list[Path], Path], tmp_path: Path
+@pytest.mark.parametrize("weights", ["int8", "bf16"])
+def test_compact_weights_convert_the_shared_base_and_keep_the_answers(
+    two_adapters: tuple[list[LMStudent], list[Path], Path], tmp_path: Path, weights: str
 ) -> None:
     import shutil
 
     from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
 
     from stillroom.students.base import write_manifest
-    from stillroom.students.lora import SwitchedLinear
+    from stillroom.students.lora import Bf16Linear, SwitchedLinear, bf16_supported
 
+    if weights == "bf16" and not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16 matmul (the student stays float32 there)")
     _, folders, _ = two_adapters
-    folder = Path(shutil.copytree(folders[0], tmp_path / "int8"))
+    folder = Path(shutil.copytree(folders[0], tmp_path / weights))
     manifest = read_manifest(folder)
-    write_manifest(folder, manifest.pop("kind"), **{**manifest, "weights": "int8"})
-    full, int8 = LMStudent.load(folders[0]), LMStudent.load(folder)
-    assert int8.model is not full.model  # a base of its own: float32 students keep theirs
-    layers = [module for module in int8.model.modules() if isinstance(module, SwitchedLinear)]
-    assert layers and all(isinstance(layer.base, QuantizedLinear) for layer in layers)
+    write_manifest(folder, manifest.pop("kind"), **{**manifest, "weights": weights})
+    full, compact = LMStudent.load(folders[0]), LMStudent.load(folder)
+    assert compact.model is not full.model  # a base of its own: float32 students keep theirs
+    assert LMStudent.load(folder, weights="float32").model is full.model  # the export check's reference
+    layers = [module for module in compact.model.modules() if isinstance(module, SwitchedLinear)]
+    kind = {"int8": QuantizedLinear, "bf16": Bf16Linear}[weights]
+    assert layers and all(isinstance(layer.base, kind) for layer in layers)
+    if weights == "bf16":  # the output head too: its 49k rows are a fifth of SmolLM2's bytes per token
+        assert isinstance(compact.model.lm_head, Bf16Linear)
     prompts = [row.prompt for row in make_rows(LORA_ROWS)]
-    assert [p.text for p in int8.predict(prompts)] == [p.text for p in full.predict(prompts)]
+    if weights == "int8":
+        assert [p.text for p in compact.predict(prompts)] == [p.text for p in full.predict(prompts)]
+        return
+    # bf16 rounds what each matmul reads: a random tiny model's babble sits on near-ties that may flip
+    # (SmolLM2's people student gave float32's answer on 99 of 100 test rows), its next-token scores may not.
+    for prompt in prompts:
+        ids = torch.tensor([full.tokenizer(full._prompt_text(prompt))["input_ids"]])
+        with full._answering(), torch.inference_mode():
+            want = torch.log_softmax(full.model(input_ids=ids).logits[0, -1], dim=-1)
+        with compact._answering(), torch.inference_mode():
+            got = torch.log_softmax(compact.model(input_ids=ids).logits[0, -1], dim=-1)
+        assert got.dtype == torch.float32  # bf16 inside the matmuls only
+        assert int(got.argmax()) == int(want.argmax())
+        top = want.topk(5).indices
+        assert torch.allclose(got[top].exp(), want[top].exp(), atol=0.02)
 
 
 def test_adapter_refuses_a_different_base(

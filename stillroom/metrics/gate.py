@@ -32,8 +32,9 @@ def best_baseline(metrics: dict, baselines: Sequence[str]) -> dict:
 def gate_verdict(metrics: dict, fmt: OutputFormat, params: Params) -> tuple[bool, str]:
     """Whether a student may be champion on its own numbers (register then compares it with the champion).
 
-    Three conditions, each with the sentence that goes on the version: enough test rows to decide,
-    the agreement's lower bound at the format's gate, and not below any baseline on the same rows.
+    Four conditions, each with the sentence that goes on the version: enough test rows to decide,
+    the agreement's lower bound at the format's gate, answers in compact weights that are float32's
+    (`export_same_answers`, LM students), and not below any baseline on the same rows.
     """
     gate = params.registry.gate
     threshold, low, n = gate.for_format(fmt), float(metrics["agreement_low"]), int(metrics["n_test"])
@@ -43,6 +44,12 @@ def gate_verdict(metrics: dict, fmt: OutputFormat, params: Params) -> tuple[bool
         return False, f"{n} test rows < register.gate.min_test_rows {gate.min_test_rows}: too few to decide; {bound}"
     if not clears:
         return False, bound
+    same = metrics.get("export_same_answers")
+    if same is not None and same < gate.min_export_same:
+        return False, (
+            f"{bound}; {metrics['export_weights']} weights give float32's answer on {same:.3f} of "
+            f"{metrics['export_n']} test rows < register.gate.min_export_same {gate.min_export_same:.2f}"
+        )
     if gate.beat_baselines and not metrics.get("beats_baseline", True):
         name = metrics["best_baseline"]
         return False, (

@@ -38,7 +38,7 @@ from stillroom.students.chat import (
     shared_tokenizer,
 )
 from stillroom.students.json_answers import JsonCursor, close_json, ground_in_source, json_field_spans, source_views
-from stillroom.students.lora import SharedBase, load_adapter, quantize_int8, shared_base
+from stillroom.students.lora import SharedBase, convert_weights, load_adapter, shared_base
 
 
 class LMStudent(Student):
@@ -374,16 +374,18 @@ class LMStudent(Student):
         from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (transformers imports lazily)
 
     @classmethod
-    def load(cls, directory: Path) -> LMStudent:
+    def load(cls, directory: Path, weights: str | None = None) -> LMStudent:
+        """`weights` overrides the manifest's form (float32, bf16, int8): evaluation checks a compact
+        form against float32 this way."""
         from transformers import AutoModelForCausalLM
 
         directory = Path(directory)
         info = {key: value for key, value in read_manifest(directory).items() if key != "kind"}
-        int8 = info.get("weights") == "int8"
+        info["weights"] = weights or info.get("weights") or "float32"
         if info.get("store") != "adapter":
             model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-            return cls(quantize_int8(model) if int8 else model, shared_tokenizer(str(directory)), info)
-        base = shared_base(resolve_base_lm(info["base_model"]), info["base_sha256"], int8)
+            return cls(convert_weights(model, info["weights"]), shared_tokenizer(str(directory)), info)
+        base = shared_base(resolve_base_lm(info["base_model"]), info["base_sha256"], info["weights"])
         name = base.add(load_adapter(directory), float(info["lora_scale"]))
         student = cls(base.model, shared_tokenizer(str(directory)), info)
         student._adapter = (base, name)

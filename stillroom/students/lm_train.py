@@ -33,7 +33,7 @@ from stillroom.students.distill import distillation_trainer, load_teacher
 from stillroom.students.json_answers import is_copied, json_strings, source_views
 from stillroom.students.lm import LMStudent
 from stillroom.students.lm_args import lora_config, training_args
-from stillroom.students.lora import adapter_of, save_adapter, weights_fingerprint
+from stillroom.students.lora import adapter_of, convert_weights, save_adapter, weights_fingerprint
 
 
 def train_lm(
@@ -121,6 +121,7 @@ def train_lm(
     student = LMStudent(model, tokenizer, info)
     with _progress_bars(progress):
         save_lm(student, out_dir, adapter)
+    convert_weights(student.model, params.weights)  # saved as trained; in hand it answers in the served form
     stats: dict[str, Any] = {
         "rung": rung,
         "train_seconds": round(train_seconds, 2),
