@@ -28,6 +28,7 @@ import numpy as np
 from stillroom.answers import DAYS_PER_MONTH
 from stillroom.config import ClassifierParams, Params
 from stillroom.data import (
+    TRAIN_INFO_FILE,
     Layout,
     group_records,
     load_splits,
@@ -263,6 +264,16 @@ def compare_baselines(
 # ------------------------------------------------------------------ one task
 
 
+def unseen_train_rows(model_dir: Path, train: Sequence[DatasetRow]) -> list[DatasetRow]:
+    """Training rows the student never saw (beyond its trainer's max_train_examples): held out like
+    validation, so the routing threshold rests on them too. An LM task of 700 calls trains on 400 of its
+    431 training rows; the other 31 take validation from 112 answers to 143."""
+    info_file = model_dir / TRAIN_INFO_FILE
+    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    unseen = set(info.get("unseen_train_ids") or ())
+    return [row for row in train if row.id in unseen]
+
+
 def export_check(student: Student, model_dir: Path, rows: Sequence[DatasetRow], answers: Sequence[str]) -> dict:
     """An LM student that answers in compact weights (bf16, int8) against the same student in float32,
     on the test rows: the share of the same answers. Empty for every other student."""
@@ -287,14 +298,16 @@ def evaluate_student(
     """Flat metrics (for dvc metrics and MLflow), test-split detail rows and validation detail rows."""
     settings = params.evaluate
     student = load_student(model_dir)
+    unseen = unseen_train_rows(model_dir, splits["train"])
     routing, validation_detail = routing_on_validation(
         card,
         student,
-        splits["validation"],
+        [*splits["validation"], *unseen],
         settings.target_agreement,
         settings.min_threshold_examples,
         settings.threshold_min_low,
     )
+    routing["threshold_n_unseen_train"] = len(unseen)
 
     rows = splits["test"][: settings.max_test_examples]
     if not rows:

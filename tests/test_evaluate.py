@@ -178,3 +178,29 @@ def test_threshold_is_chosen_without_the_test_split(tmp_path):
     assert {d["routed_to"] for d in detail} <= {"student", "teacher"}
     assert all(np.isfinite([first["p50_ms"], first["batched_ms_per_request"], first["peak_memory_mb"]]))
     assert first["peak_memory_mb"] > first["memory_mb"] > 0
+
+
+def test_training_rows_the_student_never_saw_join_validation_for_the_threshold(tmp_path):
+    """Beyond max_train_examples, training rows are as held out as validation: the threshold rests on them too."""
+    layout = Layout(tmp_path)
+    params = Params.model_validate(
+        {
+            "evaluate": {"latency_samples": 2, "baselines": []},
+            "train": {"classifier": {"features": ["tfidf"], "max_train_examples": 12}},
+        }
+    )
+    card = TaskCard(id="task-news", name="news", count=36, output_type="label", labels=["business", "sport", "tech"])
+    write_cards(layout.cards, [card])
+    train, test = rows("train"), rows("test")
+    train = train[::3] + train[1::3] + train[2::3]  # every label among the first 12
+    write_jsonl(layout.dataset(card.id, "train"), train)
+    write_jsonl(layout.dataset(card.id, "validation"), test[:9])
+    write_jsonl(layout.dataset(card.id, "test"), test)
+    train_task(card, train, test[:9], params.train, layout.model(card.id), progress=False)
+    info = json.loads((layout.model(card.id) / "train_info.json").read_text())
+    assert info["n_train"] == 12 and info["unseen_train_ids"] == [row.id for row in train[12:]]
+
+    metrics = evaluate.run(params, layout)["news"]
+    assert metrics["threshold_n_unseen_train"] == 6 and metrics["threshold_n_validation"] == 9 + 6
+    validation = [json.loads(line) for line in (layout.report(card.id) / "validation_predictions.jsonl").open()]
+    assert len(validation) == 15 and {d["id"] for d in validation} >= {row.id for row in train[12:]}

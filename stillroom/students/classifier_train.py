@@ -141,6 +141,7 @@ def train_classifier(
         "temperature": round(temperature, 4),
         "train_seconds": round(time.perf_counter() - started, 3),
         "train_accuracy": train_accuracy,
+        "unseen_train_ids": [row.id for row in list(train)[params.max_train_examples :]],  # held out: see evaluate
     }
     return student, stats
 

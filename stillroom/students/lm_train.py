@@ -133,6 +133,7 @@ def train_lm(
         "epochs": trainer.state.epoch,
         "n_train": len(rows),
         "n_validation": len(validation),
+        "unseen_train_ids": sorted({row.id for row in train} - {row.id for row in rows}),  # held out: see evaluate
         "base_model": params.base_model,
         "teacher_model": params.teacher_model,
         "curve": curve,

@@ -14,6 +14,9 @@ fewer bytes (`convert_weights`): bfloat16 prepacked for oneDNN (half the bytes, 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import hashlib
 import itertools
 import logging
@@ -153,17 +156,35 @@ def convert_weights(model: nn.Module, weights: str) -> nn.Module:
     CPU cannot run it natively stays float32: the same answers, only slower."""
     if weights not in WEIGHTS:
         raise ValueError(f"unknown weights {weights!r}: expected one of {', '.join(WEIGHTS)}")
+    if weights == "float32":
+        return model
+    if weights == "bf16" and not bf16_supported():
+        log.warning("this CPU has no native bfloat16 matmul: the LM student runs in float32")
+        return model
     if weights == "int8":
-        return quantize_int8(model)
-    if weights == "bf16":
-        if not bf16_supported():
-            log.warning("this CPU has no native bfloat16 matmul: the LM student runs in float32")
-            return model
+        quantize_int8(model)
+    else:
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear:
                     setattr(parent, name, Bf16Linear(child))
+    _let_go_of_the_file(model)
     return model
+
+
+def _let_go_of_the_file(model: nn.Module) -> None:
+    """Copy what the conversion kept (embeddings, norms) out of the safetensors file mapping. While one
+    tensor views it, the mapping stays, and every page the conversion read counts as resident memory:
+    the bf16 student held 1.3 GB instead of 0.8."""
+    for parameter in model.parameters():
+        parameter.data = parameter.data.clone()
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = buffer.clone()
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # glibc keeps freed blocks in its arenas: give them back
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
