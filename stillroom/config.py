@@ -243,6 +243,12 @@ class LMParams(_Section):
         "only ~90% of rows. Evaluation checks the form against float32 (register.gate.min_export_same)",
     )
     epochs: float = Field(3, gt=0)
+    select_rows: int = Field(
+        64,
+        ge=0,
+        description="validation rows the LoRA student answers at each epoch's end; the epoch with the highest "
+        "agreement is kept (0: the last epoch)",
+    )
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(192, ge=16)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -308,6 +309,67 @@ def two_adapters(
         trained.append(train_lora(base_dir, folder, "adapter", seed=seed)[0])
         folders.append(folder)
     return trained, folders, base_dir
+
+
+def test_lora_keeps_the_epoch_whose_answers_agree_best(memorised: tuple[LMStudent, dict, Path], tmp_path: Path) -> None:
+    """Each epoch's student answers validation as served; the saved adapter is the best epoch's, not the last."""
+    from stillroom.metrics.scoring import per_example_agreement
+
+    _, _, base_dir = memorised
+    rows = make_rows(LORA_ROWS)
+    params = LMParams(
+        base_model=str(base_dir),
+        lora_r=8,
+        lora_alpha=16,
+        learning_rate=1e-2,
+        batch_size=4,
+        epochs=4,
+        max_new_tokens=16,
+        select_rows=3,
+        weights="float32",
+    )
+    _, stats = train_lm(rows, rows, params, tmp_path, seed=0, progress=False, json_schema=PEOPLE_SCHEMA)
+    curve = stats["agreement_curve"]
+    assert [point["epoch"] for point in curve] == [1.0, 2.0, 3.0, 4.0]
+    best = max(point["agreement"] for point in curve)
+    first_best = next(point for point in curve if point["agreement"] == best)
+    assert stats["chosen_epoch"] == first_best["epoch"] and stats["chosen_validation_agreement"] == best
+    # The saved folder answers as the chosen epoch did, on the rows it was chosen on.
+    answers = [p.text for p in LMStudent.load(tmp_path).predict([row.prompt for row in rows[:3]])]
+    assert np.mean(per_example_agreement("json", answers, [row.target for row in rows[:3]])) == pytest.approx(best)
+
+
+def test_a_worse_later_epoch_leaves_the_better_one_kept(two_adapters: tuple[list[LMStudent], list[Path], Path]) -> None:
+    """The callback alone, on a PEFT model: a trained epoch, then one whose pairs are zeroed (the base's answers)."""
+    from types import SimpleNamespace
+
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from stillroom.students.lm_args import lora_config
+    from stillroom.students.lm_train import BestEpoch
+    from stillroom.students.lora import adapter_of, load_adapter, restore_adapter
+
+    _, folders, base_dir = two_adapters
+    rows = make_rows(LORA_ROWS)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft = get_peft_model(base, lora_config(LMParams(lora_r=8, lora_alpha=16)))
+    restore_adapter(peft, load_adapter(folders[0]))  # epoch 1: the trained pairs
+    tokenizer = LMStudent.load(folders[0]).tokenizer
+    info = {"max_new_tokens": 16, "labels": None, "json_schema": PEOPLE_SCHEMA, **answer_constraints(rows)}
+    callback = BestEpoch(tokenizer, info, rows)
+    callback.on_epoch_end(None, SimpleNamespace(global_step=10, epoch=1.0), None, model=peft)
+    assert peft.training  # handed back to the trainer in training mode
+    trained = [p.text for p in LMStudent(peft, tokenizer, info).predict([row.prompt for row in rows])]
+
+    zeroed = {key: torch.zeros_like(value) for key, value in adapter_of(peft)[0].items()}
+    restore_adapter(peft, zeroed)  # epoch 2: the base's own answers, which LORA_ROWS do not match
+    callback.on_epoch_end(None, SimpleNamespace(global_step=20, epoch=2.0), None, model=peft)
+    first, second = (point["agreement"] for point in callback.curve)
+    assert first > second and callback.best_epoch == 1.0 and callback.best_agreement == first
+
+    restore_adapter(peft, callback.best_weights)
+    assert [p.text for p in LMStudent(peft, tokenizer, info).predict([row.prompt for row in rows])] == trained
 
 
 def test_adapter_store_keeps_the_pairs_and_the_base_hash(

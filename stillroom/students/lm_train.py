@@ -19,21 +19,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, PrinterCallback, set_seed
+from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from stillroom.answers import parse_json
 from stillroom.base_lm import resolve_base_lm
 from stillroom.config import LMParams
-from stillroom.schema import DatasetRow
+from stillroom.metrics.scoring import per_example_agreement
+from stillroom.schema import DatasetRow, OutputFormat
 from stillroom.students.base import write_manifest
 from stillroom.students.chat import chat, clean_labels, load_tokenizer, schema_validator
 from stillroom.students.distill import distillation_trainer, load_teacher
 from stillroom.students.json_answers import is_copied, json_strings, source_views
 from stillroom.students.lm import LMStudent
 from stillroom.students.lm_args import lora_config, training_args
-from stillroom.students.lora import adapter_of, convert_weights, save_adapter, weights_fingerprint
+from stillroom.students.lora import adapter_of, convert_weights, restore_adapter, save_adapter, weights_fingerprint
 
 
 def train_lm(
@@ -66,6 +68,12 @@ def train_lm(
     base_path = resolve_base_lm(params.base_model)
     with _progress_bars(progress), tempfile.TemporaryDirectory(prefix="stillroom-lm-") as scratch:
         tokenizer = load_tokenizer(base_path)
+        answering = {  # how the student answers: what the epochs are judged with, and the manifest keeps
+            "max_new_tokens": answer_budget(tokenizer, rows, params.max_new_tokens),
+            "labels": labels,
+            "json_schema": json_schema,
+            **(answer_constraints(rows) if json_schema is not None else {}),
+        }
         teacher = load_teacher(params.teacher_model, tokenizer, params.base_model) if params.teacher_model else None
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
         as_adapter = params.lora and params.store == "adapter"
@@ -83,6 +91,11 @@ def train_lm(
             )
         if not progress:
             trainer.remove_callback(PrinterCallback)  # with tqdm off, the trainer prints every log line
+        best_epoch = None
+        if params.lora and params.select_rows and validation:
+            student_info = {"base_model": params.base_model, **answering}
+            best_epoch = BestEpoch(tokenizer, student_info, validation[: params.select_rows])
+            trainer.add_callback(best_epoch)
         started = time.perf_counter()
         result = trainer.train()
         train_seconds = time.perf_counter() - started
@@ -96,6 +109,8 @@ def train_lm(
                 eval_loss = trainer.evaluate()["eval_loss"]
 
     model = trainer.model
+    if best_epoch is not None and best_epoch.best_weights is not None:
+        restore_adapter(model, best_epoch.best_weights)
     adapter, scale = adapter_of(model) if as_adapter else (None, None)
     if params.lora:
         model = model.merge_and_unload()  # the student in hand answers merged; its folder keeps the adapter
@@ -107,16 +122,13 @@ def train_lm(
         "weights": params.weights,
         "rung": rung,
         "teacher_model": params.teacher_model,
-        "max_new_tokens": answer_budget(tokenizer, rows, params.max_new_tokens),
         "max_length": params.max_length,
         "lora": params.lora,
         "lora_r": params.lora_r if params.lora else None,
         "lora_alpha": params.lora_alpha if params.lora else None,
         "seed": seed,
         "n_train": len(rows),
-        "labels": labels,
-        "json_schema": json_schema,
-        **(answer_constraints(rows) if json_schema is not None else {}),
+        **answering,
     }
     student = LMStudent(model, tokenizer, info)
     with _progress_bars(progress):
@@ -139,10 +151,40 @@ def train_lm(
         "curve": curve,
         "eval_curve": eval_curve,
     }
+    if best_epoch is not None:
+        stats["agreement_curve"] = best_epoch.curve
+        stats["chosen_epoch"] = best_epoch.best_epoch
+        stats["chosen_validation_agreement"] = best_epoch.best_agreement
     if rung == "distill":
         stats["distill_alpha"] = params.distill_alpha
         stats["distill_temperature"] = params.distill_temperature
     return student, stats
+
+
+class BestEpoch(TrainerCallback):
+    """Early stopping on what is served, not on loss: at each epoch's end the student answers the first
+    validation rows as it would in production (same decoding, constraints and budget), and the LoRA
+    pairs of the epoch with the highest agreement are kept (an equal later epoch is not better)."""
+
+    def __init__(self, tokenizer: Any, info: dict[str, Any], rows: Sequence[DatasetRow]):
+        self.tokenizer, self.info, self.rows = tokenizer, info, list(rows)
+        fmt = "label" if info.get("labels") else "json" if info.get("json_schema") is not None else "short_text"
+        self.format: OutputFormat = fmt
+        self.curve: list[dict[str, float]] = []
+        self.best_agreement, self.best_epoch = -1.0, None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        student = LMStudent(model, self.tokenizer, self.info)  # puts the model in eval mode
+        try:
+            answers = [p.text for p in student.predict([row.prompt for row in self.rows])]
+        finally:
+            model.train()
+        agreement = float(np.mean(per_example_agreement(self.format, answers, [row.target for row in self.rows])))
+        self.curve.append({"step": state.global_step, "epoch": round(state.epoch, 2), "agreement": agreement})
+        if agreement > self.best_agreement:
+            self.best_agreement, self.best_epoch = agreement, round(state.epoch, 2)
+            self.best_weights = {key: value.clone() for key, value in adapter_of(model)[0].items()}
 
 
 def answer_budget(

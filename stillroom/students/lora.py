@@ -237,6 +237,15 @@ def adapter_of(peft_model: nn.Module) -> tuple[dict[str, torch.Tensor], float]:
     return weights, scales.pop()
 
 
+def restore_adapter(peft_model: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    """Put pairs read by `adapter_of` back into the PEFT model they came from (an earlier epoch's)."""
+    with torch.no_grad():
+        for key, value in weights.items():
+            path, _, half = key.rpartition(".lora_")
+            module = peft_model.get_submodule("base_model.model." + path)
+            getattr(module, "lora_" + half)["default"].weight.copy_(value)
+
+
 def save_adapter(directory: Path, weights: Mapping[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
