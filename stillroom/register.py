@@ -98,13 +98,15 @@ def relevant_params(params: Params, kind: str) -> dict[str, object]:
 
 
 def curve_metrics(train_info: dict) -> list[Metric]:
-    """Training and validation loss by step, so MLflow draws the curves."""
+    """Training and validation loss, and the epochs' validation agreement, by step: MLflow draws the curves."""
     now = int(time.time() * 1000)
     points = []
     for point in train_info.get("curve", []):
         points.append(Metric("train_loss", float(point["loss"]), now, int(point["step"])))
     for point in train_info.get("eval_curve", []):
         points.append(Metric("eval_loss", float(point["eval_loss"]), now, int(point["step"])))
+    for point in train_info.get("agreement_curve", []):
+        points.append(Metric("epoch_validation_agreement", float(point["agreement"]), now, int(point["step"])))
     return points
 
 

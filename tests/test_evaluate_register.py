@@ -162,7 +162,11 @@ def test_champion_must_clear_the_gate_and_not_fall_behind_the_champion(tmp_path)
     info_path = layout.model(card.id) / "train_info.json"
     info = json.loads(info_path.read_text())
     curve = [{"step": 10, "loss": 0.9}, {"step": 20, "loss": 0.5}]
-    write_json(info_path, {**info, "curve": curve, "eval_curve": [{"step": 20, "eval_loss": 0.6}]})
+    agreement = [{"step": 10, "epoch": 1.0, "agreement": 0.7}, {"step": 20, "epoch": 2.0, "agreement": 0.8}]
+    write_json(
+        info_path,
+        {**info, "curve": curve, "eval_curve": [{"step": 20, "eval_loss": 0.6}], "agreement_curve": agreement},
+    )
 
     first, client = register_version(params, layout, card, wrong=0)
     assert (first["version"], first["alias"], first["previous_champion_version"]) == ("1", "champion", None)
@@ -170,6 +174,8 @@ def test_champion_must_clear_the_gate_and_not_fall_behind_the_champion(tmp_path)
     history = client.get_metric_history(first["run_id"], "train_loss")
     assert sorted((m.step, m.value) for m in history) == [(10, 0.9), (20, 0.5)]
     assert [(m.step, m.value) for m in client.get_metric_history(first["run_id"], "eval_loss")] == [(20, 0.6)]
+    history = client.get_metric_history(first["run_id"], "epoch_validation_agreement")
+    assert sorted((m.step, m.value) for m in history) == [(10, 0.7), (20, 0.8)]
 
     below, _ = register_version(params, layout, card, wrong=6)
     assert below["alias"] == "challenger"
