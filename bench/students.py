@@ -130,6 +130,9 @@ def result_row(task: str, info: dict, metrics: dict, answers_in_input: float | N
         "best_baseline": metrics.get("best_baseline"),
         "p50_long_ms": metrics.get("p50_long_ms"),
         "features": info.get("features"),
+        "weights": metrics.get("export_weights"),  # an LM's compact form, and how often it gave float32's answer
+        "export_same_answers": metrics.get("export_same_answers"),
+        "chosen_epoch": info.get("chosen_epoch"),
         "threshold": metrics["threshold"],
         "target_held": metrics["target_held"],
         "p50_ms": metrics["p50_ms"],
@@ -208,7 +211,8 @@ def run_copy_task(params: Params, project: Path, reuse: bool) -> dict:
         _, stats = train_lm(
             splits["train"], splits["validation"], settings, model_dir, params.train.seed, False, None, COPY_SCHEMA
         )
-        info = {k: stats[k] for k in ("rung", "n_train", "train_seconds")} | {"wall_s": time.perf_counter() - started}
+        info = {k: stats.get(k) for k in ("rung", "n_train", "train_seconds", "chosen_epoch")}
+        info["wall_s"] = time.perf_counter() - started
         folder.mkdir(parents=True, exist_ok=True)
         info_path.write_text(json.dumps(info, indent=2) + "\n")
     info = json.loads(info_path.read_text())
