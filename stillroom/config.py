@@ -250,6 +250,12 @@ class LMParams(_Section):
         "agreement is kept (0: the last epoch)",
     )
     learning_rate: float = Field(1e-3, gt=0)
+    neftune_alpha: float = Field(
+        5.0,
+        ge=0,
+        description="NEFTune: uniform noise on the input embeddings while training, scaled alpha/sqrt(length x width);"
+        " a regulariser for small SFT sets (0: off)",
+    )
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(192, ge=16)
     max_new_tokens: int = Field(

@@ -17,6 +17,7 @@ def training_args(params: LMParams, output_dir: str, seed: int, progress: bool, 
         "per_device_eval_batch_size": params.batch_size,
         "learning_rate": params.learning_rate,
         "lr_scheduler_type": "linear",
+        "neftune_noise_alpha": params.neftune_alpha or None,
         "warmup_steps": 0.05,
         "weight_decay": 0.0,
         # TRL's defaults (bf16, gradient checkpointing) are for GPUs; on a CPU they are slow or fail.
