@@ -908,3 +908,10 @@ def test_the_answer_budget_follows_the_longest_training_answers():
     assert answer_budget(words, rows, floor=32) == math.ceil(64 * 1.25) + 4  # the 99th percentile (+ its end) fits
     assert answer_budget(words, rows[1:] + rows[2:], floor=32) == 32  # one runaway answer in 197 does not set it
     assert answer_budget(words, rows[1:10], floor=8) == math.ceil(64 * 1.25) + 4  # few rows: the longest
+
+
+def test_neftune_noise_is_on_by_default_and_zero_turns_it_off(tmp_path: Path) -> None:
+    from stillroom.students.lm_args import training_args
+
+    assert training_args(LMParams(), str(tmp_path), 0, False, False)["neftune_noise_alpha"] == 5.0
+    assert training_args(LMParams(neftune_alpha=0), str(tmp_path), 0, False, False)["neftune_noise_alpha"] is None
