@@ -127,6 +127,7 @@ def memorised(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
         max_steps=60,
         max_new_tokens=16,
         weights="float32",  # the round trips below compare confidences to 1e-5
+        neftune_alpha=0,  # noise is a regulariser: these rows are to be memorised
     )
     out_dir = tmp_path_factory.mktemp("memorised")
     student, stats = train_lm(rows, rows[:2], params, out_dir, seed=0, progress=False)
@@ -262,21 +263,16 @@ def test_save_load_round_trip_predicts_the_same(memorised: tuple[LMStudent, dict
 LORA_ROWS = [["Eve Moss"], ["Fay Nash", "Gil Ott"], [], ["Hal Ng"]]
 
 
+def lora_params(base_dir: Path, **settings: object) -> LMParams:
+    """Rank-8 LoRA at a high learning rate over the tiny base, answering in float32 (exact comparisons)."""
+    defaults = {"lora_r": 8, "lora_alpha": 16, "learning_rate": 1e-2, "batch_size": 4, "max_new_tokens": 16}
+    defaults["neftune_alpha"] = 0  # the rows are to be learnt, not regularised against
+    return LMParams(base_model=str(base_dir), lora=True, weights="float32", **{**defaults, **settings})
+
+
 def train_lora(base_dir: Path, out_dir: Path, store: str, seed: int = 0) -> tuple[LMStudent, dict]:
     """LoRA from the memorised model towards new answers (so the adapter really changes them)."""
-    params = LMParams(
-        base_model=str(base_dir),
-        lora=True,
-        lora_r=8,
-        lora_alpha=16,
-        learning_rate=1e-2,
-        batch_size=4,
-        max_steps=40,
-        max_train_examples=3,
-        max_new_tokens=16,
-        store=store,
-        weights="float32",
-    )
+    params = lora_params(base_dir, max_steps=40, max_train_examples=3, store=store)
     return train_lm(make_rows(LORA_ROWS), [], params, out_dir, seed=seed, progress=False)
 
 
@@ -317,17 +313,7 @@ def test_lora_keeps_the_epoch_whose_answers_agree_best(memorised: tuple[LMStuden
 
     _, _, base_dir = memorised
     rows = make_rows(LORA_ROWS)
-    params = LMParams(
-        base_model=str(base_dir),
-        lora_r=8,
-        lora_alpha=16,
-        learning_rate=1e-2,
-        batch_size=4,
-        epochs=4,
-        max_new_tokens=16,
-        select_rows=3,
-        weights="float32",
-    )
+    params = lora_params(base_dir, epochs=4, select_rows=3)
     _, stats = train_lm(rows, rows, params, tmp_path, seed=0, progress=False, json_schema=PEOPLE_SCHEMA)
     curve = stats["agreement_curve"]
     assert [point["epoch"] for point in curve] == [1.0, 2.0, 3.0, 4.0]
@@ -536,7 +522,13 @@ def brute_force_label_probs(student: LMStudent, prompt: list[Message]) -> list[f
 def label_student(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[LMStudent, dict, Path]:
     rows = topic_rows()
     params = LMParams(
-        base_model=str(tiny_base), lora=False, learning_rate=1e-2, batch_size=5, max_steps=60, max_new_tokens=8
+        base_model=str(tiny_base),
+        lora=False,
+        learning_rate=1e-2,
+        batch_size=5,
+        max_steps=60,
+        max_new_tokens=8,
+        neftune_alpha=0,  # the labels are to be learnt in 60 steps
     )
     out_dir = tmp_path_factory.mktemp("labels")
     student, stats = train_lm(rows, [], params, out_dir, seed=0, progress=False, labels=LABELS)
@@ -770,6 +762,7 @@ def test_distillation_trains_with_lora_and_records_the_rung(
         batch_size=2,
         max_steps=6,
         max_new_tokens=16,
+        neftune_alpha=0,
     )
     _, stats = train_lm(rows, rows[:2], params, tmp_path, progress=False, json_schema=PEOPLE_SCHEMA)
     assert stats["rung"] == "distill"
@@ -809,6 +802,7 @@ def test_distillation_loss_mixes_teacher_divergence_and_answer_cross_entropy(
         distill_temperature=temperature,
         lora=False,
         max_length=256,
+        neftune_alpha=0,  # the loss is recomputed by hand below
     )
     tokenizer = load_tokenizer(str(tiny_base))
     student = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
@@ -849,6 +843,7 @@ def test_distillation_from_teacher_logits_alone_teaches_the_answers(
         batch_size=4,
         max_steps=60,
         max_new_tokens=16,
+        neftune_alpha=0,
     )
     student, stats = train_lm(rows, [], params, tmp_path, seed=0, progress=False)
     assert stats["final_loss"] < stats["first_loss"] / 4
