@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from stillroom.config import Params, load_params  # noqa: E402
-from stillroom.data import Layout, read_jsonl  # noqa: E402
+from stillroom.content import wire_message  # noqa: E402
+from stillroom.data import Layout, attach_image_bytes, read_jsonl  # noqa: E402
 from stillroom.detect.matcher import TaskMatcher  # noqa: E402
 from stillroom.metrics.scoring import per_example_agreement  # noqa: E402
 from stillroom.mlflow_model import registry_client  # noqa: E402
@@ -75,10 +76,12 @@ def request_bodies(layout: Layout, servable: Servable, limit: int) -> list[tuple
         for record in read_jsonl(layout.records, LogRecord):
             formats[(record.system_prompt, record.user_text)] = record.response_format
     out = []
-    for row in list(read_jsonl(layout.dataset(servable.task_id, "test"), DatasetRow))[:limit]:
+    rows = list(read_jsonl(layout.dataset(servable.task_id, "test"), DatasetRow))[:limit]
+    attach_image_bytes((row.prompt for row in rows), layout.blobs)  # images go out as data URLs, as a client's do
+    for row in rows:
         system = next((m.content for m in row.prompt if m.role == "system"), "")
         user = next((m.content for m in reversed(row.prompt) if m.role == "user"), "")
-        body: dict = {"model": "gpt-4o-mini", "messages": [m.model_dump() for m in row.prompt]}
+        body: dict = {"model": "gpt-4o-mini", "messages": [wire_message(m) for m in row.prompt]}
         if formats.get((system, user)):
             body["response_format"] = formats[(system, user)]
         out.append((body, row.target))
