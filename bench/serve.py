@@ -263,7 +263,12 @@ def run(root: Path) -> dict:
             env={**os.environ, "OPENAI_API_KEY": "bench-upstream-key"},
         )
         try:
-            wait_until_healthy(f"http://127.0.0.1:{port}/healthz", timeout=120, process=server)
+            try:
+                wait_until_healthy(f"http://127.0.0.1:{port}/healthz", timeout=120, process=server)
+            except RuntimeError:
+                log.flush()
+                sys.stderr.write((scratch_dir / "server.log").read_text()[-3000:])
+                raise
             wait_until_ready(f"http://127.0.0.1:{port}/healthz", timeout=120)
             bench = Bench(f"http://127.0.0.1:{port}/v1", teacher.base_url)
             per_task = [bench.replay(s, bodies) for s, bodies in tasks]

@@ -376,6 +376,11 @@ class ServeParams(_Section):
     demote_min_audits: int = Field(100, ge=1, description="live audits before a lower bound can demote a task")
     capture_dir: str = "data/raw/capture"
     capture_batch: int = Field(64, ge=1, description="rows written and fsynced together")
+    capture_fsync_first: bool = Field(
+        False,
+        description="a response waits for its capture row's fsync (survives power loss; ~0.6 ms), "
+        "not only its write (survives a server crash; fsynced right after)",
+    )
     live_stats: str = Field("data/serve/live.sqlite", description="shadow audits, demotions and traffic counts")
     model_cache: str = Field("data/serve/models", description="student folders downloaded from the registry")
     max_body_mb: float = Field(8, gt=0, description="larger request bodies get a 400")

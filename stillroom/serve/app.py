@@ -139,7 +139,10 @@ class Server:
         self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="stillroom-student")
         self.stats = LiveStats(layout.resolve(settings.live_stats))
         self.capture = CaptureWriter(
-            layout.resolve(settings.capture_dir), settings.capture_batch, on_batch=self._captured
+            layout.resolve(settings.capture_dir),
+            settings.capture_batch,
+            on_batch=self._captured,
+            fsync_first=settings.capture_fsync_first,
         )
         self.upstream = Upstream(settings, os.environ.get(settings.upstream_api_key_env) or None)
         self.images = ImageStore(layout.blobs, params.ingest.max_image_bytes, Counter())  # as ingest stores them

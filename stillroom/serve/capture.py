@@ -1,8 +1,10 @@
 """The capture log: every exchange appended to data/raw/capture/ in the log shape ingest reads.
 
 One writer thread owns the files. A request hands its row over and waits until the row is
-written and fsynced (rows arriving together share one fsync), so a response the caller has
-seen is never missing from the log. Rows are keyed by request id: a second row for an id is refused.
+written, so a response the caller has seen is never missing from the log when the server dies.
+Each batch is then fsynced (rows arriving together share one fsync); with `fsync_first` the request
+waits for that too (the row also survives the machine losing power, for ~0.6 ms a request on an
+ext4 disk). Rows are keyed by request id: a second row for an id is refused.
 """
 
 from __future__ import annotations
@@ -29,9 +31,16 @@ class DuplicateRequest(RuntimeError):
 
 
 class CaptureWriter:
-    def __init__(self, directory: Path, batch: int = 64, on_batch: Callable[[list[dict]], None] | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        batch: int = 64,
+        on_batch: Callable[[list[dict]], None] | None = None,
+        fsync_first: bool = False,
+    ):
         self.directory = directory
         self.batch = batch
+        self.fsync_first = fsync_first
         self.on_batch = on_batch  # runs on the writer thread after each fsync (live traffic counts)
         self.rows_written = 0
         self._queue: queue.Queue = queue.Queue()
@@ -50,7 +59,7 @@ class CaptureWriter:
             self._thread.join(timeout=30)
 
     def submit(self, row: dict) -> Future:
-        """Queue a row; the future is done once it is on disk (fsynced)."""
+        """Queue a row; the future is done once it is written (and fsynced, with `fsync_first`)."""
         done: Future = Future()
         self._queue.put((row, done))
         return done
@@ -90,24 +99,34 @@ class CaptureWriter:
             self._remember(request_id)
             accepted.append((row, done))
             lines.append(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        try:
-            if lines:
-                with self.path_for(datetime.now(UTC)).open("a", encoding="utf-8") as out:
-                    out.write("".join(lines))
-                    out.flush()
-                    os.fsync(out.fileno())
-        except OSError as err:
-            for _, done in accepted:
-                done.set_exception(err)
+        if not lines:
             return
-        self.rows_written += len(accepted)
-        for _, done in accepted:
-            done.set_result(None)
+        try:
+            with self.path_for(datetime.now(UTC)).open("a", encoding="utf-8") as out:
+                out.write("".join(lines))
+                out.flush()  # in the operating system's hands: a dying server no longer loses it
+                if not self.fsync_first:
+                    self._release(accepted)
+                os.fsync(out.fileno())
+        except OSError as err:
+            waiting = [done for _, done in accepted if not done.done()]
+            for done in waiting:
+                done.set_exception(err)
+            if not waiting:  # written and released, only the fsync failed
+                log.exception("capture rows written but not fsynced")
+            return
+        if self.fsync_first:
+            self._release(accepted)
         if self.on_batch is not None and accepted:
             try:
                 self.on_batch([row for row, _ in accepted])
             except Exception:  # live counts are a convenience; the log is what matters
                 log.exception("live traffic counts not updated")
+
+    def _release(self, accepted: list[tuple[dict, Future]]) -> None:
+        self.rows_written += len(accepted)
+        for _, done in accepted:
+            done.set_result(None)
 
     def _remember(self, request_id: str) -> None:
         self._seen[request_id] = None
