@@ -243,6 +243,15 @@ class LMParams(_Section):
         "only ~90% of rows. Evaluation checks the form against float32 (register.gate.min_export_same)",
     )
     epochs: float = Field(3, gt=0)
+    min_steps: int = Field(
+        120,
+        ge=0,
+        description="a small set trains more epochs: at least this many optimizer steps, up to max_epochs (0: off)",
+    )
+    max_epochs: float = Field(8, gt=0, description="the most epochs min_steps may stretch training to")
+    patience: int = Field(
+        2, ge=0, description="with select_rows: stop after this many epochs without a better agreement (0: never)"
+    )
     select_rows: int = Field(
         64,
         ge=0,

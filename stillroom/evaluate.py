@@ -15,12 +15,14 @@ In order, per task:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,8 @@ from stillroom.per_task import merge_summary, run_each
 from stillroom.plots import confusion_matrix_plot, coverage_plot, reliability_plot
 from stillroom.schema import DatasetRow, LogRecord, OutputFormat, Prediction, TaskCard
 from stillroom.students.base import Student, load_student
+
+log = logging.getLogger(__name__)
 
 NO_THRESHOLD = 1.01  # above every confidence: everything goes to the teacher
 
@@ -161,11 +165,16 @@ def routing_on_test(
 
 
 def measure_performance(
-    model_dir: Path, rows: Sequence[DatasetRow], samples: int, batch_size: int, threads: int | None = None
+    model_dir: Path,
+    rows: Sequence[DatasetRow],
+    samples: int,
+    batch_size: int,
+    threads: int | None = None,
+    weights: str | None = None,
 ) -> dict:
     """Cold load, latency and memory from `stillroom.probe` in a fresh Python process; also the p50
     on the longest quarter of the test inputs, where a student that reads more pays more. `threads`:
-    torch's intra-op threads as the server pins them (one by default: on shared cores more can be slower)."""
+    torch's intra-op threads as the server pins them; `weights`: an LM student's form, if not its manifest's."""
     longest = sorted(rows, key=lambda row: len(row.input_text), reverse=True)[: max(1, len(rows) // 4)]
     with tempfile.TemporaryDirectory(prefix="stillroom-probe-") as scratch:
         prompts, long_prompts = Path(scratch) / "prompts.json", Path(scratch) / "long.json"
@@ -179,6 +188,7 @@ def measure_performance(
         command = [sys.executable, "-m", "stillroom.probe", str(model_dir), str(prompts), "--blobs", str(blobs)]
         command += ["--samples", str(samples), "--batch-size", str(batch_size), "--long-prompts", str(long_prompts)]
         command += ["--threads", str(threads)] if threads else []
+        command += ["--weights", weights] if weights else []
         done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
     if done.returncode != 0:
         raise RuntimeError(f"measuring {model_dir} failed:\n{done.stderr[-3000:]}")
@@ -274,18 +284,43 @@ def unseen_train_rows(model_dir: Path, train: Sequence[DatasetRow]) -> list[Data
     return [row for row in train if row.id in unseen]
 
 
-def export_check(student: Student, model_dir: Path, rows: Sequence[DatasetRow], answers: Sequence[str]) -> dict:
-    """An LM student that answers in compact weights (bf16, int8) against the same student in float32,
-    on the test rows: the share of the same answers. Empty for every other student."""
+@dataclass
+class ServedForm:
+    """The student as it will be served, its test answers, and how its compact weights fared against float32."""
+
+    student: Student
+    predictions: list[Prediction]
+    weights: str | None  # an LM student's form; None for other kinds
+    check: dict
+
+
+def served_form(student: Student, model_dir: Path, rows: Sequence[DatasetRow], min_same: float) -> ServedForm:
+    """An LM student in compact weights (bf16, int8) answers the test rows beside the same student in
+    float32. When it gives float32's answer on fewer than `min_same` of them, the student falls back to
+    float32 (slower, but the answers it was trained to give): it is evaluated, registered and served so."""
     from stillroom.students.lm import LMStudent
 
-    weights = student.info.get("weights", "float32") if isinstance(student, LMStudent) else "float32"
+    predictions = student.predict([row.prompt for row in rows])
+    if not isinstance(student, LMStudent):
+        return ServedForm(student, predictions, None, {})
+    weights = student.info["weights"]
     if weights == "float32":
-        return {}
+        return ServedForm(student, predictions, weights, {})
     reference = LMStudent.load(model_dir, weights="float32")
     float32 = reference.predict([row.prompt for row in rows])
-    same = [p.text == answer for p, answer in zip(float32, answers, strict=True)]
-    return {"export_weights": weights, "export_same_answers": float(np.mean(same)), "export_n": len(same)}
+    same = float(np.mean([a.text == b.text for a, b in zip(float32, predictions, strict=True)]))
+    check = {"export_weights": weights, "export_same_answers": same, "export_n": len(rows)}
+    if same >= min_same:
+        return ServedForm(student, predictions, weights, check)
+    log.warning(
+        "%s: %s weights give float32's answer on %.3f of %d test rows (< %.2f): evaluated and served in float32",
+        model_dir,
+        weights,
+        same,
+        len(rows),
+        min_same,
+    )
+    return ServedForm(reference, float32, "float32", {**check, "export_fallback": True})
 
 
 def evaluate_student(
@@ -297,7 +332,11 @@ def evaluate_student(
 ) -> tuple[dict, list[dict], list[dict]]:
     """Flat metrics (for dvc metrics and MLflow), test-split detail rows and validation detail rows."""
     settings = params.evaluate
-    student = load_student(model_dir)
+    rows = splits["test"][: settings.max_test_examples]
+    if not rows:
+        raise ValueError(f"task {card.id} ({card.name}) has no test rows to evaluate on")
+    served = served_form(load_student(model_dir), model_dir, rows, params.registry.gate.min_export_same)
+    student, predictions = served.student, served.predictions
     unseen = unseen_train_rows(model_dir, splits["train"])
     routing, validation_detail = routing_on_validation(
         card,
@@ -309,10 +348,6 @@ def evaluate_student(
     )
     routing["threshold_n_unseen_train"] = len(unseen)
 
-    rows = splits["test"][: settings.max_test_examples]
-    if not rows:
-        raise ValueError(f"task {card.id} ({card.name}) has no test rows to evaluate on")
-    predictions = student.predict([row.prompt for row in rows])
     texts, references = [p.text for p in predictions], [row.target for row in rows]
     fmt = card.answer_format
     arrays = example_arrays(fmt, texts, references, card.json_schema)
@@ -336,12 +371,18 @@ def evaluate_student(
             **routing,
             **routing_on_test(confidence, agreement, routing["threshold"], settings.target_agreement, fmt),
             **measure_performance(
-                model_dir, rows, settings.latency_samples, settings.batch_size, params.serve.torch_threads
+                model_dir,
+                rows,
+                settings.latency_samples,
+                settings.batch_size,
+                params.serve.torch_threads,
+                served.weights,
             ),
             "size_mb": directory_size_mb(model_dir),
             **teacher_costs(card, teacher_records),
             **compare_baselines(card, splits["train"], rows, agreement, params),
-            **export_check(student, model_dir, rows, texts),
+            **served.check,
+            **({"weights": served.weights} if served.weights else {}),
             "gate_metric": AGREEMENT_NAME[fmt],
             "gate": gate,
         }

@@ -52,7 +52,13 @@ def _timed_singles(student, chats: list, samples: int) -> list[float]:
 
 
 def probe(
-    model_dir: Path, prompts: list, samples: int, batch_size: int, long_prompts: list = (), blobs: Path | None = None
+    model_dir: Path,
+    prompts: list,
+    samples: int,
+    batch_size: int,
+    long_prompts: list = (),
+    blobs: Path | None = None,
+    weights: str | None = None,
 ) -> dict:
     from stillroom.data import attach_image_bytes
     from stillroom.schema import Message
@@ -79,7 +85,7 @@ def probe(
     rss_before = _rss_mb()
 
     started = time.perf_counter()
-    student = load_student(model_dir)
+    student = load_student(model_dir, weights)
     load_s = time.perf_counter() - started
     rss_loaded = _rss_mb()
 
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, help="torch intra-op threads, as the server pins them (default: torch's)"
     )
+    parser.add_argument("--weights", help="an LM student's weights (float32, bf16, int8) instead of its manifest's")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -127,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if not prompts:
         parser.error("no prompts to time")
     long_prompts = json.loads(args.long_prompts.read_text()) if args.long_prompts else []
-    print(json.dumps(probe(args.model_dir, prompts, args.samples, args.batch_size, long_prompts, args.blobs)))
+    measured = probe(args.model_dir, prompts, args.samples, args.batch_size, long_prompts, args.blobs, args.weights)
+    print(json.dumps(measured))
     return 0
 
 

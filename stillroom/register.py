@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +43,7 @@ from stillroom.mlflow_model import model_name as registered_name
 from stillroom.per_task import run_each
 from stillroom.requirements import inference_requirements
 from stillroom.schema import DatasetRow, TaskCard
-from stillroom.students.base import load_student
+from stillroom.students.base import load_student, read_manifest, write_manifest
 
 PACKAGE_DIR = Path(__file__).parent
 
@@ -252,6 +254,21 @@ def decide(card: TaskCard, params: Params, layout: Layout, metrics: dict, client
     return GateDecision(keeps_up, f"{bound}; {comparison}", gate, previous, champion_agreement=old)
 
 
+@contextmanager
+def served_folder(model_dir: Path, metrics: dict) -> Iterator[Path]:
+    """The student folder as evaluation measured it: the trained folder, or, when its compact weights
+    fell back to float32 (`export_fallback`), a copy whose manifest says so (the trained folder is a DVC
+    output and stays as trained)."""
+    if not metrics.get("export_fallback"):
+        yield model_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="stillroom-served-") as scratch:
+        folder = Path(shutil.copytree(model_dir, Path(scratch) / "student"))
+        manifest = read_manifest(folder)
+        write_manifest(folder, manifest.pop("kind"), **{**manifest, "weights": metrics["weights"]})
+        yield folder
+
+
 def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id: str) -> dict:
     """One MLflow run per task: params, metrics, curves, plots, the card, and the model as a new version."""
     report_dir = layout.report(card.id)
@@ -293,14 +310,17 @@ def register_task(card: TaskCard, params: Params, layout: Layout, experiment_id:
                 **{f"stillroom.{k}": v for k, v in routed.tags().items()},
             }
         )
-        info = mlflow.pyfunc.log_model(
-            name="student",
-            python_model=StudentModel(),
-            artifacts={STUDENT_ARTIFACT: str(layout.model(card.id))},
-            code_paths=[str(PACKAGE_DIR)],
-            pip_requirements=inference_requirements(layout.model(card.id)),  # what its inference imports
-            registered_model_name=name,
-        )
+        if "weights" in metrics:
+            mlflow.set_tag("stillroom.served_weights", metrics["weights"])
+        with served_folder(layout.model(card.id), metrics) as folder:
+            info = mlflow.pyfunc.log_model(
+                name="student",
+                python_model=StudentModel(),
+                artifacts={STUDENT_ARTIFACT: str(folder)},
+                code_paths=[str(PACKAGE_DIR)],
+                pip_requirements=inference_requirements(folder),  # what its inference imports
+                registered_model_name=name,
+            )
     version = str(info.registered_model_version)
     alias = CHAMPION if decision.passed else CHALLENGER
     for key, value in {**lineage, **decision.tags(), **routed.tags()}.items():

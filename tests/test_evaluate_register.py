@@ -19,7 +19,9 @@ from stillroom.config import Params
 from stillroom.data import Layout, load_splits, write_cards, write_json, write_jsonl
 from stillroom.metrics import scoring
 from stillroom.metrics.gate import best_baseline, gate_verdict
+from stillroom.mlflow_model import download_student
 from stillroom.schema import TaskCard
+from stillroom.students.base import read_manifest
 from stillroom.train import train_task
 from tests.test_classifier_student import rows
 
@@ -250,6 +252,17 @@ def test_a_compact_form_that_changes_answers_keeps_a_student_challenger(tmp_path
     assert drifted["gate_reason"].endswith(
         "int8 weights give float32's answer on 0.889 of 18 test rows < register.gate.min_export_same 0.98"
     )
+
+    # Evaluation falls back to float32 below the bar: that version may be champion, and is registered in float32.
+    metrics.update(weights="float32", export_fallback=True)
+    write_json(layout.report(card.id) / "metrics.json", metrics)
+    fell_back = register.run(params, layout)["models"][0]
+    assert fell_back["alias"] == "champion", fell_back
+    client = MlflowClient(tracking_uri=register.tracking_uri(params, layout))
+    folder = download_student(client, MODEL, fell_back["version"], tmp_path / "served")
+    assert read_manifest(folder)["weights"] == "float32"
+    assert "weights" not in read_manifest(layout.model(card.id))  # the trained folder (DVC's) stays as trained
+    assert client.get_run(fell_back["run_id"]).data.tags["stillroom.served_weights"] == "float32"
 
 
 def test_a_champion_that_cannot_be_loaded_leaves_the_gate_alone_to_decide(tmp_path):

@@ -20,6 +20,7 @@ from stillroom.schema import DatasetRow, Message
 from stillroom.students.json_answers import (
     JsonCursor,
     close_json,
+    distinct_items,
     ground_in_source,
     json_field_spans,
     source_views,
@@ -110,11 +111,21 @@ def test_grounding_is_learnt_for_arrays_and_for_values_escaped_in_a_json_input()
         row(EMAIL_JSON, {"subject": '"Spring" sale starts', "sender": "Jane Q. Doe"}),
         row('{"subject": "Re: \\"Q3\\" plan", "from": "Bo"}', {"subject": 'Re: "Q3" plan', "sender": "Bo"}),
     ]
-    assert answer_constraints(headers) == {"answer_prefix": '{"subject":', "grounded": True}
+    assert answer_constraints(headers) == {"answer_prefix": '{"subject":', "grounded": True, "unique_items": False}
     names = [row('{"people": ["Ann Lee", "Bo \\"B\\" Ray"]}', ["Ann", 'Bo "B"']), row('{"people": []}', [])]
-    assert answer_constraints(names) == {"answer_prefix": "", "grounded": True}
+    assert answer_constraints(names) == {"answer_prefix": "", "grounded": True, "unique_items": False}
     names.append(row('{"people": ["Cy"]}', ["Dee"]))
     assert answer_constraints(names)["grounded"] is False  # Dee is not in its input
+
+
+def test_distinct_items_are_learnt_from_enough_lists_that_could_have_repeated():
+    lists = [row(f'{{"people": ["Ann {i}", "Bo {i}", "Ann {i}"]}}', [f"Ann {i}", f"Bo {i}"]) for i in range(10)]
+    assert answer_constraints(lists)["unique_items"] is True
+    assert answer_constraints(lists[:9])["unique_items"] is False  # 9 lists of two: too little to go on
+    lists.append(row('{"people": ["Cy", "Cy"]}', ["Cy", "Cy"]))
+    assert answer_constraints(lists)["unique_items"] is False  # the teacher repeats an item once
+    nested = {"a": [1, 1, [2, 2]], "b": [{"x": 1}, {"x": 1}, {"x": 2}]}
+    assert distinct_items(nested) == {"a": [1, [2]], "b": [{"x": 1}, {"x": 2}]}
 
 
 # ------------------------------------------------------------------ the grammar
@@ -290,6 +301,15 @@ def test_an_answer_the_budget_cut_is_closed_and_sent_on(tiny_student: LMStudent)
     logprobs = [math.log(0.99)] * len(whole)
     logprobs[-1] = math.log(0.3)  # `"]`: unsure the list ends here, so unsure of the whole answer
     assert tiny_student.json_prediction(whole, logprobs).confidence == pytest.approx(0.3, rel=1e-4)
+
+
+def test_a_student_that_learnt_distinct_items_drops_a_repeat(tiny_student: LMStudent) -> None:
+    tokens = tiny_student.tokenizer('["cody", "Tim", "Tim"]', add_special_tokens=False)["input_ids"]
+    logprobs = [math.log(0.9)] * len(tokens)
+    assert json.loads(tiny_student.json_prediction(tokens, logprobs).text) == ["cody", "Tim", "Tim"]
+    unique = LMStudent(tiny_student.model, tiny_student.tokenizer, {**tiny_student.info, "unique_items": True})
+    prediction = unique.json_prediction(tokens, logprobs)
+    assert prediction.text == '["cody", "Tim"]' and prediction.valid
 
 
 def test_the_array_grammar_is_picked_from_the_schema(tiny_student: LMStudent) -> None:

@@ -267,6 +267,7 @@ def lora_params(base_dir: Path, **settings: object) -> LMParams:
     """Rank-8 LoRA at a high learning rate over the tiny base, answering in float32 (exact comparisons)."""
     defaults = {"lora_r": 8, "lora_alpha": 16, "learning_rate": 1e-2, "batch_size": 4, "max_new_tokens": 16}
     defaults["neftune_alpha"] = 0  # the rows are to be learnt, not regularised against
+    defaults["min_steps"] = 0  # the epochs a test names, not more for its few rows
     return LMParams(base_model=str(base_dir), lora=True, weights="float32", **{**defaults, **settings})
 
 
@@ -313,7 +314,7 @@ def test_lora_keeps_the_epoch_whose_answers_agree_best(memorised: tuple[LMStuden
 
     _, _, base_dir = memorised
     rows = make_rows(LORA_ROWS)
-    params = lora_params(base_dir, epochs=4, select_rows=3)
+    params = lora_params(base_dir, epochs=4, select_rows=3, patience=0)  # all four epochs, to compare
     _, stats = train_lm(rows, rows, params, tmp_path, seed=0, progress=False, json_schema=PEOPLE_SCHEMA)
     curve = stats["agreement_curve"]
     assert [point["epoch"] for point in curve] == [1.0, 2.0, 3.0, 4.0]
@@ -343,19 +344,32 @@ def test_a_worse_later_epoch_leaves_the_better_one_kept(two_adapters: tuple[list
     restore_adapter(peft, load_adapter(folders[0]))  # epoch 1: the trained pairs
     tokenizer = LMStudent.load(folders[0]).tokenizer
     info = {"max_new_tokens": 16, "labels": None, "json_schema": PEOPLE_SCHEMA, **answer_constraints(rows)}
-    callback = BestEpoch(tokenizer, info, rows)
-    callback.on_epoch_end(None, SimpleNamespace(global_step=10, epoch=1.0), None, model=peft)
-    assert peft.training  # handed back to the trainer in training mode
+    callback = BestEpoch(tokenizer, info, rows, patience=1)
+    control = SimpleNamespace(should_training_stop=False)
+    callback.on_epoch_end(None, SimpleNamespace(global_step=10, epoch=1.0), control, model=peft)
+    assert peft.training and not control.should_training_stop  # handed back to the trainer in training mode
     trained = [p.text for p in LMStudent(peft, tokenizer, info).predict([row.prompt for row in rows])]
 
     zeroed = {key: torch.zeros_like(value) for key, value in adapter_of(peft)[0].items()}
     restore_adapter(peft, zeroed)  # epoch 2: the base's own answers, which LORA_ROWS do not match
-    callback.on_epoch_end(None, SimpleNamespace(global_step=20, epoch=2.0), None, model=peft)
+    callback.on_epoch_end(None, SimpleNamespace(global_step=20, epoch=2.0), control, model=peft)
     first, second = (point["agreement"] for point in callback.curve)
     assert first > second and callback.best_epoch == 1.0 and callback.best_agreement == first
+    assert control.should_training_stop  # patience 1: one epoch without a better agreement ends training
 
     restore_adapter(peft, callback.best_weights)
     assert [p.text for p in LMStudent(peft, tokenizer, info).predict([row.prompt for row in rows])] == trained
+
+
+def test_a_small_set_trains_enough_epochs_for_min_steps() -> None:
+    from stillroom.students.lm_train import epochs_for
+
+    params = LMParams(epochs=3, min_steps=120, max_epochs=8, batch_size=8)
+    assert epochs_for(400, params) == 3  # 50 steps an epoch: three are 150
+    assert epochs_for(200, params) == 5  # 25 steps an epoch
+    assert epochs_for(90, params) == 8  # 12 steps an epoch would want 10: capped
+    assert epochs_for(90, params.model_copy(update={"min_steps": 0})) == 3
+    assert epochs_for(90, params.model_copy(update={"max_steps": 40})) == 3  # a step budget decides alone
 
 
 def test_adapter_store_keeps_the_pairs_and_the_base_hash(
@@ -399,23 +413,30 @@ def test_adapter_students_share_one_base_and_switch_per_request(
                 assert got.confidence == pytest.approx(want.confidence, abs=1e-4)
 
 
+def with_weights(folder: Path, weights: str, tmp_path: Path) -> Path:
+    """A copy of an LM student folder whose manifest names other weights."""
+    import shutil
+
+    from stillroom.students.base import write_manifest
+
+    copy = Path(shutil.copytree(folder, tmp_path / weights))
+    manifest = read_manifest(copy)
+    write_manifest(copy, manifest.pop("kind"), **{**manifest, "weights": weights})
+    return copy
+
+
 @pytest.mark.parametrize("weights", ["int8", "bf16"])
 def test_compact_weights_convert_the_shared_base_and_keep_the_answers(
     two_adapters: tuple[list[LMStudent], list[Path], Path], tmp_path: Path, weights: str
 ) -> None:
-    import shutil
-
     from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
 
-    from stillroom.students.base import write_manifest
     from stillroom.students.lora import Bf16Linear, SwitchedLinear, bf16_supported
 
     if weights == "bf16" and not bf16_supported():
         pytest.skip("this CPU has no native bfloat16 matmul (the student stays float32 there)")
     _, folders, _ = two_adapters
-    folder = Path(shutil.copytree(folders[0], tmp_path / weights))
-    manifest = read_manifest(folder)
-    write_manifest(folder, manifest.pop("kind"), **{**manifest, "weights": weights})
+    folder = with_weights(folders[0], weights, tmp_path)
     full, compact = LMStudent.load(folders[0]), LMStudent.load(folder)
     assert compact.model is not full.model  # a base of its own: float32 students keep theirs
     assert LMStudent.load(folder, weights="float32").model is full.model  # the export check's reference
@@ -440,6 +461,32 @@ def test_compact_weights_convert_the_shared_base_and_keep_the_answers(
         assert int(got.argmax()) == int(want.argmax())
         top = want.topk(5).indices
         assert torch.allclose(got[top].exp(), want[top].exp(), atol=0.02)
+
+
+def test_a_compact_form_below_the_bar_is_evaluated_and_served_in_float32(
+    two_adapters: tuple[list[LMStudent], list[Path], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stillroom.evaluate import served_form
+    from stillroom.students import lora
+
+    _, folders, _ = two_adapters
+    full = LMStudent.load(folders[0])
+    rows = make_rows(LORA_ROWS, "test")
+    folder = with_weights(folders[0], "int8", tmp_path)
+    compact = LMStudent.load(folder)
+    kept = served_form(compact, folder, rows, min_same=0.0)
+    assert kept.student is compact and kept.weights == "int8" and kept.check["export_n"] == len(rows)
+    assert "export_fallback" not in kept.check and 0 <= kept.check["export_same_answers"] <= 1
+    fell_back = served_form(compact, folder, rows, min_same=1.01)  # no form can clear this bar
+    assert fell_back.weights == "float32" and fell_back.check["export_fallback"] is True
+    assert fell_back.student.model is full.model  # the float32 base the other students share
+    assert [p.text for p in fell_back.predictions] == [p.text for p in full.predict([row.prompt for row in rows])]
+
+    # Without native bf16 a bf16 student is float32 from the start: it says so, shares float32's base, needs no check.
+    monkeypatch.setattr(lora, "bf16_supported", lambda: False)
+    plain = LMStudent.load(with_weights(folders[0], "bf16", tmp_path))
+    assert plain.info["weights"] == "float32" and plain.model is full.model
+    assert served_form(plain, folders[0], rows, min_same=1.01).check == {}
 
 
 def test_adapter_refuses_a_different_base(
@@ -868,7 +915,7 @@ def test_distillation_refuses_a_teacher_with_another_tokenizer(
 
 def test_answer_constraints_learn_the_shared_json_start_and_whether_values_are_copied():
     rows = make_rows(NAMES)
-    assert answer_constraints(rows) == {"answer_prefix": '{"people":', "grounded": True}
+    assert answer_constraints(rows) == {"answer_prefix": '{"people":', "grounded": True, "unique_items": False}
     invented = make_rows([["Zed Quill"], ["Bob Stone"], [], ["Dee Ray"]])
     invented[0].target = json.dumps({"people": ["Somebody Else"]})
     assert answer_constraints(invented)["grounded"] is False  # 1 of 3 values is not in its input

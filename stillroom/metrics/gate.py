@@ -45,7 +45,9 @@ def gate_verdict(metrics: dict, fmt: OutputFormat, params: Params) -> tuple[bool
     if not clears:
         return False, bound
     same = metrics.get("export_same_answers")
-    if same is not None and same < gate.min_export_same:
+    # Evaluation falls back to float32 below the bar (`weights` then says so): only a compact form served anyway fails.
+    served = metrics.get("weights", metrics.get("export_weights"))
+    if same is not None and same < gate.min_export_same and served != "float32":
         return False, (
             f"{bound}; {metrics['export_weights']} weights give float32's answer on {same:.3f} of "
             f"{metrics['export_n']} test rows < register.gate.min_export_same {gate.min_export_same:.2f}"

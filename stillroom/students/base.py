@@ -74,9 +74,10 @@ def student_class(directory: Path | str) -> tuple[type[Student], dict]:
     return getattr(importlib.import_module(module_name), class_name), manifest
 
 
-def load_student(directory: Path | str) -> Student:
-    """Load whichever kind of student the folder holds."""
-    return student_class(directory)[0].load(Path(directory))
+def load_student(directory: Path | str, weights: str | None = None) -> Student:
+    """Load whichever kind of student the folder holds; `weights` overrides an LM student's form."""
+    cls = student_class(directory)[0]
+    return cls.load(Path(directory), weights=weights) if weights else cls.load(Path(directory))
 
 
 def import_runtime(directory: Path | str) -> None:

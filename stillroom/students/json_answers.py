@@ -50,6 +50,30 @@ def json_strings(value: object) -> Iterable[str]:
             yield from json_strings(item)
 
 
+def json_lists(value: object) -> Iterable[list]:
+    """Every array at any depth."""
+    if isinstance(value, list):
+        yield value
+    for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+        yield from json_lists(item)
+
+
+def distinct_items(value: Any) -> Any:
+    """The value with each array's repeated items dropped (the first kept), at any depth: a small model
+    that loses its place in a list writes an item again, where the teacher never does."""
+    if isinstance(value, dict):
+        return {key: distinct_items(item) for key, item in value.items()}
+    if not isinstance(value, list):
+        return value
+    seen, out = set(), []
+    for item in (distinct_items(item) for item in value):
+        key = json.dumps(item, sort_keys=True, ensure_ascii=False)
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
 def strip_framing(value: str) -> str:
     """Drop a quote or bracket at either edge that the value does not close (or open) itself: it framed
     the value in the input. `"Spring" sale starts` keeps its balanced quotes; `"Jane Q. Doe` loses one."""

@@ -37,8 +37,15 @@ from stillroom.students.chat import (
     schema_validator,
     shared_tokenizer,
 )
-from stillroom.students.json_answers import JsonCursor, close_json, ground_in_source, json_field_spans, source_views
-from stillroom.students.lora import SharedBase, convert_weights, load_adapter, shared_base
+from stillroom.students.json_answers import (
+    JsonCursor,
+    close_json,
+    distinct_items,
+    ground_in_source,
+    json_field_spans,
+    source_views,
+)
+from stillroom.students.lora import SharedBase, convert_weights, load_adapter, runnable_weights, shared_base
 
 
 class LMStudent(Student):
@@ -58,6 +65,7 @@ class LMStudent(Student):
         # shares, written instead of generated, and whether extracted values are copied from the input.
         self.answer_prefix: str = info.get("answer_prefix") or ""
         self.grounded: bool = bool(info.get("grounded"))
+        self.unique_items: bool = bool(info.get("unique_items"))
         self._adapter: tuple[SharedBase, str] | None = None  # set by `load` for a student stored as an adapter
         # The previous prompt's token ids and per-layer keys and values: the next prompt starts from what it shares.
         self._prefix: tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
@@ -190,9 +198,13 @@ class LMStudent(Student):
             parsed, whole = _parse_container(closed), False
         if parsed is None or not self._validator.is_valid(parsed):
             return Prediction(text=text, confidence=0.0, valid=False)
+        written = parsed
         if self.grounded and source is not None:
             parsed = ground_in_source(parsed, source)
-        answer = json.dumps(parsed, ensure_ascii=False) if not whole or (self.grounded and source) else text
+        if self.unique_items:
+            parsed = distinct_items(parsed)
+        rewritten = not whole or (self.grounded and source) or parsed != written
+        answer = json.dumps(parsed, ensure_ascii=False) if rewritten else text
         if not whole:
             return Prediction(text=answer, confidence=0.0)
         lead = len(raw) - len(raw.lstrip())
@@ -381,7 +393,7 @@ class LMStudent(Student):
 
         directory = Path(directory)
         info = {key: value for key, value in read_manifest(directory).items() if key != "kind"}
-        info["weights"] = weights or info.get("weights") or "float32"
+        info["weights"] = runnable_weights(weights or info.get("weights") or "float32")
         if info.get("store") != "adapter":
             model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
             return cls(convert_weights(model, info["weights"]), shared_tokenizer(str(directory)), info)

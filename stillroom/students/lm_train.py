@@ -32,7 +32,7 @@ from stillroom.schema import DatasetRow, OutputFormat
 from stillroom.students.base import write_manifest
 from stillroom.students.chat import chat, clean_labels, load_tokenizer, schema_validator
 from stillroom.students.distill import distillation_trainer, load_teacher
-from stillroom.students.json_answers import is_copied, json_strings, source_views
+from stillroom.students.json_answers import distinct_items, is_copied, json_lists, json_strings, source_views
 from stillroom.students.lm import LMStudent
 from stillroom.students.lm_args import lora_config, training_args
 from stillroom.students.lora import adapter_of, convert_weights, restore_adapter, save_adapter, weights_fingerprint
@@ -64,6 +64,7 @@ def train_lm(
     if len(rows) > params.max_train_examples:
         rows = random.Random(seed).sample(rows, params.max_train_examples)
     rung = "distill" if params.teacher_model else "lm"
+    params = params.model_copy(update={"epochs": epochs_for(len(rows), params)})
 
     base_path = resolve_base_lm(params.base_model)
     with _progress_bars(progress), tempfile.TemporaryDirectory(prefix="stillroom-lm-") as scratch:
@@ -94,7 +95,7 @@ def train_lm(
         best_epoch = None
         if params.lora and params.select_rows and validation:
             student_info = {"base_model": params.base_model, **answering}
-            best_epoch = BestEpoch(tokenizer, student_info, validation[: params.select_rows])
+            best_epoch = BestEpoch(tokenizer, student_info, validation[: params.select_rows], params.patience)
             trainer.add_callback(best_epoch)
         started = time.perf_counter()
         result = trainer.train()
@@ -143,6 +144,7 @@ def train_lm(
         "eval_loss": eval_loss,
         "steps": result.global_step,
         "epochs": trainer.state.epoch,
+        "planned_epochs": params.epochs,  # more than train.lm.epochs for a small set (min_steps); fewer run on patience
         "n_train": len(rows),
         "n_validation": len(validation),
         "unseen_train_ids": sorted({row.id for row in train} - {row.id for row in rows}),  # held out: see evaluate
@@ -161,17 +163,28 @@ def train_lm(
     return student, stats
 
 
+def epochs_for(n_rows: int, params: LMParams) -> float:
+    """`params.epochs`, or more for a small set: 90 rows at batch 8 are 12 steps an epoch, and three
+    epochs (36 steps) leave a LoRA student half-trained. Enough epochs for `min_steps`, at most `max_epochs`;
+    `BestEpoch` keeps the best of them and stops once `patience` epochs bring nothing better."""
+    if not params.min_steps or params.max_steps > 0:
+        return params.epochs
+    steps_per_epoch = math.ceil(n_rows / params.batch_size)
+    return max(params.epochs, min(params.max_epochs, math.ceil(params.min_steps / steps_per_epoch)))
+
+
 class BestEpoch(TrainerCallback):
     """Early stopping on what is served, not on loss: at each epoch's end the student answers the first
     validation rows as it would in production (same decoding, constraints and budget), and the LoRA
-    pairs of the epoch with the highest agreement are kept (an equal later epoch is not better)."""
+    pairs of the epoch with the highest agreement are kept (an equal later epoch is not better).
+    Training stops after `patience` epochs in a row without a better one (0: never early)."""
 
-    def __init__(self, tokenizer: Any, info: dict[str, Any], rows: Sequence[DatasetRow]):
-        self.tokenizer, self.info, self.rows = tokenizer, info, list(rows)
+    def __init__(self, tokenizer: Any, info: dict[str, Any], rows: Sequence[DatasetRow], patience: int = 0):
+        self.tokenizer, self.info, self.rows, self.patience = tokenizer, info, list(rows), patience
         fmt = "label" if info.get("labels") else "json" if info.get("json_schema") is not None else "short_text"
         self.format: OutputFormat = fmt
         self.curve: list[dict[str, float]] = []
-        self.best_agreement, self.best_epoch = -1.0, None
+        self.best_agreement, self.best_epoch, self.best_index = -1.0, None, 0
         self.best_weights: dict[str, torch.Tensor] | None = None
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
@@ -185,6 +198,9 @@ class BestEpoch(TrainerCallback):
         if agreement > self.best_agreement:
             self.best_agreement, self.best_epoch = agreement, round(state.epoch, 2)
             self.best_weights = {key: value.clone() for key, value in adapter_of(model)[0].items()}
+            self.best_index = len(self.curve)
+        elif self.patience and len(self.curve) - self.best_index >= self.patience:
+            control.should_training_stop = True  # the schedule had more epochs; these brought nothing better
 
 
 def answer_budget(
@@ -218,6 +234,10 @@ def save_lm(student: LMStudent, directory: Path, adapter: dict[str, torch.Tensor
     write_manifest(directory, student.kind, **student.info)
 
 
+# Arrays of two or more items that must all be free of repeats before answers are held to distinct items.
+UNIQUE_ITEMS_EVIDENCE = 10
+
+
 def answer_constraints(rows: Sequence[DatasetRow], grounded_share: float = 0.98) -> dict[str, Any]:
     """What every training answer of a JSON task has in common, so inference need not guess it.
 
@@ -227,8 +247,13 @@ def answer_constraints(rows: Sequence[DatasetRow], grounded_share: float = 0.98)
     verbatim in the input, as written or with the input's JSON escapes decoded, so the task is
     extraction: decoding holds every string to spans of the input (`json_answers.JsonCursor`) and
     answers are snapped back to the input's own text (`json_answers.ground_in_source`).
+    `unique_items`: no array of any answer repeats an item, over at least UNIQUE_ITEMS_EVIDENCE arrays
+    that could have (two or more items), so a repeat in the student's answer is dropped.
     """
     targets = [row.target for row in rows]
+    lists = [items for target in targets for items in json_lists(parse_json(target))]
+    could_repeat = [items for items in lists if len(items) >= 2]
+    unique = len(could_repeat) >= UNIQUE_ITEMS_EVIDENCE and all(distinct_items(i) == i for i in could_repeat)
     prefix = _common_prefix(targets)
     prefix = prefix[: prefix.rfind(":") + 1] if prefix.startswith("{") else ""
     values = found = 0
@@ -237,7 +262,8 @@ def answer_constraints(rows: Sequence[DatasetRow], grounded_share: float = 0.98)
         for value in json_strings(parse_json(row.target)):
             values += 1
             found += is_copied(value, views)
-    return {"answer_prefix": prefix, "grounded": bool(values) and found >= grounded_share * values}
+    grounded = bool(values) and found >= grounded_share * values
+    return {"answer_prefix": prefix, "grounded": grounded, "unique_items": unique}
 
 
 def _common_prefix(texts: Sequence[str]) -> str:

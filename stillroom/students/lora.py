@@ -151,15 +151,21 @@ def bf16_supported() -> bool:
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def convert_weights(model: nn.Module, weights: str) -> nn.Module:
-    """The model's linear layers (output head included) in the given form, in place. bf16 where this
-    CPU cannot run it natively stays float32: the same answers, only slower."""
+def runnable_weights(weights: str) -> str:
+    """The form this CPU will run: bf16 without native support is float32 (the same answers, only
+    slower). Resolved once at load, so the manifest a student reports and its base's cache key agree."""
     if weights not in WEIGHTS:
         raise ValueError(f"unknown weights {weights!r}: expected one of {', '.join(WEIGHTS)}")
-    if weights == "float32":
-        return model
     if weights == "bf16" and not bf16_supported():
         log.warning("this CPU has no native bfloat16 matmul: the LM student runs in float32")
+        return "float32"
+    return weights
+
+
+def convert_weights(model: nn.Module, weights: str) -> nn.Module:
+    """The model's linear layers (output head included) in the given form, in place."""
+    weights = runnable_weights(weights)
+    if weights == "float32":
         return model
     if weights == "int8":
         quantize_int8(model)
