@@ -28,6 +28,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stillroom.config import Params
 from stillroom.content import BadRecord, with_blob_references
@@ -598,6 +599,25 @@ class Server:
         }
 
 
+class KeyCheck:
+    """The caller's Bearer key, checked before any route when the server has one (`/healthz` needs none).
+    Plain ASGI: Starlette's `BaseHTTPMiddleware` runs every request in a task of its own behind a stream."""
+
+    def __init__(self, app: ASGIApp, server: Server):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = self.server.api_key
+        if scope["type"] == "http" and key and scope["path"] != "/healthz":
+            given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+            if not hmac.compare_digest(given, f"Bearer {key}".encode()):
+                self.server.metrics.errors.labels("401", "invalid_api_key").inc()
+                response = ApiError(401, "Incorrect API key provided.", code="invalid_api_key").response()
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(params: Params, layout: Layout, only_tasks: frozenset[str] | None = None) -> FastAPI:
     server = Server(params, layout, only_tasks)
 
@@ -612,15 +632,7 @@ def create_app(params: Params, layout: Layout, only_tasks: frozenset[str] | None
     app = FastAPI(title="stillroom serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        if server.api_key and request.url.path != "/healthz":
-            expected = f"Bearer {server.api_key}".encode()
-            if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
-                error = ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-                server.metrics.errors.labels("401", "invalid_api_key").inc()
-                return error.response()
-        return await call_next(request)
+    app.add_middleware(KeyCheck, server=server)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
