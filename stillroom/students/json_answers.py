@@ -51,11 +51,14 @@ def json_strings(value: object) -> Iterable[str]:
 
 
 def json_lists(value: object) -> Iterable[list]:
-    """Every array at any depth."""
-    if isinstance(value, list):
+    """Every array at any depth, outermost first."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from json_lists(item)
+    elif isinstance(value, list):
         yield value
-    for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
-        yield from json_lists(item)
+        for item in value:
+            yield from json_lists(item)
 
 
 def distinct_items(value: Any) -> Any:

@@ -251,15 +251,16 @@ def answer_constraints(rows: Sequence[DatasetRow], grounded_share: float = 0.98)
     that could have (two or more items), so a repeat in the student's answer is dropped.
     """
     targets = [row.target for row in rows]
-    lists = [items for target in targets for items in json_lists(parse_json(target))]
+    answers = [parse_json(target) for target in targets]
+    lists = [items for answer in answers for items in json_lists(answer)]
     could_repeat = [items for items in lists if len(items) >= 2]
     unique = len(could_repeat) >= UNIQUE_ITEMS_EVIDENCE and all(distinct_items(i) == i for i in could_repeat)
     prefix = _common_prefix(targets)
     prefix = prefix[: prefix.rfind(":") + 1] if prefix.startswith("{") else ""
     values = found = 0
-    for row in rows:
+    for row, answer in zip(rows, answers, strict=True):
         views = source_views(row.input_text)
-        for value in json_strings(parse_json(row.target)):
+        for value in json_strings(answer):
             values += 1
             found += is_copied(value, views)
     grounded = bool(values) and found >= grounded_share * values
