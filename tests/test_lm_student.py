@@ -30,7 +30,15 @@ from stillroom.students import lm as lm_module
 from stillroom.students.base import load_student, read_manifest
 from stillroom.students.json_answers import ground_in_source
 from stillroom.students.lm import LMStudent
-from stillroom.students.lm_train import answer_budget, answer_constraints, save_lm, train_lm
+from stillroom.students.lm_train import (
+    answer_budget,
+    answer_constraints,
+    frozen_linears_in_bf16,
+    lm_head_on_answer_tokens_only,
+    save_lm,
+    train_lm,
+)
+from stillroom.students.lora import bf16_supported
 
 SYSTEM = 'Extract the names of people mentioned in the tweet. Answer with JSON: {"people": [...]}'
 NAMES = [["Ann Lee"], ["Bob Stone", "Cy Young"], [], ["Dee Ray"]]
@@ -284,6 +292,7 @@ def test_lora_merged_store_is_a_plain_model(memorised: tuple[LMStudent, dict, Pa
     _, _, base_dir = memorised
     _, stats = train_lora(base_dir, tmp_path, "merged")
     assert stats["n_train"] == 3
+    assert stats["train_weights"] == ("bf16" if bf16_supported() else "float32")  # train.lm.train_weights: bf16
     assert stats["eval_loss"] is None
     assert stats["final_loss"] < 0.8 * stats["first_loss"]
     assert not list(tmp_path.glob("adapter*"))
@@ -292,6 +301,74 @@ def test_lora_merged_store_is_a_plain_model(memorised: tuple[LMStudent, dict, Pa
     assert any(not torch.equal(before[name], after[name]) for name in before if "q_proj" in name)
     loaded = LMStudent.load(tmp_path)
     assert all(0.0 <= p.confidence <= 1.0 for p in loaded.predict([row.prompt for row in make_rows(LORA_ROWS)]))
+
+
+def test_the_frozen_base_computes_in_bf16_while_training_and_comes_back_as_it_was(tiny_base: Path) -> None:
+    """`train.lm.train_weights: bf16`: the linear layers run bf16 weights on float32 activations, gradients
+    still reach the inputs, and afterwards every parameter (and the head's tie to the embeddings) is the
+    float32 original, so the adapter merges into the weights it was trained against."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
+    ids = torch.tensor([[1, 57, 901, 2000, 31, 7]])
+    originals = dict(model.named_parameters())
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    with frozen_linears_in_bf16(model):
+        linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+        assert len(linears) == 2 * 7 + 1  # seven per layer and the output head
+        assert all(m.weight.dtype == torch.bfloat16 and not m.weight.requires_grad for m in linears)
+        assert model.get_input_embeddings().weight.dtype == torch.float32
+        embeddings = model.get_input_embeddings()(ids).detach().requires_grad_()
+        during = model(inputs_embeds=embeddings).logits
+        assert during.dtype == torch.float32
+        assert (during - before).norm() / before.norm() < 0.02  # bf16 weights: ~3 significant digits
+        during.sum().backward()
+        assert embeddings.grad is not None and bool(torch.isfinite(embeddings.grad).all())
+        assert float(embeddings.grad.abs().sum()) > 0
+    assert all(parameter is originals[name] for name, parameter in model.named_parameters())
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, before)
+
+
+def test_the_output_head_scores_only_the_answer_tokens_for_the_same_loss(
+    tiny_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRL's fused head scores every position on a CPU; while the LM trains it scores only the answer's
+    positions, with the same loss and the same gradients. Fails if TRL drops the switch this relies on."""
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.tensor([[1, 57, 901, 2000, 31, 7, 8, 9, 10]])
+    labels = ids.clone()
+    labels[:, :6] = -100  # the prompt: the answer is the last three tokens
+    scored: list[int] = []
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class Counting:
+        @staticmethod
+        def apply(hidden: torch.Tensor, *args: Any) -> Any:
+            scored.append(hidden.shape[0])
+            return chunked.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
+
+    def loss_and_gradient() -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        loss = -model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs.sum()
+        loss.backward()
+        return loss.detach(), model.get_input_embeddings().weight.grad.clone()
+
+    everywhere = loss_and_gradient()
+    with lm_head_on_answer_tokens_only():
+        answers_only = loss_and_gradient()
+    assert scored == [8, 3]  # every next-token position, then only the answer's three
+    assert not trl_utils._use_triton(torch.device("cpu"))  # put back
+    torch.testing.assert_close(answers_only[0], everywhere[0])
+    torch.testing.assert_close(answers_only[1], everywhere[1])
 
 
 @pytest.fixture(scope="module")
