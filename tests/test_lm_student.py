@@ -541,7 +541,10 @@ def test_compact_weights_convert_the_shared_base_and_keep_the_answers(
 
 
 def test_a_compact_form_below_the_bar_is_evaluated_and_served_in_float32(
-    two_adapters: tuple[list[LMStudent], list[Path], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    two_adapters: tuple[list[LMStudent], list[Path], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from stillroom.evaluate import served_form
     from stillroom.students import lora
@@ -561,8 +564,10 @@ def test_a_compact_form_below_the_bar_is_evaluated_and_served_in_float32(
 
     # Without native bf16 a bf16 student is float32 from the start: it says so, shares float32's base, needs no check.
     monkeypatch.setattr(lora, "bf16_supported", lambda: False)
-    plain = LMStudent.load(with_weights(folders[0], "bf16", tmp_path))
+    with caplog.at_level("WARNING", logger="stillroom"):
+        plain = LMStudent.load(with_weights(folders[0], "bf16", tmp_path))
     assert plain.info["weights"] == "float32" and plain.model is full.model
+    assert sum("no native bfloat16" in record.getMessage() for record in caplog.records) == 1  # said once a load
     assert served_form(plain, folders[0], rows, min_same=1.01).check == {}
 
 

@@ -41,6 +41,7 @@ from stillroom.students.lora import (
     bf16_supported,
     convert_weights,
     restore_adapter,
+    runnable_weights,
     save_adapter,
     weights_fingerprint,
 )
@@ -148,7 +149,7 @@ def train_lm(
     student = LMStudent(model, tokenizer, info)
     with _progress_bars(progress):
         save_lm(student, out_dir, adapter)
-    convert_weights(student.model, params.weights)  # saved as trained; in hand it answers in the served form
+    convert_weights(student.model, runnable_weights(params.weights))  # saved as trained; in hand, as served
     stats: dict[str, Any] = {
         "rung": rung,
         "train_seconds": round(train_seconds, 2),

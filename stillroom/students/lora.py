@@ -151,11 +151,15 @@ def bf16_supported() -> bool:
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def _check_form(weights: str) -> None:
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weights {weights!r}: expected one of {', '.join(WEIGHTS)}")
+
+
 def runnable_weights(weights: str) -> str:
     """The form this CPU will run: bf16 without native support is float32 (the same answers, only
     slower). Resolved once at load, so the manifest a student reports and its base's cache key agree."""
-    if weights not in WEIGHTS:
-        raise ValueError(f"unknown weights {weights!r}: expected one of {', '.join(WEIGHTS)}")
+    _check_form(weights)
     if weights == "bf16" and not bf16_supported():
         log.warning("this CPU has no native bfloat16 matmul: the LM student runs in float32")
         return "float32"
@@ -163,8 +167,9 @@ def runnable_weights(weights: str) -> str:
 
 
 def convert_weights(model: nn.Module, weights: str) -> nn.Module:
-    """The model's linear layers (output head included) in the given form, in place."""
-    weights = runnable_weights(weights)
+    """The model's linear layers (output head included) in the given form, in place. The form is one
+    `runnable_weights` resolved: it is resolved once, where a student is loaded or trained."""
+    _check_form(weights)
     if weights == "float32":
         return model
     if weights == "int8":
