@@ -27,7 +27,7 @@ class SampleParams(_Section):
     downloads_files: int = Field(800, ge=0, description="file names sorted into Downloads sub-folders (a rule answers)")
     jpeg_images: int = Field(400, ge=0, description="real images asked 'convert to JPEG?' (a documented rule answers)")
     bbc_headlines: int = Field(
-        200, ge=0, description="BBC articles' openings given a headline (short text; the real headline answers)"
+        0, ge=0, description="BBC articles' openings given a headline (short text; the real headline answers)"
     )
     start: str = "2026-09-01"
     days: int = Field(60, ge=1)
