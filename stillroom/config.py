@@ -245,7 +245,7 @@ class LMParams(_Section):
     train_weights: Literal["float32", "bf16"] = Field(
         "bf16",
         description="the frozen base's linear layers while LoRA trains. bf16 (where the CPU has AVX512-BF16 or "
-        "AMX; float32 elsewhere): ~35% less time a step, activations and the LoRA pairs stay float32",
+        "AMX; float32 elsewhere): ~25% less time a step, activations and the LoRA pairs stay float32",
     )
     epochs: float = Field(3, gt=0)
     min_steps: int = Field(

@@ -367,6 +367,11 @@ def test_the_output_head_scores_only_the_answer_tokens_for_the_same_loss(
         answers_only = loss_and_gradient()
     assert scored == [8, 3]  # every next-token position, then only the answer's three
     assert not trl_utils._use_triton(torch.device("cpu"))  # put back
+    with lm_head_on_answer_tokens_only():  # two trainings overlapping in threads of one process
+        with lm_head_on_answer_tokens_only():
+            pass
+        assert trl_utils._use_triton(torch.device("cpu"))  # the first one out leaves the other's switch on
+    assert not trl_utils._use_triton(torch.device("cpu"))
     torch.testing.assert_close(answers_only[0], everywhere[0])
     torch.testing.assert_close(answers_only[1], everywhere[1])
 

@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -294,7 +295,7 @@ def _common_prefix(texts: Sequence[str]) -> str:
 @contextmanager
 def frozen_linears_in_bf16(model: torch.nn.Module) -> Iterator[None]:
     """While LoRA trains, the frozen base's linear layers (output head included) compute in bfloat16 and hand
-    float32 back, the way the served student's `Bf16Linear` does: oneDNN's bf16 matmuls take ~35% off a step
+    float32 back, the way the served student's `Bf16Linear` does: oneDNN's bf16 matmuls take ~25% off a step
     on this CPU. Norms, attention, the residual stream and the LoRA pairs stay float32. The float32 weights
     (and the head's tie to the embeddings) are put back afterwards, so the adapter merges as it always did."""
     restore = []
@@ -320,24 +321,35 @@ def frozen_linears_in_bf16(model: torch.nn.Module) -> Iterator[None]:
                 hook.remove()
 
 
+_HEAD_SWITCH_LOCK = threading.Lock()
+_head_switch: dict[str, Any] = {"users": 0, "trl_own": None}  # trainings in this process under the switch
+
+
 @contextmanager
 def lm_head_on_answer_tokens_only() -> Iterator[None]:
     """TRL's fused LM head scores only the positions the loss reads (the answer's tokens) on GPUs, but every
     position elsewhere, to keep tile shapes fixed for compiled devices. A CPU compiles nothing, so scoring the
     answer's tokens only is the same loss (the tests check it) at ~35% less time a step: the output head and
-    its 49k-word softmax over a long prompt were 40% of a step. Without that switch in TRL, nothing changes."""
+    its 49k-word softmax over a long prompt were 40% of a step. Without that switch in TRL, nothing changes.
+    The switch is TRL's, so process-wide: the first training in sets it, the last one out puts it back."""
     import trl.trainer.utils as trl_utils
 
-    on_gpu = getattr(trl_utils, "_use_triton", None)
-    if on_gpu is None:
+    if getattr(trl_utils, "_use_triton", None) is None:
         log.warning("TRL no longer has the switch for its fused LM head: training scores every position")
         yield
         return
-    trl_utils._use_triton = lambda device: on_gpu(device) or device.type == "cpu"
+    with _HEAD_SWITCH_LOCK:
+        if _head_switch["users"] == 0:
+            trl_own = _head_switch["trl_own"] = trl_utils._use_triton
+            trl_utils._use_triton = lambda device: trl_own(device) or device.type == "cpu"
+        _head_switch["users"] += 1
     try:
         yield
     finally:
-        trl_utils._use_triton = on_gpu
+        with _HEAD_SWITCH_LOCK:
+            _head_switch["users"] -= 1
+            if _head_switch["users"] == 0:
+                trl_utils._use_triton = _head_switch["trl_own"]
 
 
 @contextmanager
