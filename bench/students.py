@@ -1,7 +1,7 @@
 """Training-ladder benchmark: does each sample task get a student that is good, fast to train and cheap to run?
 
 It builds a scratch project from the bundled sample logs (BBC News topics, WNUT-16 people as JSON,
-the Downloads and JPEG file tasks; BBC headlines, short text, in a project of their own), runs
+BBC headlines as short text, the Downloads and JPEG file tasks), runs
 ingest, detect, synthesize, train and evaluate with the project's params.yaml (or --params), and
 reports per task the rung the ladder chose, training examples, training time, agreement with the
 teacher and its 95% interval, the format's F1 (macro-F1 for labels, entity F1 for JSON, ROUGE-L for
@@ -63,28 +63,38 @@ F1_KEY = {"label": "macro_f1", "json": "field_f1", "short_text": "rouge_l", "lon
 # (task name fragment, metric, at least, at most): the issue's targets on this machine.
 TARGETS = {
     "topic": [
-        ("agreement", 0.95, None), ("n_train", None, 500), ("train_s", None, 60), ("p50_ms", None, 10),
+        ("agreement", 0.95, None),
+        ("n_train", None, 500),
+        ("train_s", None, 60),
+        ("p50_ms", None, 10),
         ("load_s", None, 1),
     ],
     "people": [("agreement", 0.85, None), ("f1", 0.80, None), ("train_s", None, 900), ("p50_ms", None, 150)],
     "first_names_copy": [("exact_match", 0.95, None), ("answers_in_input", 1.0, None)],
     "image": [  # the convert-to-JPEG task over images (its name comes from detect: decide-whether-image)
-        ("agreement", 0.98, None), ("p50_ms", None, 5), ("load_s", None, 0.5), ("coverage", 0.9, None),
+        ("agreement", 0.98, None),
+        ("p50_ms", None, 5),
+        ("load_s", None, 0.5),
+        ("coverage", 0.9, None),
         ("routed_agreement", 0.99, None),
     ],
     "downloads": [("agreement", 0.97, None), ("p50_ms", None, 5)],
 }
 # `--tasks files`: the sample with only the two file tasks of issue 18 and the one-off chats around them.
 FILES_SAMPLE = {
-    "bbc_articles": 0, "wnut_tweets": 0, "oneoff_prompts": 100, "downloads_files": 800, "jpeg_images": 400,
+    "bbc_articles": 0,
+    "wnut_tweets": 0,
+    "oneoff_prompts": 100,
+    "downloads_files": 800,
+    "jpeg_images": 400,
     "bbc_headlines": 0,
 }
 # `--tasks topics`: the BBC topics task alone (and one-off chats), through the same stages, in a minute or two.
 TOPICS_SAMPLE = {"wnut_tweets": 0, "oneoff_prompts": 100, "downloads_files": 0, "jpeg_images": 0, "bbc_headlines": 0}
-# `--tasks headlines`: the short-text task (a story's opening -> its real headline), 500 calls (off in the demo).
+# `--tasks headlines`: the short-text task (a story's opening -> its real headline), 500 calls (the demo has 200).
 HEADLINES_SAMPLE = {**TOPICS_SAMPLE, "bbc_articles": 0, "bbc_headlines": 500}
 SUBSETS = {"files": FILES_SAMPLE, "topics": TOPICS_SAMPLE, "headlines": HEADLINES_SAMPLE}
-IN_THE_LADDER = {"files", "topics"}  # the full sample holds these tasks already
+IN_THE_LADDER = {"files", "topics", "headlines"}  # the full sample holds these tasks already
 COPY_TASK = "first_names_copy"
 COPY_SYSTEM = (
     "List the first word of the name of every person in the document's people fields, in the order they "
@@ -185,11 +195,12 @@ def copy_rows(seed: int = 0) -> list[DatasetRow]:
 
 
 def run_copy_task(params: Params, project: Path, reuse: bool) -> dict:
-    """Train the LM rung on the copy task straight from its rows (no detect, no teacher) and evaluate it
-    as the evaluate stage would; the LM settings are params.yaml's, with room for the longest prompt."""
+    """Train the copy task through the ladder straight from its rows (no detect, no teacher) and evaluate it
+    as the evaluate stage would. Its answers are copies, so the span tagger comes first; the LM, if the
+    ladder climbs to it, gets params.yaml's settings with room for the longest prompt."""
     from stillroom.evaluate import evaluate_student
     from stillroom.students.chat import chat, load_tokenizer
-    from stillroom.students.lm_train import train_lm
+    from stillroom.train import train_task
 
     rows = copy_rows(params.train.seed)
     splits: dict[str, list[DatasetRow]] = {}
@@ -197,6 +208,15 @@ def run_copy_task(params: Params, project: Path, reuse: bool) -> dict:
         splits[split] = [row.model_copy(update={"split": split}) for row in rows[:size]]
         rows = rows[size:]
     splits["train"] = rows
+    card = TaskCard(
+        id=COPY_TASK,
+        name=COPY_TASK,
+        count=sum(len(split) for split in splits.values()),
+        output_type="text",
+        output_format="json",
+        json_schema=COPY_SCHEMA,
+        system_prompts=[COPY_SYSTEM],
+    )
     folder = project / COPY_TASK
     model_dir, info_path = folder / "model", folder / "train.json"
     if not (reuse and info_path.exists()):
@@ -209,25 +229,16 @@ def run_copy_task(params: Params, project: Path, reuse: bool) -> dict:
             for r in splits["train"]
         ]
         longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in rendered)
-        settings = params.train.lm.model_copy(update={"max_length": max(params.train.lm.max_length, longest + 8)})
+        lm = params.train.lm.model_copy(update={"max_length": max(params.train.lm.max_length, longest + 8)})
         started = time.perf_counter()
-        _, stats = train_lm(
-            splits["train"], splits["validation"], settings, model_dir, params.train.seed, False, None, COPY_SCHEMA
+        _, stats = train_task(
+            card, splits["train"], splits["validation"], params.train.model_copy(update={"lm": lm}), model_dir, False
         )
-        info = {k: stats.get(k) for k in ("rung", "n_train", "train_seconds", "chosen_epoch")}
+        info = {k: stats.get(k) for k in ("rung", "rung_reason", "n_train", "train_seconds", "chosen_epoch")}
         info["wall_s"] = time.perf_counter() - started
         folder.mkdir(parents=True, exist_ok=True)
         info_path.write_text(json.dumps(info, indent=2) + "\n")
     info = json.loads(info_path.read_text())
-    card = TaskCard(
-        id=COPY_TASK,
-        name=COPY_TASK,
-        count=sum(len(split) for split in splits.values()),
-        output_type="text",
-        output_format="json",
-        json_schema=COPY_SCHEMA,
-        system_prompts=[COPY_SYSTEM],
-    )
     metrics, detail, _ = evaluate_student(card, model_dir, splits, params)
     return result_row(COPY_TASK, info, metrics, answers_in_input(detail, splits["test"]))
 

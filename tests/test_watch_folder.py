@@ -80,6 +80,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, teacher: FakeTeacher) -> P
     overrides = {
         "sample": {
             "bbc_articles": 0, "wnut_tweets": 0, "oneoff_prompts": 0, "downloads_files": 800, "jpeg_images": 0,
+            "bbc_headlines": 0,
             "days": 30,
         },
         "train": {"classifier": {"features": ["tfidf"]}},

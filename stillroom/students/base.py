@@ -22,6 +22,7 @@ KINDS = {
     "classifier": "stillroom.students.classifier:EmbeddingClassifier",
     "image_classifier": "stillroom.students.image_classifier:ImageClassifier",
     "lm": "stillroom.students.lm:LMStudent",
+    "span": "stillroom.students.span:SpanStudent",
 }
 
 Prompt = Sequence[Message]

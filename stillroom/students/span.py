@@ -1,0 +1,236 @@
+"""The span student at inference: a small encoder tags the input's word pieces, and the JSON answer is
+built from the tagged spans, so every value it gives is a copy of the input.
+
+For extraction tasks whose answers are all copied (an array of strings, or an object of string and
+string-array fields), tagging does in one encoder pass what the LM does a token at a time: an answer
+cannot drop the end of a long list, misspell a copy or write in a name the input does not hold.
+
+Each field of the answer is a *slot* with a B(egin) and an I(nside) tag; `O` is everything else.
+The encoder is uncased, so each piece's letter case (lower, Capitalised, UPPER, digits, other) is
+added to its embedding as a learned vector. Inputs longer than the encoder's window are read in
+overlapping windows. Confidence is the least sure tag of the input: one doubtful word anywhere
+may be a name missed or a span cut wrong, so the router sends it on. Training is `span_train`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stillroom.schema import Prediction
+from stillroom.students.base import Prompt, Student, last_user_turn, read_manifest
+from stillroom.students.json_answers import distinct_items
+
+ENCODER_DIR = "encoder"
+SHAPES_FILE = "shapes.safetensors"
+# A piece's letter case, as the uncased encoder cannot see it: padding and special tokens are 0.
+SHAPES = ("special", "lower", "capitalised", "upper", "digits", "other")
+
+
+def piece_shape(piece: str) -> int:
+    """The index in SHAPES of a piece of the input as written."""
+    letters = [c for c in piece if c.isalpha()]
+    if letters:
+        if all(c.isupper() for c in letters):
+            return 3 if len(letters) > 1 else 2
+        return 2 if letters[0].isupper() else 1
+    if any(c.isdigit() for c in piece):
+        return 4
+    return 5 if piece else 0
+
+
+def tag_names(slots: Sequence[dict]) -> list[str]:
+    """O, then B- and I- for each slot in order: the label index of B for slot i is 1 + 2i."""
+    names = ["O"]
+    for slot in slots:
+        names += [f"B-{slot['key']}", f"I-{slot['key']}"]
+    return names
+
+
+def unescape_json_span(text: str) -> str:
+    """A span cut from inside a JSON string of the input, as the value it stands for."""
+    try:
+        return json.loads(f'"{text}"')
+    except ValueError:
+        return text
+
+
+class Windows:
+    """An input's word pieces in overlapping windows of the encoder's length, with each piece's
+    characters in the input and its case, so tags can be read back onto the text.
+
+    Tags are read per word (the encoder's pre-tokenised words: punctuation is a word of its own) off its
+    first piece, so a span never starts or ends inside a word."""
+
+    def __init__(self, tokenizer: Any, text: str, max_length: int, stride: int):
+        encoded = tokenizer(
+            text,
+            return_offsets_mapping=True,
+            truncation=True,
+            max_length=max_length,
+            stride=stride,
+            return_overflowing_tokens=True,
+        )
+        self.input_ids: list[list[int]] = encoded["input_ids"]
+        self.offsets: list[list[tuple[int, int]]] = encoded["offset_mapping"]
+        word_ids = [encoded.word_ids(w) for w in range(len(self.input_ids))]
+        self.shapes = [
+            [0 if word is None else piece_shape(text[a:b]) for (a, b), word in zip(offs, words, strict=True)]
+            for offs, words in zip(self.offsets, word_ids, strict=True)
+        ]
+        # Each word of the text once, in order: its characters, and where its first piece sits in each window.
+        spans: dict[int, list[int]] = {}
+        places: dict[int, list[tuple[int, int]]] = {}
+        for w, (offs, words) in enumerate(zip(self.offsets, word_ids, strict=True)):
+            previous = None
+            for t, ((a, b), word) in enumerate(zip(offs, words, strict=True)):
+                if word is None:
+                    previous = None
+                    continue
+                span = spans.setdefault(word, [a, b])
+                span[0], span[1] = min(span[0], a), max(span[1], b)
+                if word != previous:
+                    places.setdefault(word, []).append((w, t))
+                previous = word
+        order = sorted(places)
+        self.words: list[tuple[int, int]] = [(spans[k][0], spans[k][1]) for k in order]
+        self.places = [places[k] for k in order]
+        # window -> {position of a word's first piece: the word's index}, for the tags training sets.
+        self.first_pieces: list[dict[int, int]] = [{} for _ in self.input_ids]
+        for index, word_places in enumerate(self.places):
+            for w, t in word_places:
+                self.first_pieces[w][t] = index
+
+
+def encode_windows(model: Any, shape_embedding: Any, windows: Sequence[Windows], batch_size: int) -> list[np.ndarray]:
+    """Tag probabilities for every word of each input ((words, tags) arrays) off its first piece, a word
+    read in several windows getting the mean of its readings."""
+    import torch
+
+    flat = [(i, w) for i, item in enumerate(windows) for w in range(len(item.input_ids))]
+    readings: dict[tuple[int, int], np.ndarray] = {}
+    for start in range(0, len(flat), batch_size):
+        chunk = flat[start : start + batch_size]
+        ids = [windows[i].input_ids[w] for i, w in chunk]
+        shapes = [windows[i].shapes[w] for i, w in chunk]
+        longest = max(len(x) for x in ids)
+        input_ids = torch.tensor([x + [0] * (longest - len(x)) for x in ids])
+        shape_ids = torch.tensor([x + [0] * (longest - len(x)) for x in shapes])
+        mask = torch.tensor([[1] * len(x) + [0] * (longest - len(x)) for x in ids])
+        logits = tag_logits(model, shape_embedding, input_ids, shape_ids, mask)
+        probabilities = torch.softmax(logits.float(), dim=-1).numpy()
+        for row, key in enumerate(chunk):
+            readings[key] = probabilities[row]
+    results = []
+    for i, item in enumerate(windows):
+        n_tags = model.config.num_labels
+        rows = [np.mean([readings[(i, w)][t] for w, t in places], axis=0) for places in item.places]
+        results.append(np.asarray(rows, dtype=np.float32).reshape(len(rows), n_tags))
+    return results
+
+
+def tag_logits(model: Any, shape_embedding: Any, input_ids: Any, shape_ids: Any, attention_mask: Any) -> Any:
+    """The token classifier's logits with each piece's case vector added to its word embedding."""
+    embedded = model.get_input_embeddings()(input_ids) + shape_embedding(shape_ids)
+    return model(inputs_embeds=embedded, attention_mask=attention_mask).logits
+
+
+def read_spans(tags: np.ndarray, n_slots: int) -> list[tuple[int, int, int]]:
+    """(slot, first word, last word) of each tagged span: B opens one, I of the same slot goes on,
+    and an I after anything else opens one too (a missed B is likelier than a stray I)."""
+    spans: list[list[int]] = []
+    open_slot = None
+    for index, tag in enumerate(tags.tolist()):
+        if tag == 0 or tag > 2 * n_slots:
+            open_slot = None
+            continue
+        slot, inside = (tag - 1) // 2, tag % 2 == 0
+        if inside and open_slot == slot:
+            spans[-1][2] = index
+        else:
+            spans.append([slot, index, index])
+            open_slot = slot
+    return [(s, a, b) for s, a, b in spans]
+
+
+class SpanStudent(Student):
+    kind = "span"
+
+    def __init__(self, model: Any, shape_embedding: Any, tokenizer: Any, info: dict):
+        self.model, self.shape_embedding, self.tokenizer, self.info = model, shape_embedding, tokenizer, info
+        self.slots: list[dict] = info["slots"]
+        self.max_length = int(info.get("max_length", 256))
+        self.stride = int(info.get("stride", 64))
+        self.model.eval()
+
+    @classmethod
+    def import_runtime(cls, manifest: dict) -> None:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+    @classmethod
+    def load(cls, directory: Path) -> SpanStudent:
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        directory = Path(directory)
+        info = read_manifest(directory)
+        model = AutoModelForTokenClassification.from_pretrained(directory / ENCODER_DIR)
+        tokenizer = AutoTokenizer.from_pretrained(directory / ENCODER_DIR)
+        weights = load_file(directory / SHAPES_FILE)["weight"]
+        shape_embedding = torch.nn.Embedding.from_pretrained(weights.float(), freeze=True)
+        return cls(model, shape_embedding, tokenizer, info)
+
+    def windows(self, text: str) -> Windows:
+        return Windows(self.tokenizer, text, self.max_length, self.stride)
+
+    def tag_probabilities(self, texts: Sequence[str], batch_size: int = 16) -> list[tuple[Windows, np.ndarray]]:
+        import torch
+
+        windows = [self.windows(text) for text in texts]
+        with torch.inference_mode():
+            return list(
+                zip(windows, encode_windows(self.model, self.shape_embedding, windows, batch_size), strict=True)
+            )
+
+    def predict(self, prompts: Sequence[Prompt], batch_size: int = 16) -> list[Prediction]:
+        texts = [last_user_turn(prompt) for prompt in prompts]
+        tagged = self.tag_probabilities(texts, batch_size)
+        return [
+            self.answer(text, windows, probabilities)
+            for text, (windows, probabilities) in zip(texts, tagged, strict=True)
+        ]
+
+    def answer(self, text: str, windows: Windows, probabilities: np.ndarray) -> Prediction:
+        """The JSON answer the tags spell, and the probability of the least sure tag."""
+        values: list[list[str]] = [[] for _ in self.slots]
+        if len(probabilities) == 0:
+            return Prediction(text=self.render(values), confidence=0.0)
+        tags = probabilities.argmax(axis=1)
+        for slot, first, last in read_spans(tags, len(self.slots)):
+            value = text[windows.words[first][0] : windows.words[last][1]]
+            values[slot].append(unescape_json_span(value) if self.info.get("input_is_json") else value)
+        confidence = float(probabilities.max(axis=1).min())
+        if any(not slot["many"] and len(found) != 1 for slot, found in zip(self.slots, values, strict=True)):
+            confidence = 0.0  # a single-valued field with no span, or several: the tags do not make one answer
+        return Prediction(text=self.render(values), confidence=min(max(confidence, 0.0), 1.0))
+
+    def render(self, values: list[list[str]]) -> str:
+        """The answer in the shape the teacher writes: an array, or an object with the slots' keys in order."""
+        unique = bool(self.info.get("unique_items"))
+        fields = [
+            distinct_items(found) if unique and slot["many"] else found
+            for slot, found in zip(self.slots, values, strict=True)
+        ]
+        if self.info["answer_shape"] == "array":
+            return json.dumps(fields[0], ensure_ascii=False)
+        answer = {
+            slot["key"]: found if slot["many"] else (found[0] if found else "")
+            for slot, found in zip(self.slots, fields, strict=True)
+        }
+        return json.dumps(answer, ensure_ascii=False)

@@ -1,0 +1,318 @@
+"""Training the span student: find each answer value in its input, tag the word pieces, fine-tune the encoder.
+
+A task qualifies when its answers are an array of strings or an object of string and string-array
+fields (`answer_slots`), and nearly every value is a span of its input (`align_answers`). A value
+may occur more than once in the input (a name in the text and again in a list); the answers of an
+array are matched in order, either each at its first place after the last (`first`) or each at its
+last place before the next (`last`). The task keeps the way whose matched spans sit in the more
+regular surroundings (`context_entropy`): they are what the tagger has to learn to tell apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stillroom.answers import parse_json
+from stillroom.config import SpanParams
+from stillroom.embeddings import resolve_embedder
+from stillroom.metrics.scoring import per_example_agreement
+from stillroom.schema import DatasetRow, OutputFormat
+from stillroom.students.base import Student, write_manifest
+from stillroom.students.json_answers import distinct_items
+from stillroom.students.span import ENCODER_DIR, SHAPES, SHAPES_FILE, SpanStudent, Windows, tag_logits, tag_names
+
+Span = tuple[int, int]
+
+
+def answer_slots(answers: Sequence[Any]) -> tuple[str, list[dict]] | None:
+    """("array", [one slot]) when every answer is an array of strings; ("object", slots) when every answer is an
+    object whose fields are strings or arrays of strings, the same fields throughout; else None."""
+    if not answers:
+        return None
+    if all(isinstance(a, list) and all(isinstance(v, str) for v in a) for a in answers):
+        return "array", [{"key": None, "many": True}]
+    if not all(isinstance(a, dict) and a for a in answers):
+        return None
+    keys = list(answers[0])
+    if any(list(a) != keys for a in answers):
+        return None
+    slots = []
+    for key in keys:
+        values = [a[key] for a in answers]
+        if all(isinstance(v, str) for v in values):
+            slots.append({"key": key, "many": False})
+        elif all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in values):
+            slots.append({"key": key, "many": True})
+        else:
+            return None
+    return "object", slots
+
+
+def slot_values(answer: Any, shape: str, slots: Sequence[dict]) -> list[list[str]]:
+    if shape == "array":
+        return [list(answer)]
+    return [list(answer[s["key"]]) if s["many"] else [answer[s["key"]]] for s in slots]
+
+
+def find_in(text: str, value: str, input_is_json: bool) -> list[Span]:
+    """Every place the value is written in the text (JSON-escaped, when the input is JSON and it is not found as is)."""
+    forms = [value] + ([json.dumps(value, ensure_ascii=False)[1:-1]] if input_is_json else [])
+    for form in forms:
+        if not form:
+            continue
+        places, at = [], text.find(form)
+        while at >= 0:
+            places.append((at, at + len(form)))
+            at = text.find(form, at + 1)
+        if places:
+            return places
+    return []
+
+
+def match_in_order(places: Sequence[Sequence[Span]], way: str) -> list[Span] | None:
+    """One place per value, in the values' order and not overlapping: each value's first place after the
+    previous one (`first`) or, from the end, each value's last place before the next one (`last`)."""
+    chosen: list[Span] = []
+    if way == "first":
+        end = 0
+        for options in places:
+            pick = next((p for p in options if p[0] >= end), None)
+            if pick is None:
+                return None
+            chosen.append(pick)
+            end = pick[1]
+        return chosen
+    start = math.inf
+    for options in reversed(places):
+        pick = next((p for p in reversed(options) if p[1] <= start), None)
+        if pick is None:
+            return None
+        chosen.append(pick)
+        start = pick[0]
+    return chosen[::-1]
+
+
+def context_entropy(texts: Sequence[str], spans: Sequence[Sequence[Span]], width: int = 3) -> float:
+    """Entropy (bits) of the characters around the matched spans: lower means the spans sit in regular places."""
+    around = Counter(
+        (text[max(0, a - width) : a], text[b : b + width])
+        for text, row in zip(texts, spans, strict=True)
+        for a, b in row
+    )
+    total = sum(around.values())
+    return -sum(n / total * math.log2(n / total) for n in around.values()) if total else 0.0
+
+
+def align_answers(
+    texts: Sequence[str], answers: Sequence[Any], shape: str, slots: Sequence[dict], input_is_json: bool
+) -> tuple[list[list[list[Span]] | None], str]:
+    """Each row's spans per slot (None for a row whose values are not all found), with the way chosen."""
+    found = [
+        [[find_in(text, value, input_is_json) for value in values] for values in slot_values(answer, shape, slots)]
+        for text, answer in zip(texts, answers, strict=True)
+    ]
+    best: tuple[float, str, list] | None = None
+    for way in ("first", "last"):
+        rows = []
+        for places in found:
+            row = [match_in_order(slot, way) for slot in places]
+            rows.append(None if any(r is None for r in row) else row)
+        kept = [(t, [s for slot in r for s in slot]) for t, r in zip(texts, rows, strict=True) if r is not None]
+        entropy = context_entropy([t for t, _ in kept], [s for _, s in kept])
+        score = (-len(kept), entropy)
+        if best is None or score < best[0]:
+            best = (score, way, rows)
+    assert best is not None
+    return best[2], best[1]
+
+
+def word_tags(windows: Windows, spans: Sequence[Sequence[Span]]) -> dict[int, int]:
+    """The tag of every word a span covers (by its characters): B for the first, I after."""
+    tags: dict[int, int] = {}
+    for slot, slot_spans in enumerate(spans):
+        for a, b in slot_spans:
+            covered = [k for k, (start, end) in enumerate(windows.words) if start < b and end > a]
+            for n, word in enumerate(covered):
+                tags[word] = 1 + 2 * slot + (1 if n else 0)
+    return tags
+
+
+def window_examples(windows: Windows, tags: dict[int, int]) -> list[tuple[list[int], list[int], list[int]]]:
+    """(input ids, case ids, tag ids) per window: a word's first piece carries its tag, the other pieces
+    and the special tokens -100 (no loss)."""
+    return [
+        (ids, shapes, [tags.get(first[t], 0) if t in first else -100 for t in range(len(ids))])
+        for ids, shapes, first in zip(windows.input_ids, windows.shapes, windows.first_pieces, strict=True)
+    ]
+
+
+def train_span(
+    train: Sequence[DatasetRow],
+    validation: Sequence[DatasetRow],
+    params: SpanParams,
+    out_dir: Path,
+    seed: int = 0,
+    progress: bool = False,
+    json_schema: dict | None = None,
+) -> tuple[SpanStudent, dict[str, Any]]:
+    """Fine-tune the encoder to tag the answers' spans, keep the epoch with the best validation agreement, save."""
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    answers = [parse_json(row.target) for row in train]
+    layout = answer_slots(answers)
+    if layout is None:
+        raise ValueError("the span rung needs answers that are arrays of strings or objects of string fields")
+    shape, slots = layout
+    texts = [row.input_text for row in train]
+    input_is_json = all(parse_json(t) is not None for t in texts)
+    spans, way = align_answers(texts, answers, shape, slots, input_is_json)
+    aligned = sum(s is not None for s in spans)
+    if aligned < params.min_aligned * len(train):
+        raise ValueError(f"only {aligned} of {len(train)} training answers are spans of their inputs")
+    could_repeat = [vals for a in answers for vals in slot_values(a, shape, slots)[:] if len(vals) >= 2]
+    unique = len(could_repeat) >= 10 and all(distinct_items(v) == v for v in could_repeat)
+    info: dict[str, Any] = {
+        "encoder": params.encoder,
+        "answer_shape": shape,
+        "slots": slots,
+        "tags": tag_names(slots),
+        "input_is_json": input_is_json,
+        "unique_items": unique,
+        "json_schema": json_schema,
+        "max_length": params.max_length,
+        "stride": params.stride,
+        "alignment": way,
+    }
+    torch.manual_seed(seed)
+    path = resolve_embedder(params.encoder)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(info["tags"]))
+    shape_embedding = torch.nn.Embedding(len(SHAPES), model.config.hidden_size)
+    torch.nn.init.zeros_(shape_embedding.weight)
+    student = SpanStudent(model, shape_embedding, tokenizer, info)
+
+    examples = []
+    for text, row_spans in zip(texts, spans, strict=True):
+        if row_spans is not None:
+            windows = student.windows(text)
+            examples += window_examples(windows, word_tags(windows, row_spans))
+    started = time.perf_counter()
+    curve = fit(student, examples, validation, params, seed)
+    best = max(curve, key=lambda c: c["agreement"])
+    stats = {
+        "rung": "span",
+        "n_train": len(train),
+        "n_aligned": aligned,
+        "alignment": way,
+        "n_windows": len(examples),
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "chosen_epoch": best["epoch"],
+        "validation_agreement": best["agreement"] if validation else None,
+        "curve": curve,  # by step, as register logs LM curves: the epoch's mean loss and validation agreement
+        "agreement_curve": curve if validation else [],
+    }
+    save_span(student, out_dir)
+    return student, stats
+
+
+def padded(examples: Sequence[tuple[list[int], list[int], list[int]]]) -> tuple[Any, Any, Any, Any]:
+    """input ids, case ids, tags (-100 on padding) and attention mask of a batch, as tensors."""
+    import torch
+
+    longest = max(len(ids) for ids, _, _ in examples)
+
+    def pad(rows: Sequence[list[int]], value: int) -> Any:
+        return torch.tensor([row + [value] * (longest - len(row)) for row in rows])
+
+    ids, shapes, tags = zip(*examples, strict=True)
+    return pad(ids, 0), pad(shapes, 0), pad(tags, -100), pad([[1] * len(row) for row in ids], 0)
+
+
+def fit(
+    student: SpanStudent,
+    examples: list[tuple[list[int], list[int], list[int]]],
+    validation: Sequence[DatasetRow],
+    params: SpanParams,
+    seed: int,
+) -> list[dict[str, float]]:
+    """AdamW with warm-up and linear decay; after each epoch the student answers the validation rows, and
+    the epoch with the best agreement is put back at the end. Training stops `patience` epochs after the
+    best (never before `min_epochs`: a tagger first learns that nearly every word is O) or at `max_minutes`."""
+    import torch
+
+    model, shapes = student.model, student.shape_embedding
+    # The new parts (tag head, case vectors) learn at head_learning_rate: at the encoder's rate a small set
+    # spends its first epochs tagging every word O.
+    head = [p for name, p in model.named_parameters() if name.startswith("classifier.")]
+    encoder = [p for name, p in model.named_parameters() if not name.startswith("classifier.")]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": encoder, "lr": params.learning_rate},
+            {"params": [*head, *shapes.parameters()], "lr": params.head_learning_rate},
+        ],
+        weight_decay=0.01,
+    )
+    total = math.ceil(len(examples) / params.batch_size) * params.max_epochs
+    warmup = max(1, total // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * max(0.0, 1 - step / total)
+    )
+    rng, started = random.Random(seed), time.perf_counter()
+    curve: list[dict[str, float]] = []
+    best_state, best = None, -math.inf
+    for epoch in range(1, params.max_epochs + 1):
+        model.train()
+        rng.shuffle(examples)
+        losses = []
+        for start in range(0, len(examples), params.batch_size):
+            input_ids, shape_ids, tags, mask = padded(examples[start : start + params.batch_size])
+            logits = tag_logits(model, shapes, input_ids, shape_ids, mask)
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tags.flatten(), ignore_index=-100)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        model.eval()
+        mean_loss = float(np.mean(losses))
+        agreement = validation_agreement(student, validation) if validation else -mean_loss
+        curve.append({"step": schedule.last_epoch, "epoch": epoch, "loss": mean_loss, "agreement": agreement})
+        if agreement > best:
+            best = agreement
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}, shapes.weight.detach().clone()
+        waited = epoch - max(curve, key=lambda c: c["agreement"])["epoch"]
+        out_of_time = time.perf_counter() - started > params.max_minutes * 60
+        if (epoch >= params.min_epochs and waited >= params.patience) or out_of_time:
+            break
+    assert best_state is not None
+    model.load_state_dict(best_state[0])
+    shapes.weight.data.copy_(best_state[1])
+    model.eval()
+    return curve
+
+
+def validation_agreement(student: Student, rows: Sequence[DatasetRow], output_format: OutputFormat = "json") -> float:
+    """Mean agreement of the student's answers with the teacher's on the rows: what the ladder compares."""
+    answers = [p.text for p in student.predict([row.prompt for row in rows])]
+    return float(np.mean(per_example_agreement(output_format, answers, [row.target for row in rows])))
+
+
+def save_span(student: SpanStudent, directory: Path) -> None:
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    student.model.save_pretrained(directory / ENCODER_DIR)
+    student.tokenizer.save_pretrained(directory / ENCODER_DIR)
+    save_file({"weight": student.shape_embedding.weight.detach().contiguous()}, directory / SHAPES_FILE)
+    write_manifest(directory, student.kind, **student.info)
