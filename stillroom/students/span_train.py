@@ -167,6 +167,7 @@ def train_span(
     """Fine-tune the encoder to tag the answers' spans, keep the epoch with the best validation agreement, save."""
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     answers = [parse_json(row.target) for row in train]
     layout = answer_slots(answers)
@@ -196,7 +197,12 @@ def train_span(
     torch.manual_seed(seed)
     path = resolve_embedder(params.encoder)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(info["tags"]))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists the new tag head as "missing": that is the point
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(info["tags"]))
+    finally:
+        hf_logging.set_verbosity(verbosity)
     shape_embedding = torch.nn.Embedding(len(SHAPES), model.config.hidden_size)
     torch.nn.init.zeros_(shape_embedding.weight)
     student = SpanStudent(model, shape_embedding, tokenizer, info)
