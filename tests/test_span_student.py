@@ -6,17 +6,28 @@ import random
 
 import mlflow
 import numpy as np
+import openai
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from stillroom import evaluate, register, train
+from stillroom import detect, evaluate, ingest, register, train
 from stillroom.config import Params, SpanParams, TrainParams
-from stillroom.data import Layout, write_cards, write_jsonl
+from stillroom.data import Layout, read_cards, write_jsonl
 from stillroom.schema import DatasetRow, Message, TaskCard
 from stillroom.students import load_student
-from stillroom.students.span import SpanStudent, Windows, read_spans, unescape_json_span
+from stillroom.students.span import (
+    SpanStudent,
+    Windows,
+    at_token_edge,
+    read_spans,
+    unescape_json_span,
+    whole_tokens,
+)
 from stillroom.students.span_train import align_answers, answer_slots, context_entropy, find_in, match_in_order
+from tests.conftest import log_line
+from tests.fake_teacher import FakeTeacher
+from tests.test_serve import Project, row_of, running, serve_params
 
 SYSTEM = "Give the sender's name and every product ordered, as JSON."
 FIRST = ["Ann", "Bo", "Cleo", "Dmitri", "Eve", "Farid", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lena", "Mo", "Nia"]
@@ -122,39 +133,58 @@ def test_long_inputs_are_read_in_windows_and_every_word_once():
     assert shapes["Word1"] == 2 and shapes["name"] == 1 and shapes["-"] == 5
 
 
+def test_spans_grow_to_whole_tokens_with_a_json_inputs_own_quotes_as_delimiters():
+    text = '{"people": ["\'Rickey Smiley", "al-Mallohi"], "note": "say \\"hi\\" Bo"}'
+    start = text.index("Rickey")
+    assert text[slice(*whole_tokens(text, start, start + 6, True))] == "'Rickey"
+    start = text.index("Mallohi")
+    assert text[slice(*whole_tokens(text, start, start + 7, True))] == "al-Mallohi"
+    start = text.index('\\"hi') + 2  # an escaped quote is part of the token, the string's own quote is not
+    assert text[slice(*whole_tokens(text, start, start + 2, True))] == '\\"hi\\"'
+    assert whole_tokens("Jane Doe", 0, 4, False) == (0, 4)  # already whole
+    assert at_token_edge("ab", -1, False) and at_token_edge("ab", 2, False) and not at_token_edge("ab", 1, False)
+
+
 def test_a_span_cut_from_a_json_input_is_the_value_it_stands_for():
     assert unescape_json_span('\\"Spring\\" sale') == '"Spring" sale'
     assert unescape_json_span("half \\") == "half \\"  # not a whole escape: as written
 
 
-CARD = TaskCard(id="task-orders", name="orders", count=150, output_type="text", output_format="json")
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """An orders project: 80 training, 20 validation and 30 test rows, and the student the ladder trained."""
+    """Order e-mails logged as teacher calls -> real ingest and detect (the card, the server's task index) ->
+    80 training, 20 validation and 30 test rows -> the student the ladder trains."""
     layout = Layout(tmp_path_factory.mktemp("span"))
     params = Params.model_validate(
         {
+            "ingest": {"scrub": "off"},  # the senders' names are the answers here
             "train": {"span": {"max_epochs": 8, "min_epochs": 3, "patience": 2, "accept": 0.9}},
-            "evaluate": {"latency_samples": 3, "baselines": [], "threshold_min_low": 0.0},
+            "evaluate": {"latency_samples": 3, "baselines": [], "threshold_min_low": 0.0, "target_agreement": 0.9},
             "register": {"tracking_uri": "sqlite:///mlflow.db", "gate": {"min_test_rows": 10}},
         }
     )
     splits = {"train": order_rows("train", 80, 1), "validation": order_rows("validation", 20, 2)}
     splits["test"] = order_rows("test", 30, 3)
-    write_cards(layout.cards, [CARD])
+    everything = [row for split in splits.values() for row in split]
+    lines = [log_line(SYSTEM, row.input_text, row.target, index=i) for i, row in enumerate(everything)]
+    (layout.root / "data/raw/logs").mkdir(parents=True)
+    (layout.root / "data/raw/logs/calls.jsonl").write_text("\n".join(lines) + "\n")
+    ingest.run(params, layout)
+    detect.run(params, layout)
+    (card,) = read_cards(layout.cards)
+    assert card.answer_format == "json" and card.count == len(everything)
+    splits = {split: [row.model_copy(update={"task_id": card.id}) for row in rows] for split, rows in splits.items()}
     for split, split_rows in splits.items():
-        write_jsonl(layout.dataset(CARD.id, split), split_rows)
+        write_jsonl(layout.dataset(card.id, split), split_rows)
     student, info = train.train_task(
-        CARD, splits["train"], splits["validation"], params.train, layout.model(CARD.id), progress=False
+        card, splits["train"], splits["validation"], params.train, layout.model(card.id), progress=False
     )
-    return params, layout, student, info
+    return params, layout, card, student, info
 
 
 def test_the_ladder_keeps_a_span_tagger_that_reaches_accept_and_never_trains_the_lm(trained):
-    _, layout, _, info = trained
-    out = layout.model(CARD.id)
+    _, layout, card, _, info = trained
+    out = layout.model(card.id)
     assert info["rung"] == "span" and "span tagger's validation agreement" in info["rung_reason"]
     assert info["validation_agreement"] >= 0.9 and "lm_validation_agreement" not in info
     assert not (out / "adapter.safetensors").exists()
@@ -163,9 +193,9 @@ def test_the_ladder_keeps_a_span_tagger_that_reaches_accept_and_never_trains_the
 
 
 def test_the_tagger_answers_unseen_orders_with_copies_in_the_teachers_shape(trained):
-    _, layout, student, _ = trained
+    _, layout, card, student, _ = trained
     test = order_rows("test", 30, 3)
-    loaded = load_student(layout.model(CARD.id))
+    loaded = load_student(layout.model(card.id))
     assert isinstance(loaded, SpanStudent)
     answers = loaded.predict([row.prompt for row in test])
     assert [a.text for a in answers] == [a.text for a in student.predict([row.prompt for row in test])]
@@ -181,23 +211,42 @@ def test_the_tagger_answers_unseen_orders_with_copies_in_the_teachers_shape(trai
     assert not wrong or np.mean(right) > np.mean(wrong)  # a near-miss is less sure than a right answer
 
 
+ORDER = "Hello Mo at the shop,\nplease send me tea tin and USB hub by Friday. Greetings from Nia Rossi"
+ORDER_ANSWER = {"sender": "Nia Rossi", "products": ["tea tin", "USB hub"]}
+
+
 def test_the_span_student_is_evaluated_registered_and_answers_through_mlflow(trained):
-    params, layout, _, _ = trained
-    metrics = evaluate.run(params, layout)["orders"]
+    params, layout, card, _, _ = trained
+    metrics = evaluate.run(params, layout)[card.name]
     assert metrics["n_test"] == 30 and metrics["exact_match"] >= 0.8 and metrics["schema_validity"] == 1.0
     assert metrics["p50_ms"] > 0 and metrics["load_s"] > 0 and "export_weights" not in metrics
     entry = register.run(params, layout)["models"][0]
     uri = register.tracking_uri(params, layout)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    version = client.get_model_version("stillroom-orders", entry["version"])
+    version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(entry["model_name"], entry["version"])
     assert version.tags["rung"] == "span" and version.tags["student_kind"] == "span"
     mlflow.set_registry_uri(uri)
-    model = mlflow.pyfunc.load_model(f"models:/stillroom-orders/{entry['version']}")
-    text = "Hello Mo at the shop,\nplease send me tea tin and USB hub by Friday. Greetings from Nia Rossi"
-    answer = model.predict(pd.DataFrame({"text": [text]}))
-    parsed = json.loads(answer["answer"][0])
-    assert parsed == {"sender": "Nia Rossi", "products": ["tea tin", "USB hub"]}, parsed
+    model = mlflow.pyfunc.load_model(entry["model_uri"])
+    answer = model.predict(pd.DataFrame({"text": [ORDER]}))
+    assert json.loads(answer["answer"][0]) == ORDER_ANSWER
     assert bool(answer["valid"][0]) and 0 < answer["confidence"][0] <= 1
+
+
+def test_the_server_answers_with_the_span_student_through_the_openai_client(trained, monkeypatch):
+    """The version registered above, behind `stillroom serve`: a sure answer is the student's, an unsure one the
+    teacher's, and the capture row keeps the student's answer either way."""
+    params, layout, card, _, _ = trained
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-upstream-test")
+    teacher = FakeTeacher(lambda messages: json.dumps({"sender": "teacher", "products": []}))
+    with teacher, running(serve_params(Project(params, layout, card, None), teacher.base_url), layout) as (url, _):
+        client = openai.OpenAI(base_url=url, api_key="sk-caller-test", timeout=30)
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ORDER}]
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+    assert raw.headers["x-stillroom-task"] == card.name
+    content = raw.parse().choices[0].message.content
+    route = raw.headers["x-stillroom-route"]
+    assert json.loads(content) == (ORDER_ANSWER if route == "student" else {"sender": "teacher", "products": []})
+    row = row_of(layout, raw.headers["x-request-id"])
+    assert json.loads(row["stillroom"]["student_answer"]) == ORDER_ANSWER
 
 
 def test_a_task_whose_answers_are_not_copied_goes_to_the_lm():

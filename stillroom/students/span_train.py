@@ -28,9 +28,20 @@ from stillroom.metrics.scoring import per_example_agreement
 from stillroom.schema import DatasetRow, OutputFormat
 from stillroom.students.base import Student, write_manifest
 from stillroom.students.json_answers import distinct_items
-from stillroom.students.span import ENCODER_DIR, SHAPES, SHAPES_FILE, SpanStudent, Windows, tag_logits, tag_names
+from stillroom.students.span import (
+    ENCODER_DIR,
+    SHAPES,
+    SHAPES_FILE,
+    SpanStudent,
+    Windows,
+    at_token_edge,
+    tag_logits,
+    tag_names,
+)
 
 Span = tuple[int, int]
+WHOLE_TOKENS_SHARE = 0.98  # of the training values that must be whole whitespace-delimited tokens ...
+WHOLE_TOKENS_EVIDENCE = 20  # ... over at least this many, before predicted spans are grown to whole tokens
 
 
 def answer_slots(answers: Sequence[Any]) -> tuple[str, list[dict]] | None:
@@ -180,6 +191,10 @@ def train_span(
     aligned = sum(s is not None for s in spans)
     if aligned < params.min_aligned * len(train):
         raise ValueError(f"only {aligned} of {len(train)} training answers are spans of their inputs")
+    kept = [(text, [span for slot in row for span in slot]) for text, row in zip(texts, spans, strict=True) if row]
+    edges = [
+        at_token_edge(t, a - 1, input_is_json) and at_token_edge(t, b, input_is_json) for t, row in kept for a, b in row
+    ]
     could_repeat = [vals for a in answers for vals in slot_values(a, shape, slots)[:] if len(vals) >= 2]
     unique = len(could_repeat) >= 10 and all(distinct_items(v) == v for v in could_repeat)
     info: dict[str, Any] = {
@@ -193,6 +208,9 @@ def train_span(
         "max_length": params.max_length,
         "stride": params.stride,
         "alignment": way,
+        # The teacher copies whole whitespace-delimited tokens (nearly always, over enough values): spans are grown
+        # to them. People in tweets are not (`Levin,` gives `Levin`: 73%); first words of a JSON list are (99.6%).
+        "whole_tokens": len(edges) >= WHOLE_TOKENS_EVIDENCE and sum(edges) >= WHOLE_TOKENS_SHARE * len(edges),
     }
     torch.manual_seed(seed)
     path = resolve_embedder(params.encoder)
