@@ -408,7 +408,9 @@ def test_run_keeps_earlier_ids_and_records_a_merge(tmp_path, log, found):
     "sample",
     [
         SampleParams(),  # the default sample (params.yaml)
-        SampleParams(bbc_articles=160, wnut_tweets=140, oneoff_prompts=120, downloads_files=0, jpeg_images=0),  # e2e's
+        SampleParams(  # e2e's
+            bbc_articles=160, wnut_tweets=140, oneoff_prompts=120, downloads_files=0, jpeg_images=0, bbc_headlines=0
+        ),
     ],
     ids=["default", "e2e"],
 )
@@ -416,11 +418,13 @@ def test_both_sample_tasks_are_worth_distilling_now(tmp_path, embed_fn, sample):
     build_sample_logs(sample, tmp_path)
     found = detect_tasks(ingest(tmp_path).records, PARAMS, embed_fn)
     labels = sorted(count for count in (sample.bbc_articles, sample.downloads_files, sample.jpeg_images) if count)
+    headlines = [("short_text", sample.bbc_headlines)] if sample.bbc_headlines else []
     assert sorted((c.output_format, c.count) for c in found.cards) == [
         ("json", sample.wnut_tweets),
         *(("label", count) for count in labels),
+        *headlines,
     ]
-    assert [c.distillability.decision for c in found.cards] == ["distill_now"] * (1 + len(labels))
+    assert [c.distillability.decision for c in found.cards] == ["distill_now"] * (1 + len(labels) + len(headlines))
     assert found.summary()["unassigned"] == sample.oneoff_prompts
     image_tasks = [c.count for c in found.cards if c.inputs == "image+text"]
     assert image_tasks == ([sample.jpeg_images] if sample.jpeg_images else [])
