@@ -58,15 +58,14 @@ def span_applies(card: TaskCard, train: Sequence[DatasetRow], params: TrainParam
     string-array fields, nearly every value copied from the input (checked again, exactly, as it trains)."""
     if not params.span.enabled or card.answer_format != "json" or card.inputs == "image+text":
         return False
-    from stillroom.students.json_answers import is_copied, json_strings, source_views
+    from stillroom.students.json_answers import copied_share
     from stillroom.students.span_train import answer_slots
 
     answers = [parse_json(row.target) for row in train]
     if answer_slots(answers) is None:
         return False
-    values = [(value, row) for row, answer in zip(train, answers, strict=True) for value in json_strings(answer)]
-    copied = sum(is_copied(value, source_views(row.input_text)) for value, row in values)
-    return bool(values) and copied >= params.span.min_aligned * len(values)
+    copied = copied_share((row.input_text, answer) for row, answer in zip(train, answers, strict=True))
+    return copied is not None and copied >= params.span.min_aligned
 
 
 def span_or_lm(

@@ -38,6 +38,29 @@ def is_copied(value: str, views: Sequence[str]) -> bool:
     return any(value in view for view in views)
 
 
+def copied_share(pairs: Iterable[tuple[str, object]]) -> float | None:
+    """The share of the answers' strings (any depth) found verbatim in their inputs, from (input, parsed answer)
+    pairs; None when the answers hold no string. Near 1, the task is extraction."""
+    values = found = 0
+    for source, answer in pairs:
+        views = source_views(source)
+        for value in json_strings(answer):
+            values += 1
+            found += is_copied(value, views)
+    return found / values if values else None
+
+
+# Arrays of two or more items that must all be free of repeats before answers are held to distinct items.
+UNIQUE_ITEMS_EVIDENCE = 10
+
+
+def items_never_repeat(answers: Iterable[object]) -> bool:
+    """No array of any answer repeats an item, over at least UNIQUE_ITEMS_EVIDENCE arrays that could have (two or
+    more items): then a repeat in a student's answer is a slip, and is dropped."""
+    could_repeat = [items for answer in answers for items in json_lists(answer) if len(items) >= 2]
+    return len(could_repeat) >= UNIQUE_ITEMS_EVIDENCE and all(distinct_items(i) == i for i in could_repeat)
+
+
 def json_strings(value: object) -> Iterable[str]:
     """Every string value at any depth, keys excepted: what an extraction task copies."""
     if isinstance(value, str):

@@ -34,7 +34,7 @@ from stillroom.schema import DatasetRow, OutputFormat
 from stillroom.students.base import write_manifest
 from stillroom.students.chat import chat, clean_labels, load_tokenizer, schema_validator
 from stillroom.students.distill import distillation_trainer, load_teacher
-from stillroom.students.json_answers import distinct_items, is_copied, json_lists, json_strings, source_views
+from stillroom.students.json_answers import copied_share, items_never_repeat
 from stillroom.students.lm import LMStudent
 from stillroom.students.lm_args import lora_config, training_args
 from stillroom.students.lora import (
@@ -251,10 +251,6 @@ def save_lm(student: LMStudent, directory: Path, adapter: dict[str, torch.Tensor
     write_manifest(directory, student.kind, **student.info)
 
 
-# Arrays of two or more items that must all be free of repeats before answers are held to distinct items.
-UNIQUE_ITEMS_EVIDENCE = 10
-
-
 def answer_constraints(rows: Sequence[DatasetRow], grounded_share: float = 0.98) -> dict[str, Any]:
     """What every training answer of a JSON task has in common, so inference need not guess it.
 
@@ -269,19 +265,11 @@ def answer_constraints(rows: Sequence[DatasetRow], grounded_share: float = 0.98)
     """
     targets = [row.target for row in rows]
     answers = [parse_json(target) for target in targets]
-    lists = [items for answer in answers for items in json_lists(answer)]
-    could_repeat = [items for items in lists if len(items) >= 2]
-    unique = len(could_repeat) >= UNIQUE_ITEMS_EVIDENCE and all(distinct_items(i) == i for i in could_repeat)
     prefix = _common_prefix(targets)
     prefix = prefix[: prefix.rfind(":") + 1] if prefix.startswith("{") else ""
-    values = found = 0
-    for row, answer in zip(rows, answers, strict=True):
-        views = source_views(row.input_text)
-        for value in json_strings(answer):
-            values += 1
-            found += is_copied(value, views)
-    grounded = bool(values) and found >= grounded_share * values
-    return {"answer_prefix": prefix, "grounded": grounded, "unique_items": unique}
+    copied = copied_share((row.input_text, answer) for row, answer in zip(rows, answers, strict=True))
+    grounded = copied is not None and copied >= grounded_share
+    return {"answer_prefix": prefix, "grounded": grounded, "unique_items": items_never_repeat(answers)}
 
 
 def _common_prefix(texts: Sequence[str]) -> str:

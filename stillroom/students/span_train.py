@@ -27,7 +27,7 @@ from stillroom.embeddings import resolve_embedder
 from stillroom.metrics.scoring import per_example_agreement
 from stillroom.schema import DatasetRow, OutputFormat
 from stillroom.students.base import Student, write_manifest
-from stillroom.students.json_answers import distinct_items
+from stillroom.students.json_answers import items_never_repeat
 from stillroom.students.span import (
     ENCODER_DIR,
     SHAPES,
@@ -123,6 +123,11 @@ def context_entropy(texts: Sequence[str], spans: Sequence[Sequence[Span]], width
     return -sum(n / total * math.log2(n / total) for n in around.values()) if total else 0.0
 
 
+def matched_spans(texts: Sequence[str], rows: Sequence[list[list[Span]] | None]) -> list[tuple[str, list[Span]]]:
+    """Each matched row's text with all its spans, whatever the slot; rows left unmatched are left out."""
+    return [(text, [s for slot in row for s in slot]) for text, row in zip(texts, rows, strict=True) if row is not None]
+
+
 def align_answers(
     texts: Sequence[str], answers: Sequence[Any], shape: str, slots: Sequence[dict], input_is_json: bool
 ) -> tuple[list[list[list[Span]] | None], str]:
@@ -137,7 +142,7 @@ def align_answers(
         for places in found:
             row = [match_in_order(slot, way) for slot in places]
             rows.append(None if any(r is None for r in row) else row)
-        kept = [(t, [s for slot in r for s in slot]) for t, r in zip(texts, rows, strict=True) if r is not None]
+        kept = matched_spans(texts, rows)
         entropy = context_entropy([t for t, _ in kept], [s for _, s in kept])
         score = (-len(kept), entropy)
         if best is None or score < best[0]:
@@ -191,19 +196,18 @@ def train_span(
     aligned = sum(s is not None for s in spans)
     if aligned < params.min_aligned * len(train):
         raise ValueError(f"only {aligned} of {len(train)} training answers are spans of their inputs")
-    kept = [(text, [span for slot in row for span in slot]) for text, row in zip(texts, spans, strict=True) if row]
     edges = [
-        at_token_edge(t, a - 1, input_is_json) and at_token_edge(t, b, input_is_json) for t, row in kept for a, b in row
+        at_token_edge(text, a - 1, input_is_json) and at_token_edge(text, b, input_is_json)
+        for text, row_spans in matched_spans(texts, spans)
+        for a, b in row_spans
     ]
-    could_repeat = [vals for a in answers for vals in slot_values(a, shape, slots)[:] if len(vals) >= 2]
-    unique = len(could_repeat) >= 10 and all(distinct_items(v) == v for v in could_repeat)
     info: dict[str, Any] = {
         "encoder": params.encoder,
         "answer_shape": shape,
         "slots": slots,
         "tags": tag_names(slots),
         "input_is_json": input_is_json,
-        "unique_items": unique,
+        "unique_items": items_never_repeat(answers),
         "json_schema": json_schema,
         "max_length": params.max_length,
         "stride": params.stride,
