@@ -260,3 +260,41 @@ def test_a_task_whose_answers_are_not_copied_goes_to_the_lm():
     assert not train.span_applies(card, rows, TrainParams(span=SpanParams(enabled=False)))
     label_card = card.model_copy(update={"output_format": "short_text"})
     assert not train.span_applies(label_card, rows, TrainParams())
+
+
+@pytest.mark.parametrize("span_wins", [True, False], ids=["tagger-within-tolerance", "lm-better"])
+def test_below_accept_the_lm_trains_too_and_the_better_on_validation_is_kept(tmp_path, monkeypatch, span_wins):
+    """Below `span.accept` the ladder climbs: both students answer the same validation rows, and the LM's folder
+    replaces the tagger's only when the LM is better by more than the tolerance."""
+    from transformers import AutoTokenizer
+
+    from stillroom.base_lm import resolve_base_lm
+    from stillroom.config import LMParams
+    from stillroom.students import span_train
+    from tests.test_lm_student import save_tiny_llama
+
+    if not span_wins:  # the tagger's own number, made worse than any LM's, so the LM must be kept
+        real = span_train.train_span
+
+        def worse_tagger(*args, **kwargs):
+            student, info = real(*args, **kwargs)
+            return student, {**info, "validation_agreement": -1.0}
+
+        monkeypatch.setattr(span_train, "train_span", worse_tagger)
+    tiny = save_tiny_llama(AutoTokenizer.from_pretrained(resolve_base_lm("smollm2-135m-instruct")), tmp_path / "b")
+    params = TrainParams(
+        span=SpanParams(max_epochs=1, min_epochs=1, patience=1, accept=1.0, tolerance=1.0 if span_wins else 0.0),
+        lm=LMParams(base_model=str(tiny), max_steps=2, batch_size=4, weights="float32", select_rows=0),
+    )
+    card = TaskCard(id="task-orders", name="orders", count=30, output_type="text", output_format="json")
+    out = tmp_path / "models" / card.id
+    _, info = train.train_task(card, order_rows("train", 20, 5), order_rows("validation", 6, 6), params, out, False)
+    assert {"span_validation_agreement", "lm_validation_agreement"} <= set(info)
+    assert 0 <= info["lm_validation_agreement"] <= 1
+    manifest = json.loads((out / "student.json").read_text())
+    if span_wins:
+        assert info["rung"] == "span" and manifest["kind"] == "span" and "within 1.0 of the LM" in info["rung_reason"]
+    else:
+        assert info["rung"] == "lm" and manifest["kind"] == "lm" and "the LM is kept" in info["rung_reason"]
+        assert (out / "adapter.safetensors").exists() and not (out / "encoder").exists()
+    assert [p.name for p in out.parent.iterdir()] == [card.id]  # the scratch folder of the other student is gone
