@@ -235,7 +235,7 @@ def train_span(
             windows = student.windows(text)
             examples += window_examples(windows, word_tags(windows, row_spans))
     started = time.perf_counter()
-    curve = fit(student, examples, validation, params, seed)
+    curve = fit(student, examples, validation, params, seed, progress)
     best = max(curve, key=lambda c: c["agreement"])
     stats = {
         "rung": "span",
@@ -272,11 +272,13 @@ def fit(
     validation: Sequence[DatasetRow],
     params: SpanParams,
     seed: int,
+    progress: bool = False,
 ) -> list[dict[str, float]]:
     """AdamW with warm-up and linear decay; after each epoch the student answers the validation rows, and
     the epoch with the best agreement is put back at the end. Training stops `patience` epochs after the
     best (never before `min_epochs`: a tagger first learns that nearly every word is O) or at `max_minutes`."""
     import torch
+    from tqdm.auto import tqdm
 
     model, shapes = student.model, student.shape_embedding
     # The new parts (tag head, case vectors) learn at head_learning_rate: at the encoder's rate a small set
@@ -298,7 +300,8 @@ def fit(
     rng, started = random.Random(seed), time.perf_counter()
     curve: list[dict[str, float]] = []
     best_state, best = None, -math.inf
-    for epoch in range(1, params.max_epochs + 1):
+    epochs = tqdm(range(1, params.max_epochs + 1), desc="span epochs", unit="epoch", disable=not progress)
+    for epoch in epochs:
         model.train()
         rng.shuffle(examples)
         losses = []
@@ -316,6 +319,7 @@ def fit(
         mean_loss = float(np.mean(losses))
         agreement = validation_agreement(student, validation) if validation else -mean_loss
         curve.append({"step": schedule.last_epoch, "epoch": epoch, "loss": mean_loss, "agreement": agreement})
+        epochs.set_postfix(loss=f"{mean_loss:.4f}", agreement=f"{agreement:.3f}")
         if agreement > best:
             best = agreement
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}, shapes.weight.detach().clone()
