@@ -307,6 +307,12 @@ class SpanParams(_Section):
     min_aligned: float = Field(
         0.9, ge=0, le=1, description="share of training answers that must be found in their input"
     )
+    runtime: Literal["onnx", "torch"] = Field(
+        "onnx", description="onnx: the trained tagger is served as an int8 ONNX graph on onnxruntime (smaller, faster)"
+    )
+    export_tolerance: float = Field(
+        0.01, ge=0, le=1, description="validation agreement the ONNX export may lose against torch before torch is kept"
+    )
 
 
 class TrainParams(_Section):

