@@ -11,7 +11,8 @@ latency of one request, cold load time and size.
     python bench/students.py              # a table, and bench/results/students.json
     python bench/students.py --json       # a JSON list, one object per task
     python bench/students.py --reuse      # keep the scratch project's data and models, re-evaluate only
-    python bench/students.py --tasks copy # only the JSON-array copy task (~20 min on 2 cores: 8 epochs)
+    python bench/students.py --tasks copy # only the JSON-array copy task (~4 min on 2 cores)
+    python bench/students.py --tasks headers  # only the email-header copy task
     python bench/students.py --tasks files  # only the Downloads-sorting and convert-to-JPEG tasks (minutes)
     python bench/students.py --tasks topics # only the BBC topics task (a minute or two)
     python bench/students.py --tasks headlines  # only the short-text task, from 500 calls (an LM, ~15 min)
@@ -24,6 +25,11 @@ A JSON-array copy task runs beside the sample tasks (`--tasks`): the first word 
 name out of a JSON document of WNUT-16 tweets (real text, quotes escaped), an array answer copied
 from the input, trained and evaluated straight from its rows. Its row adds `exact_match` and
 `answers_in_input` (the share of the student's items found verbatim in the input, after JSON-decoding).
+A second (`--tasks headers`) copies the subject and the sender's display name out of whole emails built
+from real text (BBC articles as bodies, some with a forwarded message below carrying its own From and
+Subject; BBC headlines as subjects, some behind Re:/Fwd: or with a quoted word; WNUT-16 people as
+senders, written `"Jane Q. Doe" <addr>`, `Doe, Jane <addr>` or `addr (Name)`): long, messy inputs whose
+answers sit in the first lines.
 
 Targets on a 2-core CPU (issue 17): BBC topics >= 95% agreement from <= 500 teacher examples,
 trained in <= 60 s, p50 <= 10 ms, cold load <= 1 s; WNUT people agreement >= 0.85, entity F1 >=
@@ -53,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 from stillroom import detect, evaluate, ingest, synthesize, train  # noqa: E402
 from stillroom.config import Params, load_params  # noqa: E402
 from stillroom.data import Layout  # noqa: E402
-from stillroom.samples import _wnut_tweets, build_sample_logs  # noqa: E402
+from stillroom.samples import _bbc_articles, _wnut_tweets, build_sample_logs  # noqa: E402
 from stillroom.schema import DatasetRow, Message, TaskCard  # noqa: E402
 from stillroom.students.json_answers import is_copied, source_views  # noqa: E402
 
@@ -71,6 +77,7 @@ TARGETS = {
     ],
     "people": [("agreement", 0.85, None), ("f1", 0.80, None), ("train_s", None, 900), ("p50_ms", None, 150)],
     "first_names_copy": [("exact_match", 0.95, None), ("answers_in_input", 1.0, None)],
+    "email_header_copy": [("exact_match", 0.95, None), ("answers_in_input", 1.0, None)],
     "image": [  # the convert-to-JPEG task over images (its name comes from detect: decide-whether-image)
         ("agreement", 0.98, None),
         ("p50_ms", None, 5),
@@ -101,7 +108,17 @@ COPY_SYSTEM = (
     'appear, each once. Answer with a JSON array of strings, e.g. ["Ann", "Bo"], and [] if there is nobody.'
 )
 COPY_SCHEMA = {"type": "array", "items": {"type": "string"}}
-COPY_SPLITS = {"test": 40, "validation": 35}  # the rest trains
+HEADERS_TASK = "email_header_copy"
+HEADERS_SYSTEM = (
+    "Copy two fields out of this email: its subject line without any Re:/Fwd: prefix, and the sender's "
+    'display name as written in the From header, without quotes or address. Answer with JSON: {"subject": '
+    '"...", "sender": "..."}.'
+)
+HEADERS_SCHEMA = {
+    "type": "object",
+    "properties": {"subject": {"type": "string"}, "sender": {"type": "string"}},
+    "required": ["subject", "sender"],
+}
 
 
 def run_ladder(params_path: Path, project: Path, reuse: bool, sample: dict | None = None) -> list[dict]:
@@ -181,43 +198,104 @@ def copy_rows(seed: int = 0) -> list[DatasetRow]:
         document = {"thread": [{"n": i + 1, "text": text, "people": people} for i, (text, people) in enumerate(thread)]}
         answer = list(dict.fromkeys(name.split()[0] for _, people in thread for name in people))
         text = json.dumps(document, ensure_ascii=False)
-        rows.append(
-            DatasetRow(
-                id=f"copy{len(rows):04d}",
-                task_id=COPY_TASK,
-                split="train",
-                prompt=[Message(role="system", content=COPY_SYSTEM), Message(role="user", content=text)],
-                input_text=text,
-                target=json.dumps(answer, ensure_ascii=False),
-            )
-        )
+        rows.append(copy_row(COPY_TASK, COPY_SYSTEM, len(rows), text, json.dumps(answer, ensure_ascii=False)))
     return rows
 
 
-def run_copy_task(params: Params, project: Path, reuse: bool) -> dict:
-    """Train the copy task through the ladder straight from its rows (no detect, no teacher) and evaluate it
+def email_rows(seed: int = 0, n: int = 300) -> list[DatasetRow]:
+    """Whole emails built from real text: a BBC article as the body (sometimes a quoted or forwarded message
+    below it, with its own From and Subject), a BBC headline as the subject (sometimes behind Re:/Fwd:, with
+    a word in double quotes), a WNUT-16 person as the sender in one of the ways mail clients write a From
+    header (`"Jane Q. Doe" <jq@...>`, `Doe, Jane`, `addr (Name)`), among Received, Date, To and Message-ID
+    lines. The teacher's answer copies the subject and the display name; both sit in the first lines."""
+    rng = random.Random(seed)
+    articles = [(title, body) for _, title, body in _bbc_articles() if len(body) > 1200]
+    rng.shuffle(articles)
+    names = sorted({name for _, people in _wnut_tweets() for name in people if 2 <= len(name.split()) <= 3})
+    rows = []
+    for index, (title, body) in enumerate(articles[:n]):
+        sender, other = rng.choice(names), rng.choice(names)
+        display = f"{sender.split()[-1]}, {' '.join(sender.split()[:-1])}" if rng.random() < 0.15 else sender
+        subject = title
+        words = title.split()
+        if rng.random() < 0.3 and len(words) > 2:
+            at = rng.randrange(len(words))
+            subject = " ".join(f'"{w}"' if i == at else w for i, w in enumerate(words))
+        written = rng.choice(["", "", "", "Re: ", "RE: ", "Fwd: "]) + subject
+        header = [
+            f"From: {_from_header(rng, display)}",
+            f"Subject: {written}",
+            f"To: {_from_header(rng, other)}",
+            f"Date: {rng.choice(['Mon', 'Tue', 'Wed', 'Thu', 'Fri'])}, {rng.randint(1, 28)} Mar 2025 "
+            f"{rng.randint(7, 22):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d} +0000",
+            f"Message-ID: <{rng.getrandbits(48):012x}@mail.example.org>",
+        ]
+        rng.shuffle(header)
+        received = [
+            f"Received: from mx{rng.randint(1, 9)}.example.net by relay.example.org; {rng.getrandbits(32):08x}"
+            for _ in range(rng.randint(1, 3))
+        ]
+        text = "\n".join([*received, *header, "", body])
+        if rng.random() < 0.4:  # a message quoted or forwarded below, with its own sender and subject
+            earlier_title, earlier = articles[(index + n) % len(articles)]
+            text += (
+                f"\n\n---------- Forwarded message ----------\nFrom: {_from_header(rng, other)}\n"
+                f"Subject: {earlier_title}\n\n" + "\n".join("> " + line for line in earlier[:1500].splitlines())
+            )
+        answer = {"subject": subject, "sender": display}
+        rows.append(copy_row(HEADERS_TASK, HEADERS_SYSTEM, len(rows), text, json.dumps(answer, ensure_ascii=False)))
+    return rows
+
+
+def _from_header(rng: random.Random, name: str) -> str:
+    address = ".".join(w.strip(",").lower() for w in name.split() if w.strip(",").isalpha()) or "someone"
+    address = f"{address}@{rng.choice(['example.com', 'mail.example.org', 'corp.example.net'])}"
+    return rng.choice([f'"{name}" <{address}>', f"{name} <{address}>", f"{address} ({name})"])
+
+
+def copy_row(task: str, system: str, index: int, text: str, target: str) -> DatasetRow:
+    return DatasetRow(
+        id=f"{task}-{index:04d}",
+        task_id=task,
+        split="train",
+        prompt=[Message(role="system", content=system), Message(role="user", content=text)],
+        input_text=text,
+        target=target,
+    )
+
+
+# The copy tasks: (rows, system prompt, schema, test and validation sizes; the rest trains).
+COPY_TASKS = {
+    "copy": (COPY_TASK, copy_rows, COPY_SYSTEM, COPY_SCHEMA, {"test": 40, "validation": 35}),
+    "headers": (HEADERS_TASK, email_rows, HEADERS_SYSTEM, HEADERS_SCHEMA, {"test": 60, "validation": 60}),
+}
+
+
+def run_copy_task(params: Params, project: Path, reuse: bool, which: str = "copy") -> dict:
+    """Train a copy task through the ladder straight from its rows (no detect, no teacher) and evaluate it
     as the evaluate stage would. Its answers are copies, so the span tagger comes first; the LM, if the
     ladder climbs to it, gets params.yaml's settings with room for the longest prompt."""
     from stillroom.evaluate import evaluate_student
     from stillroom.students.chat import chat, load_tokenizer
     from stillroom.train import train_task
 
-    rows = copy_rows(params.train.seed)
+    name, make_rows, system, schema, sizes = COPY_TASKS[which]
+    rows = make_rows(params.train.seed)
     splits: dict[str, list[DatasetRow]] = {}
-    for split, size in COPY_SPLITS.items():
+    for split, size in sizes.items():
         splits[split] = [row.model_copy(update={"split": split}) for row in rows[:size]]
         rows = rows[size:]
     splits["train"] = rows
     card = TaskCard(
-        id=COPY_TASK,
-        name=COPY_TASK,
+        id=name,
+        name=name,
         count=sum(len(split) for split in splits.values()),
         output_type="text",
         output_format="json",
-        json_schema=COPY_SCHEMA,
-        system_prompts=[COPY_SYSTEM],
+        json_schema=schema,
+        system_prompts=[system],
     )
-    folder = project / COPY_TASK
+    folder = project / name
     model_dir, info_path = folder / "model", folder / "train.json"
     if not (reuse and info_path.exists()):
         shutil.rmtree(folder, ignore_errors=True)
@@ -229,18 +307,28 @@ def run_copy_task(params: Params, project: Path, reuse: bool) -> dict:
             for r in splits["train"]
         ]
         longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in rendered)
-        lm = params.train.lm.model_copy(update={"max_length": max(params.train.lm.max_length, longest + 8)})
+        # Room for the longest prompt, up to 1024 tokens: whole emails at their length would take tens of GB.
+        lm = params.train.lm.model_copy(update={"max_length": max(params.train.lm.max_length, min(longest + 8, 1024))})
         started = time.perf_counter()
         _, stats = train_task(
             card, splits["train"], splits["validation"], params.train.model_copy(update={"lm": lm}), model_dir, False
         )
-        info = {k: stats.get(k) for k in ("rung", "rung_reason", "n_train", "train_seconds", "chosen_epoch")}
+        info = {k: stats.get(k) for k in ("rung", "rung_reason", "n_train", "train_seconds", "chosen_epoch", "export")}
         info["wall_s"] = time.perf_counter() - started
         folder.mkdir(parents=True, exist_ok=True)
         info_path.write_text(json.dumps(info, indent=2) + "\n")
     info = json.loads(info_path.read_text())
     metrics, detail, _ = evaluate_student(card, model_dir, splits, params)
-    return result_row(COPY_TASK, info, metrics, answers_in_input(detail, splits["test"]))
+    return result_row(name, info, metrics, answers_in_input(detail, splits["test"]))
+
+
+def answer_items(answer: object) -> list:
+    """The values of an array answer, or of an object's fields (a list field's items each)."""
+    if isinstance(answer, list):
+        return answer
+    if isinstance(answer, dict):
+        return [item for value in answer.values() for item in (value if isinstance(value, list) else [value])]
+    return []
 
 
 def answers_in_input(detail: list[dict], rows: list[DatasetRow]) -> float | None:
@@ -252,7 +340,7 @@ def answers_in_input(detail: list[dict], rows: list[DatasetRow]) -> float | None
             items = json.loads(answer["student"])
         except ValueError:
             continue
-        for item in items if isinstance(items, list) else []:
+        for item in answer_items(items):
             total += 1
             copied += isinstance(item, str) and is_copied(item, inputs[answer["id"]])
     return copied / total if total else None
@@ -393,9 +481,10 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="reuse the scratch project's models: evaluate only")
     parser.add_argument(
         "--tasks",
-        default="ladder,copy,headlines",
+        default="ladder,copy,headers,headlines",
         help="comma-separated: ladder (the sample logs through the pipeline), copy (the JSON-array copy task), "
-        "files (only the downloads and convert-to-JPEG sample tasks, through the pipeline), topics (only BBC topics), "
+        "headers (the email-header copy task), files (only the downloads and convert-to-JPEG sample tasks, through the "
+        "pipeline), topics (only BBC topics), "
         "headlines (the short-text task, in its own project)",
     )
     args = parser.parse_args()
@@ -404,8 +493,8 @@ def main() -> int:
     for subset in sorted(tasks & set(SUBSETS) - (IN_THE_LADDER if "ladder" in tasks else set())):
         subset_project = args.project.with_name(f"{args.project.name}-{subset}")
         results += run_ladder(args.params, subset_project, args.reuse, SUBSETS[subset])
-    if "copy" in tasks:
-        results.append(run_copy_task(load_params(args.params), args.project, args.reuse))
+    for which in sorted(tasks & set(COPY_TASKS)):
+        results.append(run_copy_task(load_params(args.params), args.project, args.reuse, which))
     sharing = adapter_sharing(args.project) if "ladder" in tasks else None
     for row in results:
         if sharing and row["task"] in sharing["names"]:
@@ -413,7 +502,7 @@ def main() -> int:
             row["targets"]["lm_memory_per_extra_task_mb <= 30"] = sharing["lm_memory_per_extra_task_mb"] <= 30
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     # A run of some tasks replaces their rows and keeps the others' from the last run.
-    everything = {"ladder", "copy", "headlines"}
+    everything = {"ladder", "copy", "headers", "headlines"}
     kept = json.loads(RESULTS.read_text()) if RESULTS.exists() and tasks != everything else []
     ran = {row["task"] for row in results}
     RESULTS.write_text(json.dumps([r for r in kept if r["task"] not in ran] + results, indent=2) + "\n")

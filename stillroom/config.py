@@ -298,6 +298,9 @@ class SpanParams(_Section):
     learning_rate: float = Field(1e-4, gt=0, description="the encoder's")
     head_learning_rate: float = Field(1e-3, gt=0, description="the tag head's and the case vectors'")
     batch_size: int = Field(16, ge=1)
+    min_steps_per_epoch: int = Field(
+        20, ge=1, description="a small set trains in smaller batches (down to 4) so an epoch makes this many updates"
+    )
     max_epochs: int = Field(12, ge=1)
     min_epochs: int = Field(5, ge=1, description="epochs before patience may stop training")
     patience: int = Field(3, ge=1, description="stop after this many epochs without a better validation agreement")

@@ -22,12 +22,20 @@ from stillroom.students.span import (
     SpanStudent,
     Windows,
     at_token_edge,
+    head_to_read,
     read_spans,
     unescape_json_span,
     whole_tokens,
     window_tokenizer,
 )
-from stillroom.students.span_train import align_answers, answer_slots, context_entropy, find_in, match_in_order
+from stillroom.students.span_train import (
+    align_answers,
+    answer_slots,
+    characters_to_read,
+    context_entropy,
+    find_in,
+    match_in_order,
+)
 from tests.conftest import log_line
 from tests.fake_teacher import FakeTeacher
 from tests.test_serve import Project, row_of, running, serve_params
@@ -113,6 +121,8 @@ def test_tags_become_spans_b_opens_i_continues_and_a_stray_i_opens():
     # O B-0 I-0 O I-0 B-1 B-0 I-1
     tags = np.array([0, 1, 2, 0, 2, 3, 1, 4])
     assert read_spans(tags, 2) == [(0, 1, 2), (0, 4, 4), (1, 5, 5), (0, 6, 6), (1, 7, 7)]
+    # Where values never cross a line, a word starting a line opens a new span even when tagged I.
+    assert read_spans(np.array([1, 2, 2, 0]), 1, frozenset({2})) == [(0, 0, 1), (0, 2, 2)]
 
 
 def test_long_inputs_are_read_in_windows_and_every_word_once():
@@ -134,6 +144,23 @@ def test_long_inputs_are_read_in_windows_and_every_word_once():
         text[a:b]: windows.shapes[p[0][0]][p[0][1]] for (a, b), p in zip(windows.words, windows.places, strict=True)
     }
     assert shapes["Word1"] == 2 and shapes["name"] == 1 and shapes["-"] == 5
+
+
+def test_the_tagger_reads_only_the_head_of_long_inputs_when_every_answer_sits_there():
+    body = " ".join(["the quarterly figures are attached as promised"] * 60)  # ~2800 characters
+    headers = [f"From: Ann{i} <a{i}@x.org>\nSubject: plan {i}\n\n{body}" for i in range(30)]
+    near_the_start = [(text, [(6, 10), (text.index("plan"), text.index("plan") + 6)]) for text in headers]
+    limit = characters_to_read(near_the_start)
+    assert limit is not None and 300 < limit < 400  # the furthest answer's end, plus at least 300
+    head = head_to_read(headers[0], limit)
+    assert headers[0].startswith(head) and len(head) >= limit and head[-1] != " " and headers[0][len(head)] == " "
+    assert head_to_read("short", limit) == "short"
+    # One answer at the end of its input, or too few rows to tell: read everything.
+    signed = [*near_the_start[:-1], (headers[-1], [(len(headers[-1]) - 8, len(headers[-1]))])]
+    assert characters_to_read(signed) is None
+    assert characters_to_read(near_the_start[:10]) is None
+    assert characters_to_read([("Ann met Bo", [(0, 3)])] * 30) is None  # short inputs: nothing to save
+    assert head_to_read(headers[0], None) == headers[0]
 
 
 def test_spans_grow_to_whole_tokens_with_a_json_inputs_own_quotes_as_delimiters():

@@ -7,12 +7,16 @@ cannot drop the end of a long list, misspell a copy or write in a name the input
 
 Each field of the answer is a *slot* with a B(egin) and an I(nside) tag; `O` is everything else.
 Where the teacher's values are whole whitespace-delimited tokens of the input (`whole_tokens`, learnt
-in training), a span is grown to them: the encoder splits `'Rickey` into `'` and `Rickey`.
+in training), a span is grown to them: the encoder splits `'Rickey` into `'` and `Rickey`. Where no
+value crosses a line break (`one_line_values`), a tagged run that does is read as two spans, and a
+single-valued field with two spans gets confidence 0.
 The encoder is uncased, so each piece's letter case (lower, Capitalised, UPPER, digits, other) is
 added to its embedding as a learned vector. Inputs longer than the encoder's window are read in
-overlapping windows. Confidence is the product of every word's tag probability, the chance the whole
-tagging is right: one doubtful word anywhere may be a name missed or a span cut wrong, and several
-slightly doubtful ones add up, so the router sends such an input on. Training is `span_train`.
+overlapping windows, or only their head where training found every answer near the start of long
+inputs (`read_chars`: a whole email's header fields cost one window, not twenty). Confidence is the
+product of every word's tag probability, the chance the whole tagging is right: one doubtful word
+anywhere may be a name missed or a span cut wrong, and several slightly doubtful ones add up, so the
+router sends such an input on. Training is `span_train`.
 
 A trained tagger is served as an int8 ONNX graph (`runtime: onnx`) run by onnxruntime on one thread,
 with the `tokenizers` library reading the words: no torch or transformers at answer time. Folders kept
@@ -95,6 +99,15 @@ def window_tokenizer(tokenizer_json: str, max_length: int, stride: int) -> Any:
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length, stride=stride)
     return tokenizer
+
+
+def head_to_read(text: str, read_chars: int | None) -> str:
+    """The part of an input the tagger reads: all of it, or (`read_chars`, learnt in training when every answer
+    sits near the start of long inputs, as an email's header fields do) its head, cut at a word's end."""
+    if read_chars is None or len(text) <= read_chars:
+        return text
+    cut = next((at for at in range(read_chars, len(text)) if text[at].isspace()), len(text))
+    return text[:cut]
 
 
 class Windows:
@@ -206,9 +219,10 @@ def tag_logits(model: Any, shape_embedding: Any, input_ids: Any, shape_ids: Any,
     return model(inputs_embeds=embedded, attention_mask=attention_mask).logits
 
 
-def read_spans(tags: np.ndarray, n_slots: int) -> list[tuple[int, int, int]]:
+def read_spans(tags: np.ndarray, n_slots: int, line_starts: frozenset[int] = frozenset()) -> list[tuple[int, int, int]]:
     """(slot, first word, last word) of each tagged span: B opens one, I of the same slot goes on,
-    and an I after anything else opens one too (a missed B is likelier than a stray I)."""
+    and an I after anything else opens one too (a missed B is likelier than a stray I). A word in
+    `line_starts` opens a new span whatever its tag, for tasks whose values never cross a line."""
     spans: list[list[int]] = []
     open_slot = None
     for index, tag in enumerate(tags.tolist()):
@@ -216,7 +230,7 @@ def read_spans(tags: np.ndarray, n_slots: int) -> list[tuple[int, int, int]]:
             open_slot = None
             continue
         slot, inside = (tag - 1) // 2, tag % 2 == 0
-        if inside and open_slot == slot:
+        if inside and open_slot == slot and index not in line_starts:
             spans[-1][2] = index
         else:
             spans.append([slot, index, index])
@@ -261,7 +275,8 @@ class SpanStudent(Student):
         return cls(TorchTagger(model, shape_embedding), tokenizer, info)
 
     def tag_probabilities(self, texts: Sequence[str], batch_size: int = 16) -> list[tuple[Windows, np.ndarray]]:
-        windows = [Windows(self.tokenizer, text) for text in texts]
+        read_chars = self.info.get("read_chars")
+        windows = [Windows(self.tokenizer, head_to_read(text, read_chars)) for text in texts]
         return list(zip(windows, encode_windows(self.tagger, windows, batch_size), strict=True))
 
     def predict(self, prompts: Sequence[Prompt], batch_size: int = 16) -> list[Prediction]:
@@ -279,7 +294,11 @@ class SpanStudent(Student):
             return Prediction(text=self.render(values), confidence=0.0)
         tags = probabilities.argmax(axis=1)
         input_is_json = bool(self.info.get("input_is_json"))
-        for slot, first, last in read_spans(tags, len(self.slots)):
+        line_starts = frozenset(
+            k for k in range(1, len(windows.words)) if "\n" in text[windows.words[k - 1][1] : windows.words[k][0]]
+        )
+        one_line = bool(self.info.get("one_line_values"))
+        for slot, first, last in read_spans(tags, len(self.slots), line_starts if one_line else frozenset()):
             start, end = windows.words[first][0], windows.words[last][1]
             if self.info.get("whole_tokens"):
                 start, end = whole_tokens(text, start, end, input_is_json)

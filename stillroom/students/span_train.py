@@ -40,6 +40,7 @@ from stillroom.students.span import (
     TorchTagger,
     Windows,
     at_token_edge,
+    head_to_read,
     tag_logits,
     tag_names,
     window_tokenizer,
@@ -157,6 +158,21 @@ def align_answers(
     return best[2], best[1]
 
 
+READ_EVIDENCE = 20  # matched training rows before the tagger may read only the inputs' heads
+
+
+def characters_to_read(matched: Sequence[tuple[str, Sequence[Span]]]) -> int | None:
+    """How much of an input's head the tagger reads: the furthest end of any training answer and half as much
+    again (at least 300 characters), when that is under half the median training input (the answers sit in
+    long inputs' first lines); else None, read everything. The furthest answer, not a percentile: one answer
+    in a signature at the end is enough to keep reading whole inputs."""
+    if len(matched) < READ_EVIDENCE:
+        return None
+    furthest = max((b for _, spans in matched for _, b in spans), default=0)
+    limit = furthest + max(300, furthest // 2)
+    return limit if limit < 0.5 * float(np.median([len(text) for text, _ in matched])) else None
+
+
 def word_tags(windows: Windows, spans: Sequence[Sequence[Span]]) -> dict[int, int]:
     """The tag of every word a span covers (by its characters): B for the first, I after."""
     tags: dict[int, int] = {}
@@ -202,6 +218,7 @@ def train_span(
     aligned = sum(s is not None for s in spans)
     if aligned < params.min_aligned * len(train):
         raise ValueError(f"only {aligned} of {len(train)} training answers are spans of their inputs")
+    values = [value for answer in answers for slot in slot_values(answer, shape, slots) for value in slot]
     edges = [
         at_token_edge(text, a - 1, input_is_json) and at_token_edge(text, b, input_is_json)
         for text, row_spans in matched_spans(texts, spans)
@@ -221,6 +238,10 @@ def train_span(
         # The teacher copies whole whitespace-delimited tokens (nearly always, over enough values): spans are grown
         # to them. People in tweets are not (`Levin,` gives `Levin`: 73%); first words of a JSON list are (99.6%).
         "whole_tokens": len(edges) >= WHOLE_TOKENS_EVIDENCE and sum(edges) >= WHOLE_TOKENS_SHARE * len(edges),
+        "read_chars": characters_to_read(matched_spans(texts, spans)),
+        # No value holds a line break: a tagged run across one is two spans (a subject line never runs on into
+        # the body).
+        "one_line_values": len(values) >= WHOLE_TOKENS_EVIDENCE and not any("\n" in value for value in values),
     }
     torch.manual_seed(seed)
     path = resolve_embedder(params.encoder)
@@ -239,7 +260,7 @@ def train_span(
     examples = []
     for text, row_spans in zip(texts, spans, strict=True):
         if row_spans is not None:
-            windows = Windows(student.tokenizer, text)
+            windows = Windows(student.tokenizer, head_to_read(text, info["read_chars"]))
             examples += window_examples(windows, word_tags(windows, row_spans))
     started = time.perf_counter()
     curve = fit(student, examples, validation, params, seed, progress)
@@ -250,6 +271,7 @@ def train_span(
         "n_aligned": aligned,
         "alignment": way,
         "n_windows": len(examples),
+        "batch_size": batch_size_for(len(examples), params),
         "train_seconds": round(time.perf_counter() - started, 1),
         "chosen_epoch": best["epoch"],
         "validation_agreement": best["agreement"] if validation else None,
@@ -275,6 +297,13 @@ def padded(examples: Sequence[tuple[list[int], list[int], list[int]]]) -> tuple[
 
     ids, shapes, tags = zip(*examples, strict=True)
     return pad(ids, 0), pad(shapes, 0), pad(tags, -100), pad([[1] * len(row) for row in ids], 0)
+
+
+def batch_size_for(n_examples: int, params: SpanParams) -> int:
+    """`batch_size`, made smaller (down to 4) for a small set so an epoch still makes `min_steps_per_epoch`
+    updates: on 180 email windows, batches of 16 reached 0.75 validation agreement in 12 epochs and
+    batches of 8 0.975 in 9, at the same learning rate."""
+    return max(4, min(params.batch_size, n_examples // params.min_steps_per_epoch))
 
 
 def fit(
@@ -303,7 +332,8 @@ def fit(
         ],
         weight_decay=0.01,
     )
-    total = math.ceil(len(examples) / params.batch_size) * params.max_epochs
+    batch_size = batch_size_for(len(examples), params)
+    total = math.ceil(len(examples) / batch_size) * params.max_epochs
     warmup = max(1, total // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * max(0.0, 1 - step / total)
@@ -316,8 +346,8 @@ def fit(
         model.train()
         rng.shuffle(examples)
         losses = []
-        for start in range(0, len(examples), params.batch_size):
-            input_ids, shape_ids, tags, mask = padded(examples[start : start + params.batch_size])
+        for start in range(0, len(examples), batch_size):
+            input_ids, shape_ids, tags, mask = padded(examples[start : start + batch_size])
             logits = tag_logits(model, shapes, input_ids, shape_ids, mask)
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tags.flatten(), ignore_index=-100)
             optimizer.zero_grad()
