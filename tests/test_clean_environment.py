@@ -41,6 +41,7 @@ INFERENCE_MODULES = [
     "stillroom.students.lm",
     "stillroom.students.lora",
     "stillroom.students.classifier",
+    "stillroom.students.span",
 ]
 
 
