@@ -161,7 +161,7 @@ def result_row(task: str, info: dict, metrics: dict, answers_in_input: float | N
         "p50_long_ms": metrics.get("p50_long_ms"),
         "features": info.get("features"),
         "weights": metrics.get("export_weights"),  # an LM's compact form, and how often it gave float32's answer
-        "export_same_answers": metrics.get("export_same_answers"),
+        "export_same_answers": metrics.get("export_same_answers", info.get("export_same_answers")),
         "chosen_epoch": info.get("chosen_epoch"),
         "threshold": metrics["threshold"],
         "target_held": metrics["target_held"],
@@ -313,7 +313,8 @@ def run_copy_task(params: Params, project: Path, reuse: bool, which: str = "copy
         _, stats = train_task(
             card, splits["train"], splits["validation"], params.train.model_copy(update={"lm": lm}), model_dir, False
         )
-        info = {k: stats.get(k) for k in ("rung", "rung_reason", "n_train", "train_seconds", "chosen_epoch", "export")}
+        kept = ("rung", "rung_reason", "n_train", "train_seconds", "chosen_epoch", "runtime", "export_same_answers")
+        info = {k: stats.get(k) for k in kept}
         info["wall_s"] = time.perf_counter() - started
         folder.mkdir(parents=True, exist_ok=True)
         info_path.write_text(json.dumps(info, indent=2) + "\n")

@@ -280,9 +280,10 @@ def train_span(
     }
     save_span(student, out_dir)
     if params.runtime == "onnx":
-        student, stats["export"] = export_or_keep_torch(student, out_dir, validation, params.export_tolerance)
+        student, export = export_or_keep_torch(student, out_dir, validation, params.export_tolerance)
+        stats.update(export)  # flat scalars, so the stage summary and the registry keep them
         if student.info.get("runtime") == "onnx":
-            stats["validation_agreement"] = stats["export"]["validation_agreement_onnx"]
+            stats["validation_agreement"] = export["validation_agreement_onnx"]
     return student, stats
 
 
@@ -432,7 +433,7 @@ def export_or_keep_torch(
     agreement is within `tolerance` of the torch model's; else the folder stays in torch. Without validation
     rows nothing can vouch for the export, so torch stays."""
     if not validation:
-        return student, {"runtime": "torch", "reason": "no validation rows to check an export on"}
+        return student, {"runtime": "torch", "export_reason": "no validation rows to check an export on"}
     target = directory / ENCODER_DIR / ONNX_FILE
     export_onnx(student.tagger, target)
     exported = SpanStudent(OnnxTagger(target), student.tokenizer, {**student.info, "runtime": "onnx"})
@@ -444,7 +445,7 @@ def export_or_keep_torch(
     kept = onnx_agreement >= torch_agreement - tolerance
     report = {
         "runtime": "onnx" if kept else "torch",
-        "same_answers": float(np.mean([a == b for a, b in zip(torch_answers, onnx_answers, strict=True)])),
+        "export_same_answers": float(np.mean([a == b for a, b in zip(torch_answers, onnx_answers, strict=True)])),
         "validation_agreement_torch": torch_agreement,
         "validation_agreement_onnx": onnx_agreement,
     }
