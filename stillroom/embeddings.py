@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -178,21 +179,32 @@ def _export_onnx(source: str, quantize: bool, folder: Path) -> None:
     example = encoder.tokenizer(["an example"], return_tensors="pt")
     inputs = tuple(example[name] if name in example else torch.zeros_like(example["input_ids"]) for name in INPUT_NAMES)
     exported = folder / ("float.onnx" if quantize else ONNX_FILE)
-    with warnings.catch_warnings():  # the tracer's notes on BERT's mask code, which holds for any length
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Pooled(encoder[0].auto_model.eval()),
-            inputs,
-            str(exported),
-            input_names=list(INPUT_NAMES),
-            output_names=["embedding"],
-            dynamic_axes={**{name: {0: "batch", 1: "pieces"} for name in INPUT_NAMES}, "embedding": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,  # the TorchScript exporter: no onnxscript needed, and it handles BERT's masks
-        )
+    trace_to_onnx(Pooled(encoder[0].auto_model), inputs, list(INPUT_NAMES), ("embedding", {0: "batch"}), exported)
     if quantize:
         quantize_int8(exported, folder / ONNX_FILE)
         exported.unlink()
+
+
+def trace_to_onnx(
+    module: Any, inputs: tuple, input_names: list[str], output: tuple[str, dict[int, str]], path: Path
+) -> None:
+    """A BERT-style module as an ONNX graph whose inputs are (batch, pieces) of any size, and one output
+    (its name and dynamic axes). The module is put in eval mode first: the exporter puts a module's own
+    mode back on all its children afterwards."""
+    import torch
+
+    with warnings.catch_warnings():  # the tracer's notes on BERT's mask code, which holds for any length
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            inputs,
+            str(path),
+            input_names=input_names,
+            output_names=[output[0]],
+            dynamic_axes={**{name: {0: "batch", 1: "pieces"} for name in input_names}, output[0]: output[1]},
+            opset_version=17,
+            dynamo=False,  # the TorchScript exporter: no onnxscript needed, and it handles BERT's masks
+        )
 
 
 def quantize_int8(source: Path, target: Path, per_channel: bool = False) -> None:

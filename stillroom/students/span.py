@@ -294,11 +294,11 @@ class SpanStudent(Student):
             return Prediction(text=self.render(values), confidence=0.0)
         tags = probabilities.argmax(axis=1)
         input_is_json = bool(self.info.get("input_is_json"))
-        line_starts = frozenset(
-            k for k in range(1, len(windows.words)) if "\n" in text[windows.words[k - 1][1] : windows.words[k][0]]
-        )
-        one_line = bool(self.info.get("one_line_values"))
-        for slot, first, last in read_spans(tags, len(self.slots), line_starts if one_line else frozenset()):
+        line_starts = frozenset()
+        if self.info.get("one_line_values"):  # words that open a line: a value never runs on past one
+            words = windows.words
+            line_starts = frozenset(k for k in range(1, len(words)) if "\n" in text[words[k - 1][1] : words[k][0]])
+        for slot, first, last in read_spans(tags, len(self.slots), line_starts):
             start, end = windows.words[first][0], windows.words[last][1]
             if self.info.get("whole_tokens"):
                 start, end = whole_tokens(text, start, end, input_is_json)

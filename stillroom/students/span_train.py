@@ -14,7 +14,6 @@ import json
 import math
 import random
 import time
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from stillroom.answers import parse_json
 from stillroom.config import SpanParams
-from stillroom.embeddings import quantize_int8, resolve_embedder
+from stillroom.embeddings import quantize_int8, resolve_embedder, trace_to_onnx
 from stillroom.metrics.scoring import per_example_agreement
 from stillroom.schema import DatasetRow, OutputFormat
 from stillroom.students.base import Student, write_manifest
@@ -408,20 +407,12 @@ def export_onnx(tagger: TorchTagger, target: Path) -> None:
             return tag_logits(self.model, self.shape_embedding, input_ids, shape_ids, attention_mask)
 
     example = torch.tensor([[101, 2019, 2742, 102]])
-    names = ["input_ids", "attention_mask", "shape_ids"]
     float_graph = target.with_name("float.onnx")
-    with warnings.catch_warnings():  # the tracer's notes on BERT's mask code, which holds for any length
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Tagger(tagger.model, tagger.shape_embedding).eval(),  # export puts the wrapper's mode back on all
-            (example, torch.ones_like(example), torch.zeros_like(example)),
-            str(float_graph),
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes={**{name: {0: "batch", 1: "pieces"} for name in names}, "logits": {0: "batch", 1: "pieces"}},
-            opset_version=17,
-            dynamo=False,  # the TorchScript exporter: no onnxscript needed, and it handles BERT's masks
-        )
+    inputs = (example, torch.ones_like(example), torch.zeros_like(example))
+    names = ["input_ids", "attention_mask", "shape_ids"]
+    trace_to_onnx(
+        Tagger(tagger.model, tagger.shape_embedding), inputs, names, ("logits", {0: "batch", 1: "pieces"}), float_graph
+    )
     quantize_int8(float_graph, target, per_channel=True)
     float_graph.unlink()
 
