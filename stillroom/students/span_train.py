@@ -218,9 +218,10 @@ def train_span(
     if aligned < params.min_aligned * len(train):
         raise ValueError(f"only {aligned} of {len(train)} training answers are spans of their inputs")
     values = [value for answer in answers for slot in slot_values(answer, shape, slots) for value in slot]
+    matched = matched_spans(texts, spans)
     edges = [
         at_token_edge(text, a - 1, input_is_json) and at_token_edge(text, b, input_is_json)
-        for text, row_spans in matched_spans(texts, spans)
+        for text, row_spans in matched
         for a, b in row_spans
     ]
     info: dict[str, Any] = {
@@ -237,7 +238,7 @@ def train_span(
         # The teacher copies whole whitespace-delimited tokens (nearly always, over enough values): spans are grown
         # to them. People in tweets are not (`Levin,` gives `Levin`: 73%); first words of a JSON list are (99.6%).
         "whole_tokens": len(edges) >= WHOLE_TOKENS_EVIDENCE and sum(edges) >= WHOLE_TOKENS_SHARE * len(edges),
-        "read_chars": characters_to_read(matched_spans(texts, spans)),
+        "read_chars": characters_to_read(matched),
         # No value holds a line break: a tagged run across one is two spans (a subject line never runs on into
         # the body).
         "one_line_values": len(values) >= WHOLE_TOKENS_EVIDENCE and not any("\n" in value for value in values),
