@@ -109,6 +109,26 @@ def test_tfidf_hybrid_and_static_features_round_trip_without_pickle(tmp_path, fe
     assert np.allclose(loaded.probabilities(UNSEEN), student.probabilities(UNSEEN), atol=1e-5)
 
 
+def test_a_hybrid_request_reads_its_blocks_as_the_joined_matrix_from_any_thread(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    student, _ = train_classifier(rows(), ClassifierParams(features=["hybrid"], calibrate=False))
+    save_classifier(student, tmp_path / "s")
+    loaded = load_student(tmp_path / "s")
+    blocks = loaded.features.blocks(UNSEEN)  # vectors (dense), then the n-gram blocks (sparse)
+    assert isinstance(blocks[0], np.ndarray) and len(blocks) >= 2
+    joined = loaded.features.transform(UNSEEN)
+    assert joined.shape[1] == sum(block.shape[1] for block in blocks) == loaded.weights.shape[1]
+    assert np.allclose(loaded.head_probabilities(blocks), loaded.head_probabilities(joined), atol=1e-6)
+    with pytest.raises(ValueError, match="columns"):
+        loaded.head_probabilities(blocks[:-1])
+
+    alone = [loaded.probabilities([text]) for text in UNSEEN]
+    with ThreadPoolExecutor(max_workers=6) as pool:  # a server answers requests on several threads
+        together = list(pool.map(lambda i: loaded.probabilities([UNSEEN[i % 3]]), range(30)))
+    assert all(np.allclose(probs, alone[i % 3], atol=1e-6) for i, probs in enumerate(together))
+
+
 def test_the_candidate_with_the_best_validation_accuracy_is_kept():
     train = rows()
     # TF-IDF cannot place validation texts that share no word with training; embeddings can.

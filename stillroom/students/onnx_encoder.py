@@ -63,19 +63,29 @@ class OnnxEncoder:
         per run, so a batch's padding and neighbours would shift a text's vector, and a served request
         must get the vector evaluation saw. (SentenceTransformer's other keyword arguments are accepted:
         the vectors are always normalised numpy.)"""
-        texts = list(texts)
+        return self.vectors(self.pieces(texts), show_progress_bar)
+
+    def pieces(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Each text's word-piece ids as the encoder reads them (head and tail kept), shape (1, n)."""
+        return [
+            np.array([head_and_tail(self.tokenizer.encode(text).ids, self.max_seq_length, self.tail_tokens)])
+            for text in texts
+        ]
+
+    def vectors(self, pieces: list[np.ndarray], show_progress_bar: bool = False) -> np.ndarray:
+        """`pieces` through the graph. onnxruntime releases the GIL while it runs, so another thread's
+        Python work (the n-gram count beside it) goes on meanwhile."""
         if show_progress_bar:
             from tqdm.auto import tqdm
 
-            texts = tqdm(texts, desc="encode", unit="text")
-        vectors = [self._encode_one(text) for text in texts]
+            pieces = tqdm(pieces, desc="encode", unit="text")
+        vectors = [self._vector(ids) for ids in pieces]
         return np.stack(vectors) if vectors else np.zeros((0, self.dimension), dtype=np.float32)
 
     @property
     def dimension(self) -> int:
         return int(self.session.get_outputs()[0].shape[-1])
 
-    def _encode_one(self, text: str) -> np.ndarray:
-        ids = np.array([head_and_tail(self.tokenizer.encode(text).ids, self.max_seq_length, self.tail_tokens)])
+    def _vector(self, ids: np.ndarray) -> np.ndarray:
         feeds = dict(zip(INPUT_NAMES, (ids, np.ones_like(ids), np.zeros_like(ids)), strict=True))
         return self.session.run(None, feeds)[0][0].astype(np.float32)
