@@ -22,6 +22,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from stillroom.config import ClassifierFeatures
 from stillroom.schema import Prediction
 from stillroom.students.base import Prompt, Student, last_user_turn, read_manifest
+from stillroom.students.onnx_encoder import OnnxEncoder
 
 ENCODER_DIR = "encoder"
 STATIC_DIR = "static"
@@ -50,8 +51,6 @@ def load_encoder(path: str, settings: dict[str, Any]) -> Any:
     (`encoder_runtime: onnx`), or a sentence-transformers folder in torch (folders from before ONNX)."""
     max_seq_length = int(settings.get("max_seq_length", 256))
     if settings.get("encoder_runtime") == "onnx":
-        from stillroom.students.onnx_encoder import OnnxEncoder
-
         return OnnxEncoder(path, max_seq_length, int(settings.get("tail_tokens", 0)))
     return load_torch_encoder(path, max_seq_length, bool(settings.get("quantize", False)))
 
@@ -177,7 +176,7 @@ class Features:
             return [self.encoder.transform(texts)]
         if self.kind == "tfidf":
             return self.tfidf.blocks(texts)
-        if self.kind == "hybrid" and hasattr(self.encoder, "pieces"):
+        if self.kind == "hybrid" and isinstance(self.encoder, OnnxEncoder):
             pieces = self.encoder.pieces(texts)
             ngrams = NGRAM_THREADS.submit(self.tfidf.blocks, texts)
             return [self.encoder.vectors(pieces, progress), *ngrams.result()]
