@@ -241,7 +241,8 @@ def test_a_long_input_is_read_to_its_end_and_the_student_loads_without_torch(tmp
     assert not np.allclose(sport, business, atol=1e-4)  # cut at the head, both would be the filler alone
     probe = (
         "import sys; from stillroom.students.base import load_student; from stillroom.schema import Message; "
-        f"s = load_student({str(tmp_path / 's')!r}); "
+        "from stillroom.serve.pool import pin_torch_threads; "
+        f"s = load_student({str(tmp_path / 's')!r}); pin_torch_threads(1); "  # as the server loads a student
         "print(s.predict([[Message(role='user', content='Oil prices rise after supply cuts')]])[0].text, "
         "'torch' in sys.modules)"
     )
