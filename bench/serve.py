@@ -4,7 +4,8 @@ It starts the server in its own process on a project where `make demo` has run, 
 held-out test inputs of every task that has a servable student through the official `openai`
 client, and reports:
 
-- student_p50_ms / student_p99_ms: the classifier path end to end over HTTP (warm);
+- student_p50_ms / student_p99_ms: the classifier path end to end over HTTP (warm); per task also
+  server_p50_ms (the request inside the server) and model_p50_ms (the student's call), from the capture log;
 - lm_student_p50_ms: the LM path, when an LM student serves;
 - teacher_overhead_p50_ms / _p99_ms: time added over calling the fake teacher directly;
 - rps_c8: classifier path at concurrency 8;
@@ -114,6 +115,7 @@ class Bench:
 
     def replay(self, servable: Servable, bodies: list[tuple[dict, str]]) -> dict:
         self.send(bodies[0][0])  # warm-up: loads the student (its cold load is read from /metrics)
+        first = len(self.request_ids)
         results = [self.send(body) for body, _ in bodies]
         local = [
             (r["answer"], target) for r, (_, target) in zip(results, bodies, strict=True) if r["route"] == "student"
@@ -131,6 +133,7 @@ class Bench:
             "student_p50_ms": percentile(student_ms, 50),
             "student_p99_ms": percentile(student_ms, 99),
             "student_bodies": [body for (body, _), r in zip(bodies, results, strict=True) if r["route"] == "student"],
+            "request_ids": self.request_ids[first:],
         }
 
     def teacher_overhead(self) -> tuple[float | None, float | None]:
@@ -185,15 +188,31 @@ def cold_loads(root_url: str) -> dict[str, float]:
     return {kind: round(sums[kind] / counts[kind], 3) for kind in sums if counts.get(kind)}
 
 
-def capture_matches(capture_dir: Path, request_ids: list[str]) -> bool:
-    rows = [
+def captured_rows(capture_dir: Path) -> list[dict]:
+    return [
         json.loads(line)
         for path in capture_dir.glob("*.jsonl")
         for line in path.read_text().splitlines()
         if line.strip()
     ]
+
+
+def capture_matches(rows: list[dict], request_ids: list[str]) -> bool:
     ids = [row["stillroom"]["request_id"] for row in rows]
     return len(ids) == len(set(ids)) and set(ids) == set(request_ids) and len(request_ids) == len(set(request_ids))
+
+
+def server_split(rows: list[dict], request_ids: list[str]) -> dict[str, float | None]:
+    """Where the local answers' time went for these requests (one at a time), from the server's own capture
+    rows: the student's call (`model_p50_ms`) and the whole request inside the server (`server_p50_ms`).
+    What the client saw beyond that is HTTP and the client library."""
+    wanted = set(request_ids)
+    facts = [row["stillroom"] for row in rows if row["stillroom"]["request_id"] in wanted]
+    local = [f for f in facts if f.get("route") == "student"]
+    return {
+        "model_p50_ms": percentile([f["student_ms"] for f in local if f.get("student_ms") is not None], 50),
+        "server_p50_ms": percentile([f["total_ms"] for f in local if f.get("total_ms") is not None], 50),
+    }
 
 
 def answers_by_input(tasks: list[tuple[Servable, list[tuple[dict, str]]]]):
@@ -277,7 +296,8 @@ def run(root: Path) -> dict:
             rps = bench.rps(classifier["student_bodies"]) if classifier else None
             loads = cold_loads(f"http://127.0.0.1:{port}")
             time.sleep(0.2)
-            matches = capture_matches(scratch_dir / "capture", bench.request_ids)
+            rows = captured_rows(scratch_dir / "capture")
+            matches = capture_matches(rows, bench.request_ids)
         finally:
             stop(server)
             log.close()
@@ -285,6 +305,7 @@ def run(root: Path) -> dict:
     lm = next((t for t in per_task if t["kind"] == "lm"), None)
     for task in per_task:
         task.pop("student_bodies")
+        task.update(server_split(rows, task.pop("request_ids")))
     return {
         "student_p50_ms": classifier["student_p50_ms"] if classifier else None,
         "student_p99_ms": classifier["student_p99_ms"] if classifier else None,
@@ -308,7 +329,18 @@ def print_table(result: dict) -> None:
         if key != "tasks":
             print(f"{key:26} {value}")
     print()
-    columns = ("task", "kind", "version", "n", "local_share", "local_agreement", "student_p50_ms", "student_p99_ms")
+    columns = (
+        "task",
+        "kind",
+        "version",
+        "n",
+        "local_share",
+        "local_agreement",
+        "student_p50_ms",
+        "student_p99_ms",
+        "server_p50_ms",
+        "model_p50_ms",
+    )
     print("  ".join(f"{c:>16}" for c in columns))
     for task in result["tasks"].values():
         print("  ".join(f"{task[c]!s:>16}" for c in columns))
