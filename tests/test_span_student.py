@@ -22,6 +22,8 @@ from stillroom.students.span import (
     SpanStudent,
     Windows,
     at_token_edge,
+    best_span,
+    decode_tags,
     head_to_read,
     read_spans,
     unescape_json_span,
@@ -125,6 +127,40 @@ def test_tags_become_spans_b_opens_i_continues_and_a_stray_i_opens():
     assert read_spans(np.array([1, 2, 2, 0]), 1, frozenset({2})) == [(0, 0, 1), (0, 2, 2)]
 
 
+def tag_rows(*rows: dict[int, float], n_tags: int = 5) -> np.ndarray:
+    """Word-by-tag probabilities: each row's given tags, the rest of its mass on O."""
+    out = np.zeros((len(rows), n_tags))
+    for word, row in enumerate(rows):
+        for tag, p in row.items():
+            out[word, tag] = p
+        out[word, 0] = 1.0 - sum(row.values())
+    return out
+
+
+def test_a_single_valued_slot_reads_its_likeliest_span_whole_and_nothing_else():
+    # Tags O, B-subject, I-subject, B-names, I-names. A subject whose third word the tagger doubts
+    # (I 0.4, O 0.6): read word by word it is two spans (the answer kept the first two words); the one
+    # likeliest span keeps all five.
+    doubtful = tag_rows({1: 0.95}, {2: 0.9}, {2: 0.4}, {2: 0.9}, {2: 0.9}, {})
+    assert read_spans(doubtful.argmax(axis=1), 2) == [(0, 0, 1), (0, 3, 4)]
+    assert best_span(doubtful, 0) == (0, 4)
+    assert read_spans(decode_tags(doubtful, SUBJECT_AND_NAMES), 2) == [(0, 0, 4)]
+    # Two runs for one field (a name, and its letters in the address beside it): only the stronger one is kept,
+    # and the weaker one's words fall to their next likeliest tag.
+    two = tag_rows({1: 0.6}, {}, {1: 0.97}, {2: 0.97}, {})
+    assert read_spans(decode_tags(two, SUBJECT_AND_NAMES), 2) == [(0, 2, 3)]
+    # A span never runs past a line start, and no span is likelier than a run of words the tagger puts outside.
+    assert best_span(tag_rows({1: 0.9}, {2: 0.9}, {2: 0.95}), 0) == (0, 2)
+    assert best_span(tag_rows({1: 0.9}, {2: 0.9}, {2: 0.95}), 0, frozenset({2})) == (0, 1)
+    assert best_span(tag_rows({1: 0.2}, {2: 0.1}), 0) is None
+    # A list field keeps every tagged run, word by word.
+    names = tag_rows({3: 0.9}, {}, {3: 0.8}, {4: 0.9})
+    assert read_spans(decode_tags(names, SUBJECT_AND_NAMES), 2) == [(1, 0, 0), (1, 2, 3)]
+
+
+SUBJECT_AND_NAMES = [{"key": "subject", "many": False}, {"key": "names", "many": True}]
+
+
 def test_long_inputs_are_read_in_windows_and_every_word_once():
     from transformers import AutoTokenizer
 
@@ -220,6 +256,9 @@ def test_the_ladder_keeps_a_span_tagger_that_reaches_accept_and_never_trains_the
     assert not (out / "adapter.safetensors").exists()
     assert json.loads((out / "student.json").read_text())["kind"] == "span"
     assert info["alignment"] in ("first", "last") and info["n_aligned"] == 80
+    # The sender closes each mail (whole tokens: grown to them); products are written `lamp,` (cut exactly).
+    slots = json.loads((out / "student.json").read_text())["slots"]
+    assert [(slot["key"], slot["whole_tokens"]) for slot in slots] == [("sender", True), ("products", False)]
     # Served as an int8 ONNX graph: it answered the validation rows as the torch model did, within tolerance.
     assert info["runtime"] == "onnx" and info["export_same_answers"] >= 0.9
     assert info["validation_agreement_onnx"] >= info["validation_agreement_torch"] - 0.01

@@ -160,6 +160,12 @@ def align_answers(
 READ_EVIDENCE = 20  # matched training rows before the tagger may read only the inputs' heads
 
 
+def copies_whole_tokens(edges: Sequence[bool]) -> bool:
+    """Whether the teacher's values are whole whitespace-delimited tokens of the input, nearly always and over
+    enough values to tell (`edges`: one per matched value)."""
+    return len(edges) >= WHOLE_TOKENS_EVIDENCE and sum(edges) >= WHOLE_TOKENS_SHARE * len(edges)
+
+
 def characters_to_read(matched: Sequence[tuple[str, Sequence[Span]]]) -> int | None:
     """How much of an input's head the tagger reads: the furthest end of any training answer and half as much
     again (at least 300 characters), when that is under half the median training input (the answers sit in
@@ -219,11 +225,16 @@ def train_span(
         raise ValueError(f"only {aligned} of {len(train)} training answers are spans of their inputs")
     values = [value for answer in answers for slot in slot_values(answer, shape, slots) for value in slot]
     matched = matched_spans(texts, spans)
-    edges = [
-        at_token_edge(text, a - 1, input_is_json) and at_token_edge(text, b, input_is_json)
-        for text, row_spans in matched
-        for a, b in row_spans
-    ]
+    # Per slot: is each matched value a whole whitespace-delimited token run of its input?
+    slot_edges: list[list[bool]] = [[] for _ in slots]
+    for text, row_spans in zip(texts, spans, strict=True):
+        for index, slot_spans in enumerate(row_spans or []):
+            slot_edges[index] += [
+                at_token_edge(text, a - 1, input_is_json) and at_token_edge(text, b, input_is_json)
+                for a, b in slot_spans
+            ]
+    edges = [edge for each in slot_edges for edge in each]
+    slots = [{**slot, "whole_tokens": copies_whole_tokens(each)} for slot, each in zip(slots, slot_edges, strict=True)]
     info: dict[str, Any] = {
         "encoder": params.encoder,
         "answer_shape": shape,
@@ -237,7 +248,8 @@ def train_span(
         "alignment": way,
         # The teacher copies whole whitespace-delimited tokens (nearly always, over enough values): spans are grown
         # to them. People in tweets are not (`Levin,` gives `Levin`: 73%); first words of a JSON list are (99.6%).
-        "whole_tokens": len(edges) >= WHOLE_TOKENS_EVIDENCE and sum(edges) >= WHOLE_TOKENS_SHARE * len(edges),
+        # Each slot also says it for itself: an email's subject line is whole tokens, its sender's quoted name not.
+        "whole_tokens": copies_whole_tokens(edges),
         "read_chars": characters_to_read(matched),
         # No value holds a line break: a tagged run across one is two spans (a subject line never runs on into
         # the body).
