@@ -9,9 +9,9 @@ Each field of the answer is a *slot* with a B(egin) and an I(nside) tag; `O` is 
 A list field takes every tagged run; a single-valued field takes the one span that makes the likeliest
 tagging (`best_span`), so a doubtful word inside a subject line neither cuts it nor leaves two pieces.
 Where the teacher's values of a field are whole whitespace-delimited tokens of the input (`whole_tokens`,
-learnt per field in training), a span is grown to them: the encoder splits `'Rickey` into `'` and `Rickey`. Where no
-value crosses a line break (`one_line_values`), a tagged run that does is read as two spans, and a
-single-valued field with two spans gets confidence 0.
+learnt per field in training), a span is grown to them: the encoder splits `'Rickey` into `'` and
+`Rickey`. Where no value crosses a line break (`one_line_values`), no span runs on past one: a tagged
+run that does is read as two, and a single-valued field's span stops at the line's end.
 The encoder is uncased, so each piece's letter case (lower, Capitalised, UPPER, digits, other) is
 added to its embedding as a learned vector. Inputs longer than the encoder's window are read in
 overlapping windows, or only their head where training found every answer near the start of long
