@@ -153,6 +153,11 @@ def test_a_single_valued_slot_reads_its_likeliest_span_whole_and_nothing_else():
     assert best_span(tag_rows({1: 0.9}, {2: 0.9}, {2: 0.95}), 0) == (0, 2)
     assert best_span(tag_rows({1: 0.9}, {2: 0.9}, {2: 0.95}), 0, frozenset({2})) == (0, 1)
     assert best_span(tag_rows({1: 0.2}, {2: 0.1}), 0) is None
+    assert best_span(tag_rows({1: 0.2}, {2: 0.1}), 0, required=True) == (0, 0)  # a field the teacher always fills
+    # A field the teacher always fills takes its best span even when weak, but never another field's words.
+    fields = [{"key": "subject", "many": False}, {"key": "sender", "many": False, "required": True}]
+    claimed = tag_rows({1: 0.9, 3: 0.05}, {2: 0.9, 4: 0.08}, {3: 0.02}, n_tags=5)
+    assert read_spans(decode_tags(claimed, fields), 2) == [(0, 0, 1), (1, 2, 2)]
     # A list field keeps every tagged run, word by word.
     names = tag_rows({3: 0.9}, {}, {3: 0.8}, {4: 0.9})
     assert read_spans(decode_tags(names, SUBJECT_AND_NAMES), 2) == [(1, 0, 0), (1, 2, 3)]
@@ -256,9 +261,11 @@ def test_the_ladder_keeps_a_span_tagger_that_reaches_accept_and_never_trains_the
     assert not (out / "adapter.safetensors").exists()
     assert json.loads((out / "student.json").read_text())["kind"] == "span"
     assert info["alignment"] in ("first", "last") and info["n_aligned"] == 80
-    # The sender closes each mail (whole tokens: grown to them); products are written `lamp,` (cut exactly).
+    # The sender closes each mail (whole tokens: grown to them) and is always given; products are written
+    # `lamp,` (cut exactly).
     slots = json.loads((out / "student.json").read_text())["slots"]
-    assert [(slot["key"], slot["whole_tokens"]) for slot in slots] == [("sender", True), ("products", False)]
+    facts = [(slot["key"], slot["whole_tokens"], slot.get("required")) for slot in slots]
+    assert facts == [("sender", True, True), ("products", False, None)]
     # Served as an int8 ONNX graph: it answered the validation rows as the torch model did, within tolerance.
     assert info["runtime"] == "onnx" and info["export_same_answers"] >= 0.9
     assert info["validation_agreement_onnx"] >= info["validation_agreement_torch"] - 0.01

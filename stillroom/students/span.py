@@ -241,10 +241,11 @@ def read_spans(tags: np.ndarray, n_slots: int, line_starts: frozenset[int] = fro
 
 
 def best_span(
-    probabilities: np.ndarray, slot: int, line_starts: frozenset[int] = frozenset()
+    probabilities: np.ndarray, slot: int, line_starts: frozenset[int] = frozenset(), required: bool = False
 ) -> tuple[int, int] | None:
     """(first word, last word) of the one span for a single-valued slot that makes the likeliest tagging, or
-    None when every span is less likely than none.
+    None when every span is less likely than none, unless the field is `required` (the teacher always
+    filled it: an empty value would surely be wrong).
 
     Each word in the span trades its chance of being outside the slot for its chance of opening it (B, or
     I: a missed B is likelier than a stray I) or going on with it (I); the best run of those log-odds is
@@ -255,7 +256,7 @@ def best_span(
     outside = np.log(np.clip(1.0 - begin - inside, 1e-12, None))
     opens = np.log(np.clip(begin + inside, 1e-12, None)) - outside
     goes_on = np.log(np.clip(inside, 1e-12, None)) - outside
-    best, span = 0.0, None
+    best, span = (-np.inf if required else 0.0), None
     run, run_start = -np.inf, 0
     for word in range(len(probabilities)):
         carried = run + goes_on[word] if word not in line_starts else -np.inf
@@ -272,21 +273,26 @@ def decode_tags(
     probabilities: np.ndarray, slots: Sequence[dict], line_starts: frozenset[int] = frozenset()
 ) -> np.ndarray:
     """Each word's tag: its likeliest, except that a single-valued slot gets exactly its best span
-    (`best_span`) and no other word of it."""
+    (`best_span`) and no other word of it. A word in one single-valued slot's span is not another's."""
     tags = probabilities.argmax(axis=1)
+    claimed = np.zeros(len(probabilities), dtype=bool)
     for slot, facts in enumerate(slots):
         if facts["many"]:
             continue
-        mine = (tags == 1 + 2 * slot) | (tags == 2 + 2 * slot)
+        columns = [1 + 2 * slot, 2 + 2 * slot]
+        mine = np.isin(tags, columns)
         if mine.any():  # those words take their likeliest tag of the others
             others = probabilities.copy()
-            others[:, [1 + 2 * slot, 2 + 2 * slot]] = -1.0
+            others[:, columns] = -1.0
             tags = np.where(mine, others.argmax(axis=1), tags)
-        span = best_span(probabilities, slot, line_starts)
+        free = probabilities.copy()
+        free[np.ix_(claimed, columns)] = 0.0
+        span = best_span(free, slot, line_starts, bool(facts.get("required")))
         if span is not None:
             first, last = span
-            tags[first] = 1 + 2 * slot
-            tags[first + 1 : last + 1] = 2 + 2 * slot
+            tags[first] = columns[0]
+            tags[first + 1 : last + 1] = columns[1]
+            claimed[first : last + 1] = True
     return tags
 
 
