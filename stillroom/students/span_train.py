@@ -235,9 +235,9 @@ def train_span(
             ]
     edges = [edge for each in slot_edges for edge in each]
     slots = [{**slot, "whole_tokens": copies_whole_tokens(each)} for slot, each in zip(slots, slot_edges, strict=True)]
-    for index, slot in enumerate(slots):  # a single value the teacher always gave: never answered empty
+    for slot in slots:  # a single value (an object's string field) the teacher always gave: never answered empty
         if not slot["many"]:
-            slot["required"] = all(slot_values(answer, shape, slots)[index] != [""] for answer in answers)
+            slot["required"] = all(answer[slot["key"]] != "" for answer in answers)
     info: dict[str, Any] = {
         "encoder": params.encoder,
         "answer_shape": shape,
