@@ -21,11 +21,14 @@ from stillroom.students import load_student
 from stillroom.students.span import (
     SpanStudent,
     Windows,
+    answer_log_probability,
     at_token_edge,
     best_span,
     decode_tags,
     head_to_read,
+    list_log_probability,
     read_spans,
+    span_log_posterior,
     unescape_json_span,
     whole_tokens,
     window_tokenizer,
@@ -34,6 +37,7 @@ from stillroom.students.span_train import (
     align_answers,
     answer_slots,
     characters_to_read,
+    confidence_power,
     context_entropy,
     find_in,
     match_in_order,
@@ -164,6 +168,52 @@ def test_a_single_valued_slot_reads_its_likeliest_span_whole_and_nothing_else():
 
 
 SUBJECT_AND_NAMES = [{"key": "subject", "many": False}, {"key": "names", "many": True}]
+
+
+def test_a_word_left_out_of_one_fields_span_never_grows_an_earlier_fields_span():
+    # Words: subject's two words, then a word the tagger reads as the sender (0.5) or going on with the subject
+    # (0.45), then the sender's clearer name. The sender keeps word 3; word 2 must not fall to I-subject.
+    fields = [{"key": "subject", "many": False}, {"key": "sender", "many": False}]
+    rows = tag_rows({1: 0.95}, {2: 0.95}, {3: 0.5, 2: 0.45}, {3: 0.99}, n_tags=5)
+    assert read_spans(decode_tags(rows, fields), 2) == [(0, 0, 1), (1, 3, 3)]
+
+
+def test_a_single_fields_span_probability_is_its_share_of_every_span_it_could_be():
+    rng = np.random.default_rng(0)
+    for required in (False, True):
+        rows = rng.dirichlet(np.ones(3), size=5)  # O, B, I for one field over five words
+        spans = [(a, b) for a in range(5) for b in range(a, 5)] + ([] if required else [None])
+        total = sum(np.exp(span_log_posterior(rows, 0, span, required=required)) for span in spans)
+        assert total == pytest.approx(1.0)
+        # A span crossing a line start is not one of them: the rest share everything.
+        inside = [s for s in spans if s is None or not (s[0] < 2 <= s[1])]
+        assert sum(np.exp(span_log_posterior(rows, 0, s, frozenset({2}), required)) for s in inside) == pytest.approx(1)
+    # Sure words far from a clear subject barely move its probability; a doubtful boundary does.
+    clear = tag_rows({1: 0.99}, {2: 0.99}, *[{2: 0.001}] * 40, {})
+    assert np.exp(span_log_posterior(clear, 0, (0, 1))) > 0.95
+    doubtful = tag_rows({1: 0.99}, {2: 0.99}, {2: 0.4}, {})
+    assert np.exp(span_log_posterior(doubtful, 0, (0, 1))) == pytest.approx(0.6, abs=0.02)
+
+
+def test_a_list_fields_probability_is_every_word_in_or_out_as_tagged():
+    rows = tag_rows({3: 0.9}, {}, {3: 0.8, 4: 0.1}, {4: 0.7})
+    tags = decode_tags(rows, SUBJECT_AND_NAMES)
+    # names: word 0 opens (B or I), word 1 outside, word 2 opens, word 3 goes on (I); the subject has no span.
+    expected = np.log(0.9) + np.log(1.0) + np.log(0.9) + np.log(0.7)
+    assert list_log_probability(rows, 1, tags) == pytest.approx(expected)
+    subject_none = span_log_posterior(rows, 0, None)
+    assert answer_log_probability(rows, tags, SUBJECT_AND_NAMES) == pytest.approx(expected + subject_none)
+
+
+def test_the_confidence_power_is_what_calibrates_the_probabilities():
+    rng = np.random.default_rng(1)
+    probability = rng.uniform(0.3, 1.0, 4000)
+    for true_power in (0.25, 1.0, 3.0):
+        right = rng.random(4000) < probability**true_power
+        fitted = confidence_power(np.log(probability), right.astype(float))
+        assert fitted == pytest.approx(true_power, rel=0.15)
+    # No miss at all: as sure as the bound allows, so only the router's lower bound limits routing.
+    assert confidence_power(np.log(probability[:50]), np.ones(50)) < 0.01
 
 
 def test_long_inputs_are_read_in_windows_and_every_word_once():
@@ -340,7 +390,9 @@ def test_the_server_answers_with_the_span_student_through_the_openai_client(trai
     route = raw.headers["x-stillroom-route"]
     assert json.loads(content) == (ORDER_ANSWER if route == "student" else {"sender": "teacher", "products": []})
     row = row_of(layout, raw.headers["x-request-id"])
-    assert json.loads(row["stillroom"]["student_answer"]) == ORDER_ANSWER
+    assert row["stillroom"]["route"] == route and 0 < row["stillroom"]["confidence"] <= 1
+    answered = row["response"]["choices"][0]["message"]["content"]
+    assert json.loads(answered if route == "student" else row["stillroom"]["student_answer"]) == ORDER_ANSWER
 
 
 def test_a_task_whose_answers_are_not_copied_goes_to_the_lm():

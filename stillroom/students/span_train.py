@@ -48,6 +48,7 @@ from stillroom.students.span import (
 Span = tuple[int, int]
 WHOLE_TOKENS_SHARE = 0.98  # of the training values that must be whole whitespace-delimited tokens ...
 WHOLE_TOKENS_EVIDENCE = 20  # ... over at least this many, before predicted spans are grown to whole tokens
+POWER_BOUND = 6.0  # the confidence power is fitted within e^-6 .. e^6
 
 
 def answer_slots(answers: Sequence[Any]) -> tuple[str, list[dict]] | None:
@@ -299,7 +300,35 @@ def train_span(
         stats.update(export)  # flat scalars, so the stage summary and the registry keep them
         if student.info.get("runtime") == "onnx":
             stats["validation_agreement"] = export["validation_agreement_onnx"]
+    if validation:
+        unscaled = SpanStudent(student.tagger, student.tokenizer, {**student.info, "confidence_power": 1.0})
+        answers = unscaled.predict([row.prompt for row in validation])
+        agreement = per_example_agreement("json", [a.text for a in answers], [row.target for row in validation])
+        power = confidence_power([math.log(max(a.confidence, 1e-300)) for a in answers], agreement)
+        student.info["confidence_power"] = stats["confidence_power"] = power
+        write_manifest(out_dir, student.kind, **student.info)
     return student, stats
+
+
+def confidence_power(log_probabilities: Sequence[float], agreement: Sequence[float]) -> float:
+    """The power that calibrates the answers' probabilities (`answer_log_probability`) on validation: the
+    maximum-likelihood fit of each answer's agreement with the teacher by its probability raised to it. One
+    number, so the order the router reads stays the tagger's own and a small set cannot overfit it.
+
+    Words read as independent make long inputs look unsure (an email-header tagger's right answers topped out
+    at 0.98, under the router's 99%) and noisy labels look sure; the power corrects either way. With no miss
+    in validation the fit goes to its bound (every answer sure): the router's lower bound on the kept
+    answers' agreement then decides alone how far the validation rows can vouch for routing."""
+    from scipy.optimize import minimize_scalar
+
+    logs, right = np.asarray(log_probabilities, dtype=float), np.asarray(agreement, dtype=float)
+
+    def loss(log_power: float) -> float:
+        chance = np.clip(np.exp(np.exp(log_power) * logs), 1e-12, 1 - 1e-12)
+        return float(-np.sum(right * np.log(chance) + (1 - right) * np.log(1 - chance)))
+
+    fitted = minimize_scalar(loss, bounds=(-POWER_BOUND, POWER_BOUND), method="bounded")
+    return round(float(np.exp(fitted.x)), 6)
 
 
 def padded(examples: Sequence[tuple[list[int], list[int], list[int]]]) -> tuple[Any, Any, Any, Any]:
