@@ -26,6 +26,7 @@ from stillroom.students.span import (
     best_span,
     decode_tags,
     head_to_read,
+    line_end,
     list_log_probability,
     read_spans,
     span_log_posterior,
@@ -205,6 +206,14 @@ def test_a_list_fields_probability_is_every_word_in_or_out_as_tagged():
     assert answer_log_probability(rows, tags, SUBJECT_AND_NAMES) == pytest.approx(expected + subject_none)
 
 
+def test_a_value_that_always_runs_to_its_lines_end_is_grown_to_it():
+    text = "Subject: TV's future down the phone line  \r\nFrom: Kerri"
+    cut = text.index(" line")
+    assert text[9 : line_end(text, cut)] == "TV's future down the phone line"
+    assert line_end(text, text.index("  \r")) == text.index("  \r")  # already at the line's end: unchanged
+    assert line_end("no break at all", 2) == len("no break at all")
+
+
 def test_the_confidence_power_is_what_calibrates_the_probabilities():
     rng = np.random.default_rng(1)
     probability = rng.uniform(0.3, 1.0, 4000)
@@ -212,8 +221,9 @@ def test_the_confidence_power_is_what_calibrates_the_probabilities():
         right = rng.random(4000) < probability**true_power
         fitted = confidence_power(np.log(probability), right.astype(float))
         assert fitted == pytest.approx(true_power, rel=0.15)
-    # No miss at all: as sure as the bound allows, so only the router's lower bound limits routing.
-    assert confidence_power(np.log(probability[:50]), np.ones(50)) < 0.01
+    # No miss at all: surer than the tagger says, but the prior keeps the doubtful answers doubtful.
+    perfect = confidence_power(np.log(probability[:50]), np.ones(50))
+    assert 0.02 < perfect < 1 and probability[:50].min() ** perfect < 0.98
 
 
 def test_long_inputs_are_read_in_windows_and_every_word_once():
@@ -311,11 +321,13 @@ def test_the_ladder_keeps_a_span_tagger_that_reaches_accept_and_never_trains_the
     assert not (out / "adapter.safetensors").exists()
     assert json.loads((out / "student.json").read_text())["kind"] == "span"
     assert info["alignment"] in ("first", "last") and info["n_aligned"] == 80
-    # The sender closes each mail (whole tokens: grown to them) and is always given; products are written
-    # `lamp,` (cut exactly).
-    slots = json.loads((out / "student.json").read_text())["slots"]
-    facts = [(slot["key"], slot["whole_tokens"], slot.get("required")) for slot in slots]
-    assert facts == [("sender", True, True), ("products", False, None)]
+    # The sender closes each mail (whole tokens, to the line's end: grown to them) and is always given; products
+    # are written `lamp,` (cut exactly) mid-line.
+    manifest = json.loads((out / "student.json").read_text())
+    slots = manifest["slots"]
+    facts = [(slot["key"], slot["whole_tokens"], slot["to_line_end"], slot.get("required")) for slot in slots]
+    assert facts == [("sender", True, True, True), ("products", False, False, None)]
+    assert 0 < manifest["confidence_power"] == info["confidence_power"]
     # Served as an int8 ONNX graph: it answered the validation rows as the torch model did, within tolerance.
     assert info["runtime"] == "onnx" and info["export_same_answers"] >= 0.9
     assert info["validation_agreement_onnx"] >= info["validation_agreement_torch"] - 0.01

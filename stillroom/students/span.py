@@ -85,6 +85,16 @@ def whole_tokens(text: str, start: int, end: int, input_is_json: bool) -> tuple[
     return start, end
 
 
+def line_end(text: str, end: int) -> int:
+    """Where the line a span ends on ends, its trailing blanks left out: a value that always runs on to it
+    (`to_line_end`, learnt per field) is grown to it, so a subject the tagger stops a word short of is whole."""
+    stop = text.find("\n", end)
+    stop = len(text) if stop < 0 else stop
+    while stop > end and text[stop - 1] in " \t\r":
+        stop -= 1
+    return stop
+
+
 def unescape_json_span(text: str) -> str:
     """A span cut from inside a JSON string of the input, as the value it stands for."""
     try:
@@ -426,6 +436,8 @@ class SpanStudent(Student):
             start, end = windows.words[first][0], windows.words[last][1]
             if self.slots[slot].get("whole_tokens", self.info.get("whole_tokens")):
                 start, end = whole_tokens(text, start, end, input_is_json)
+            if self.slots[slot].get("to_line_end"):
+                end = line_end(text, end)
             value = text[start:end]
             values[slot].append(unescape_json_span(value) if input_is_json else value)
         # The answer's chance, not the tagging's: on a whole email's head the product of ~150 words' tag
