@@ -11,7 +11,8 @@ tagging (`best_span`), so a doubtful word inside a subject line neither cuts it 
 Where the teacher's values of a field are whole whitespace-delimited tokens of the input (`whole_tokens`,
 learnt per field in training), a span is grown to them: the encoder splits `'Rickey` into `'` and
 `Rickey`. Where no value crosses a line break (`one_line_values`), no span runs on past one: a tagged
-run that does is read as two, and a single-valued field's span stops at the line's end.
+run that does is read as two, and a single-valued field's span stops at the line's end. Where a field's
+values always run on to their line's end (`to_line_end`, an email's subject), its span is grown to it.
 The encoder is uncased, so each piece's letter case (lower, Capitalised, UPPER, digits, other) is
 added to its embedding as a learned vector. Inputs longer than the encoder's window are read in
 overlapping windows, or only their head where training found every answer near the start of long
