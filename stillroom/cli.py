@@ -46,6 +46,14 @@ def _setup(root: Path, params_file: Path) -> tuple[Params, Layout]:
     return load_params(layout.resolve(params_file)), layout
 
 
+def _local_prefect() -> None:
+    """Before a flow runs (on Prefect's temporary local server unless PREFECT_API_URL names one): no analytics,
+    and time for that server to start on a busy machine. Prefect waits 20 s; on two cores beside a test run
+    it took longer, and `make demo` failed before its first stage."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
 def _print(data: object, as_json: bool) -> None:
     if as_json:  # plain print: rich would wrap long lines and break the JSON
         print(json.dumps(data, indent=2, default=str))
@@ -206,7 +214,7 @@ def run(
 
     Stages whose code, inputs and params have not changed since the last run are skipped.
     """
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _local_prefect()
     sys.path.insert(0, str(Path(root).resolve()))
     from flows.distill import distill
 
@@ -247,7 +255,7 @@ def watch(
     if folder is None:
         if task or apply or undo or once or base_url:
             raise typer.BadParameter("--task, --apply, --undo, --once and --base-url need a FOLDER")
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        _local_prefect()
         sys.path.insert(0, str(Path(root).resolve()))
         from flows.watch import watch as watch_flow
 
