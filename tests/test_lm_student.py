@@ -373,7 +373,10 @@ def test_the_output_head_scores_only_the_answer_tokens_for_the_same_loss(
         assert trl_utils._use_triton(torch.device("cpu"))  # the first one out leaves the other's switch on
     assert not trl_utils._use_triton(torch.device("cpu"))
     torch.testing.assert_close(answers_only[0], everywhere[0])
-    torch.testing.assert_close(answers_only[1], everywhere[1])
+    # The same gradient up to float32 rounding: 3 rows sum in another order than 8, and on some CPUs (this
+    # machine on 2026-12-07) that moves a few of 3 million entries by 3.6e-5, over default tolerances.
+    scale = everywhere[1].abs().max().item()
+    torch.testing.assert_close(answers_only[1], everywhere[1], rtol=1e-4, atol=1e-4 * scale)
 
 
 @pytest.fixture(scope="module")
