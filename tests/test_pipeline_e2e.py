@@ -19,6 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from stillroom import register
+from stillroom.students.lora import bf16_supported
 from tests.servers import background, prefect_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,9 +159,14 @@ def test_students_are_trained_evaluated_and_registered(project, flow_run):
         assert metrics["teacher_p50_ms"] > 100  # logged API latency of the sample calls
     assert bbc_metrics["baseline_tfidf_lr_n"] == bbc_metrics["n_test"]
     assert 0 <= lm_metrics["schema_validity"] <= 1 and 0 <= lm_metrics["field_f1"] <= 1
-    # Served in bf16 by default, so evaluation checked it against float32 on every test row.
-    assert lm_metrics["export_weights"] == "bf16" and lm_metrics["export_n"] == lm_metrics["n_test"]
-    assert 0 <= lm_metrics["export_same_answers"] <= 1 and "export_weights" not in bbc_metrics
+    # Served in bf16 by default where the CPU runs it natively, so evaluation checked it against float32 on every
+    # test row; elsewhere the student runs in float32 and there is nothing to check.
+    if bf16_supported():
+        assert lm_metrics["export_weights"] == "bf16" and lm_metrics["export_n"] == lm_metrics["n_test"]
+        assert 0 <= lm_metrics["export_same_answers"] <= 1
+    else:
+        assert "export_weights" not in lm_metrics
+    assert "export_weights" not in bbc_metrics
     assert bbc["rung"] == "classifier" and lm["rung"] == "lm"
     for row in flow_run:  # champion exactly when the student passed its gate (no champion to beat yet)
         passed = evaluation[row["task"]]["passed_gate"]
