@@ -21,10 +21,9 @@ from stillroom.students import load_student
 from stillroom.students.span import (
     SpanStudent,
     Windows,
-    answer_log_probability,
     at_token_edge,
     best_span,
-    decode_tags,
+    decode,
     head_to_read,
     line_end,
     list_log_probability,
@@ -149,11 +148,11 @@ def test_a_single_valued_slot_reads_its_likeliest_span_whole_and_nothing_else():
     doubtful = tag_rows({1: 0.95}, {2: 0.9}, {2: 0.4}, {2: 0.9}, {2: 0.9}, {})
     assert read_spans(doubtful.argmax(axis=1), 2) == [(0, 0, 1), (0, 3, 4)]
     assert best_span(doubtful, 0) == (0, 4)
-    assert read_spans(decode_tags(doubtful, SUBJECT_AND_NAMES), 2) == [(0, 0, 4)]
+    assert read_spans(decode(doubtful, SUBJECT_AND_NAMES)[0], 2) == [(0, 0, 4)]
     # Two runs for one field (a name, and its letters in the address beside it): only the stronger one is kept,
     # and the weaker one's words fall to their next likeliest tag.
     two = tag_rows({1: 0.6}, {}, {1: 0.97}, {2: 0.97}, {})
-    assert read_spans(decode_tags(two, SUBJECT_AND_NAMES), 2) == [(0, 2, 3)]
+    assert read_spans(decode(two, SUBJECT_AND_NAMES)[0], 2) == [(0, 2, 3)]
     # A span never runs past a line start, and no span is likelier than a run of words the tagger puts outside.
     assert best_span(tag_rows({1: 0.9}, {2: 0.9}, {2: 0.95}), 0) == (0, 2)
     assert best_span(tag_rows({1: 0.9}, {2: 0.9}, {2: 0.95}), 0, frozenset({2})) == (0, 1)
@@ -162,10 +161,18 @@ def test_a_single_valued_slot_reads_its_likeliest_span_whole_and_nothing_else():
     # A field the teacher always fills takes its best span even when weak, but never another field's words.
     fields = [{"key": "subject", "many": False}, {"key": "sender", "many": False, "required": True}]
     claimed = tag_rows({1: 0.9, 3: 0.05}, {2: 0.9, 4: 0.08}, {3: 0.02}, n_tags=5)
-    assert read_spans(decode_tags(claimed, fields), 2) == [(0, 0, 1), (1, 2, 2)]
+    tags, log_probability = decode(claimed, fields)
+    assert read_spans(tags, 2) == [(0, 0, 1), (1, 2, 2)]
+    # Its chance is read off the words left free: the subject's, against every span the subject could be; the
+    # sender's, against every span of the words the subject did not take.
+    free = claimed.copy()
+    free[:2, 3:5] = 0.0
+    subject = span_log_posterior(claimed, 0, (0, 1))
+    assert log_probability == pytest.approx(subject + span_log_posterior(free, 1, (2, 2), required=True))
+    assert log_probability > subject + span_log_posterior(claimed, 1, (2, 2), required=True)
     # A list field keeps every tagged run, word by word.
     names = tag_rows({3: 0.9}, {}, {3: 0.8}, {4: 0.9})
-    assert read_spans(decode_tags(names, SUBJECT_AND_NAMES), 2) == [(1, 0, 0), (1, 2, 3)]
+    assert read_spans(decode(names, SUBJECT_AND_NAMES)[0], 2) == [(1, 0, 0), (1, 2, 3)]
 
 
 SUBJECT_AND_NAMES = [{"key": "subject", "many": False}, {"key": "names", "many": True}]
@@ -176,7 +183,7 @@ def test_a_word_left_out_of_one_fields_span_never_grows_an_earlier_fields_span()
     # (0.45), then the sender's clearer name. The sender keeps word 3; word 2 must not fall to I-subject.
     fields = [{"key": "subject", "many": False}, {"key": "sender", "many": False}]
     rows = tag_rows({1: 0.95}, {2: 0.95}, {3: 0.5, 2: 0.45}, {3: 0.99}, n_tags=5)
-    assert read_spans(decode_tags(rows, fields), 2) == [(0, 0, 1), (1, 3, 3)]
+    assert read_spans(decode(rows, fields)[0], 2) == [(0, 0, 1), (1, 3, 3)]
 
 
 def test_a_single_fields_span_probability_is_its_share_of_every_span_it_could_be():
@@ -198,12 +205,12 @@ def test_a_single_fields_span_probability_is_its_share_of_every_span_it_could_be
 
 def test_a_list_fields_probability_is_every_word_in_or_out_as_tagged():
     rows = tag_rows({3: 0.9}, {}, {3: 0.8, 4: 0.1}, {4: 0.7})
-    tags = decode_tags(rows, SUBJECT_AND_NAMES)
+    tags, log_probability = decode(rows, SUBJECT_AND_NAMES)
     # names: word 0 opens (B or I), word 1 outside, word 2 opens, word 3 goes on (I); the subject has no span.
     expected = np.log(0.9) + np.log(1.0) + np.log(0.9) + np.log(0.7)
     assert list_log_probability(rows, 1, tags) == pytest.approx(expected)
     subject_none = span_log_posterior(rows, 0, None)
-    assert answer_log_probability(rows, tags, SUBJECT_AND_NAMES) == pytest.approx(expected + subject_none)
+    assert log_probability == pytest.approx(expected + subject_none)
 
 
 def test_a_value_that_always_runs_to_its_lines_end_is_grown_to_it():

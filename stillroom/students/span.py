@@ -17,7 +17,7 @@ The encoder is uncased, so each piece's letter case (lower, Capitalised, UPPER, 
 added to its embedding as a learned vector. Inputs longer than the encoder's window are read in
 overlapping windows, or only their head where training found every answer near the start of long
 inputs (`read_chars`: a whole email's header fields cost one window, not twenty). Confidence is the
-chance that the answer is right, words read as independent (`answer_log_probability`): a single-valued
+chance that the answer is right, words read as independent (`decode`): a single-valued
 field's span against every other span it could be, a list field's every word in or out of it. It is raised
 to a power fitted on validation in training (`confidence_power`), so the router's 99% means 99%.
 Training is `span_train`.
@@ -325,52 +325,41 @@ def list_log_probability(
     return float(np.log(np.clip(chance, 1e-12, None)).sum())
 
 
-def answer_log_probability(
-    probabilities: np.ndarray, tags: np.ndarray, slots: Sequence[dict], line_starts: frozenset[int] = frozenset()
-) -> float:
-    """log of the chance that the answer the tags spell is right, each word read independently: a
-    single-valued slot's span against every other it could have taken (`span_log_posterior`, off the words
-    no earlier such slot took), a list slot's words in or out of it as tagged (`list_log_probability`)."""
-    total, claimed = 0.0, np.zeros(len(tags), dtype=bool)
-    for slot, facts in enumerate(slots):
-        columns = [1 + 2 * slot, 2 + 2 * slot]
-        mine = np.isin(tags, columns)
-        if facts["many"]:
-            total += list_log_probability(probabilities, slot, tags, line_starts)
-            continue
-        free = probabilities.copy()
-        free[np.ix_(claimed, columns)] = 0.0
-        words = np.flatnonzero(mine)
-        span = (int(words[0]), int(words[-1])) if len(words) else None
-        total += span_log_posterior(free, slot, span, line_starts, bool(facts.get("required")))
-        claimed |= mine
-    return total
-
-
-def decode_tags(
+def decode(
     probabilities: np.ndarray, slots: Sequence[dict], line_starts: frozenset[int] = frozenset()
-) -> np.ndarray:
-    """Each word's tag: its likeliest, except that a single-valued slot gets exactly its best span
-    (`best_span`) and no other word of it. A word in one single-valued slot's span is not another's, and a
-    word left out of every such span takes its likeliest of the other tags (never a single-valued slot's:
-    that would grow or add to a span already chosen)."""
+) -> tuple[np.ndarray, float]:
+    """Each word's tag, and the log of the chance that the answer they spell is right (words read as
+    independent).
+
+    Tags: each word's likeliest, except that a single-valued slot gets exactly its best span (`best_span`)
+    and no other word of it. A word in one single-valued slot's span is not another's, and a word left out
+    of every such span takes its likeliest of the other tags (never a single-valued slot's: that would grow
+    or add to a span already chosen).
+    Chance: a single-valued slot's span against every other it could have taken off the same free words
+    (`span_log_posterior`), times each list slot's words in or out of it as tagged (`list_log_probability`)."""
     single = [slot for slot, facts in enumerate(slots) if not facts["many"]]
     columns = {slot: [1 + 2 * slot, 2 + 2 * slot] for slot in single}
     others = probabilities.copy()
     for slot in single:
         others[:, columns[slot]] = -1.0
     tags = others.argmax(axis=1)
+    log_probability = 0.0
     claimed = np.zeros(len(probabilities), dtype=bool)
     for slot in single:
         free = probabilities.copy()
         free[np.ix_(claimed, columns[slot])] = 0.0
-        span = best_span(free, slot, line_starts, bool(slots[slot].get("required")))
+        required = bool(slots[slot].get("required"))
+        span = best_span(free, slot, line_starts, required)
+        log_probability += span_log_posterior(free, slot, span, line_starts, required)
         if span is not None:
             first, last = span
             tags[first] = columns[slot][0]
             tags[first + 1 : last + 1] = columns[slot][1]
             claimed[first : last + 1] = True
-    return tags
+    for slot, facts in enumerate(slots):
+        if facts["many"]:
+            log_probability += list_log_probability(probabilities, slot, tags, line_starts)
+    return tags, log_probability
 
 
 class SpanStudent(Student):
@@ -432,7 +421,7 @@ class SpanStudent(Student):
         if self.info.get("one_line_values"):  # words that open a line: a value never runs on past one
             words = windows.words
             line_starts = frozenset(k for k in range(1, len(words)) if "\n" in text[words[k - 1][1] : words[k][0]])
-        tags = decode_tags(probabilities, self.slots, line_starts)
+        tags, log_probability = decode(probabilities, self.slots, line_starts)
         for slot, first, last in read_spans(tags, len(self.slots), line_starts):
             start, end = windows.words[first][0], windows.words[last][1]
             if self.slots[slot].get("whole_tokens", self.info.get("whole_tokens")):
@@ -444,7 +433,6 @@ class SpanStudent(Student):
         # The answer's chance, not the tagging's: on a whole email's head the product of ~150 words' tag
         # probabilities topped out near 0.91, so nothing routed, although its ranking was right. Raised to the
         # power fitted on validation (`confidence_power`), it is a calibrated chance the router can hold to 99%.
-        log_probability = answer_log_probability(probabilities, tags, self.slots, line_starts)
         confidence = float(np.exp(float(self.info.get("confidence_power", 1.0)) * log_probability))
         return Prediction(text=self.render(values), confidence=min(max(confidence, 0.0), 1.0))
 

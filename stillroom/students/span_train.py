@@ -25,7 +25,7 @@ from stillroom.answers import parse_json
 from stillroom.config import SpanParams
 from stillroom.embeddings import quantize_int8, resolve_embedder, trace_to_onnx
 from stillroom.metrics.scoring import per_example_agreement
-from stillroom.schema import DatasetRow, OutputFormat
+from stillroom.schema import DatasetRow, OutputFormat, Prediction
 from stillroom.students.base import Student, write_manifest
 from stillroom.students.json_answers import items_never_repeat
 from stillroom.students.span import (
@@ -302,14 +302,14 @@ def train_span(
         "agreement_curve": curve if validation else [],
     }
     save_span(student, out_dir)
+    answers: list[Prediction] = []  # the served tagger's on validation, confidence unscaled (no power yet)
     if params.runtime == "onnx":
-        student, export = export_or_keep_torch(student, out_dir, validation, params.export_tolerance)
+        student, export, answers = export_or_keep_torch(student, out_dir, validation, params.export_tolerance)
         stats.update(export)  # flat scalars, so the stage summary and the registry keep them
         if student.info.get("runtime") == "onnx":
             stats["validation_agreement"] = export["validation_agreement_onnx"]
     if validation:
-        unscaled = SpanStudent(student.tagger, student.tokenizer, {**student.info, "confidence_power": 1.0})
-        answers = unscaled.predict([row.prompt for row in validation])
+        answers = answers or student.predict([row.prompt for row in validation])
         agreement = per_example_agreement("json", [a.text for a in answers], [row.target for row in validation])
         power = confidence_power([math.log(max(a.confidence, 1e-300)) for a in answers], agreement)
         student.info["confidence_power"] = stats["confidence_power"] = power
@@ -318,7 +318,7 @@ def train_span(
 
 
 def confidence_power(log_probabilities: Sequence[float], agreement: Sequence[float]) -> float:
-    """The power that calibrates the answers' probabilities (`answer_log_probability`) on validation: each
+    """The power that calibrates the answers' probabilities (`span.decode`) on validation: each
     answer's agreement with the teacher fitted by its probability raised to it, with a standard normal prior
     on the power's log (the tagger's own probabilities are right within a factor of e or so). One number, so
     the order the router reads stays the tagger's own and a small set cannot overfit it.
@@ -473,18 +473,18 @@ def export_onnx(tagger: TorchTagger, target: Path) -> None:
 
 def export_or_keep_torch(
     student: SpanStudent, directory: Path, validation: Sequence[DatasetRow], tolerance: float
-) -> tuple[SpanStudent, dict[str, Any]]:
+) -> tuple[SpanStudent, dict[str, Any], list[Prediction]]:
     """Export the tagger to int8 ONNX and serve that (the torch weights leave the folder) when its validation
     agreement is within `tolerance` of the torch model's; else the folder stays in torch. Without validation
-    rows nothing can vouch for the export, so torch stays."""
+    rows nothing can vouch for the export, so torch stays. Also returns the kept tagger's validation answers."""
     if not validation:
-        return student, {"runtime": "torch", "export_reason": "no validation rows to check an export on"}
+        return student, {"runtime": "torch", "export_reason": "no validation rows to check an export on"}, []
     target = directory / ENCODER_DIR / ONNX_FILE
     export_onnx(student.tagger, target)
     exported = SpanStudent(OnnxTagger(target), student.tokenizer, {**student.info, "runtime": "onnx"})
     prompts, targets = [row.prompt for row in validation], [row.target for row in validation]
-    torch_answers = [p.text for p in student.predict(prompts)]
-    onnx_answers = [p.text for p in exported.predict(prompts)]
+    torch_predictions, onnx_predictions = student.predict(prompts), exported.predict(prompts)
+    torch_answers, onnx_answers = [p.text for p in torch_predictions], [p.text for p in onnx_predictions]
     torch_agreement = float(np.mean(per_example_agreement("json", torch_answers, targets)))
     onnx_agreement = float(np.mean(per_example_agreement("json", onnx_answers, targets)))
     kept = onnx_agreement >= torch_agreement - tolerance
@@ -496,8 +496,8 @@ def export_or_keep_torch(
     }
     if not kept:
         target.unlink()
-        return student, report
+        return student, report, torch_predictions
     for weights in (directory / ENCODER_DIR).glob("*.safetensors"):
         weights.unlink()  # the graph holds them, in int8
     write_manifest(directory, exported.kind, **exported.info)
-    return exported, report
+    return exported, report, onnx_predictions
