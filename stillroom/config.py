@@ -276,6 +276,12 @@ class LMParams(_Section):
         32, ge=1, description="at least; grows to the 99th percentile of training answers' tokens + 25% + 4"
     )
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
+    max_minutes: float = Field(
+        12,
+        gt=0,
+        description="training stops at the first optimizer step past this; the epoch it cuts is still judged "
+        "(select_rows) and kept if best",
+    )
     teacher_model: str | None = Field(
         None, description="a local LM sharing the student's tokenizer: distil on its logits (the `distill` rung)"
     )

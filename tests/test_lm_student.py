@@ -403,12 +403,27 @@ def test_lora_keeps_the_epoch_whose_answers_agree_best(memorised: tuple[LMStuden
     _, stats = train_lm(rows, rows, params, tmp_path, seed=0, progress=False, json_schema=PEOPLE_SCHEMA)
     curve = stats["agreement_curve"]
     assert [point["epoch"] for point in curve] == [1.0, 2.0, 3.0, 4.0]
+    assert not stats["stopped_at_budget"]
     best = max(point["agreement"] for point in curve)
     first_best = next(point for point in curve if point["agreement"] == best)
     assert stats["chosen_epoch"] == first_best["epoch"] and stats["chosen_validation_agreement"] == best
     # The saved folder answers as the chosen epoch did, on the rows it was chosen on.
     answers = [p.text for p in LMStudent.load(tmp_path).predict([row.prompt for row in rows[:3]])]
     assert np.mean(per_example_agreement("json", answers, [row.target for row in rows[:3]])) == pytest.approx(best)
+
+
+def test_training_stops_at_its_time_budget_and_the_cut_epoch_is_still_judged(
+    memorised: tuple[LMStudent, dict, Path], tmp_path: Path
+) -> None:
+    """A budget spent after the first step: training stops there, mid-epoch, and those weights are judged."""
+    _, _, base_dir = memorised
+    rows = make_rows(LORA_ROWS)  # four steps an epoch at batch 1
+    params = lora_params(base_dir, epochs=4, batch_size=1, select_rows=3, patience=0, max_minutes=1e-9)
+    _, stats = train_lm(rows, rows, params, tmp_path, seed=0, progress=False, json_schema=PEOPLE_SCHEMA)
+    assert stats["stopped_at_budget"] and stats["steps"] == 1
+    assert [point["step"] for point in stats["agreement_curve"]] == [1]
+    assert stats["chosen_epoch"] == stats["agreement_curve"][0]["epoch"] < 1
+    assert LMStudent.load(tmp_path).predict([rows[0].prompt])[0].text  # a whole student is saved
 
 
 def test_a_worse_later_epoch_leaves_the_better_one_kept(two_adapters: tuple[list[LMStudent], list[Path], Path]) -> None:

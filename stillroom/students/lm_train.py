@@ -113,6 +113,8 @@ def train_lm(
                 student_info = {"base_model": params.base_model, **answering}
                 best_epoch = BestEpoch(tokenizer, student_info, validation[: params.select_rows], params.patience)
                 trainer.add_callback(best_epoch)
+            budget = TimeBudget(params.max_minutes)
+            trainer.add_callback(budget)
             started = time.perf_counter()
             result = trainer.train()
             train_seconds = time.perf_counter() - started
@@ -162,6 +164,8 @@ def train_lm(
         "epochs": trainer.state.epoch,
         "train_weights": "bf16" if in_bf16 else "float32",
         "planned_epochs": params.epochs,  # more than train.lm.epochs for a small set (min_steps); fewer run on patience
+        "max_minutes": params.max_minutes,
+        "stopped_at_budget": budget.stopped,  # the planned epochs did not fit in max_minutes
         "n_train": len(rows),
         "n_validation": len(validation),
         "unseen_train_ids": sorted({row.id for row in train} - {row.id for row in rows}),  # held out: see evaluate
@@ -188,6 +192,28 @@ def epochs_for(n_rows: int, params: LMParams) -> float:
         return params.epochs
     steps_per_epoch = math.ceil(n_rows / params.batch_size)
     return max(params.epochs, min(params.max_epochs, math.ceil(params.min_steps / steps_per_epoch)))
+
+
+class TimeBudget(TrainerCallback):
+    """Stops training at the first optimizer step past `minutes`. A CPU without native bf16 runs the same
+    epochs twice as long, and a user's budget holds either way. The trainer still ends the epoch it cut
+    (`BestEpoch` judges those weights like any other epoch's), so the best weights so far are what is kept."""
+
+    def __init__(self, minutes: float):
+        self.seconds, self.started, self.stopped = minutes * 60, time.perf_counter(), False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if time.perf_counter() - self.started > self.seconds and not control.should_training_stop:
+            log.warning(
+                "LM training stopped at step %d of %d: train.lm.max_minutes (%g) is spent",
+                state.global_step,
+                state.max_steps,
+                self.seconds / 60,
+            )
+            control.should_training_stop = self.stopped = True
 
 
 class BestEpoch(TrainerCallback):
