@@ -28,6 +28,7 @@ from stillroom.config import LMParams
 from stillroom.schema import DatasetRow, Message
 from stillroom.students import lm as lm_module
 from stillroom.students.base import load_student, read_manifest
+from stillroom.students.chat import fit_prompt, prompt_length
 from stillroom.students.json_answers import ground_in_source
 from stillroom.students.lm import LMStudent
 from stillroom.students.lm_train import (
@@ -230,6 +231,59 @@ def test_training_memorises_a_tiny_dataset(memorised: tuple[LMStudent, dict, Pat
     assert stats["final_loss"] < stats["first_loss"] / 4
     predictions = student.predict([row.prompt for row in rows])
     assert [p.text for p in predictions] == [row.target for row in rows]
+
+
+FILLER = " and then the rest of a long day went by as days do" * 12  # ~170 tokens after each tweet
+
+
+def test_a_prompt_too_long_for_training_is_cut_at_its_input_and_keeps_its_answer(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    """SFT truncates prompt and answer together from the end; a prompt over `max_length` lost its answer. The
+    input is cut instead, alike in training and answering, and the student learns the answers whole."""
+    rows = [
+        row.model_copy(update={"prompt": [row.prompt[0], Message(role="user", content=row.prompt[1].content + FILLER)]})
+        for row in make_rows(NAMES)
+    ]
+    params = LMParams(
+        base_model=str(tiny_base),
+        lora=False,
+        learning_rate=5e-3,
+        batch_size=4,
+        max_steps=60,
+        max_length=96,
+        max_new_tokens=16,
+        weights="float32",
+        neftune_alpha=0,
+    )
+    student, _ = train_lm(rows, rows[:2], params, tmp_path, seed=0, progress=False)
+    tokenizer = student.tokenizer
+    budget = student.info["max_prompt_tokens"]
+    assert budget + student.info["max_new_tokens"] == student.info["max_length"] == 96
+    assert all(prompt_length(tokenizer, row.prompt) > 96 for row in rows)
+    assert [p.text for p in student.predict([row.prompt for row in rows])] == [row.target for row in rows]
+    assert LMStudent.load(tmp_path).info["max_prompt_tokens"] == budget  # served as trained
+
+
+def test_fit_prompt_cuts_the_last_user_turn_to_its_head_within_the_budget(smollm2_dir: Path) -> None:
+    from stillroom.students.chat import MIN_INPUT_TOKENS, load_tokenizer
+
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    long_turn = "Story: " + " ".join(f"word{i}" for i in range(400))
+    prompt = [Message(role="system", content=SYSTEM), Message(role="user", content=long_turn)]
+    assert fit_prompt(tokenizer, prompt, None) == prompt
+    assert fit_prompt(tokenizer, prompt, 10_000) == prompt
+    fixed = prompt_length(tokenizer, [prompt[0], Message(role="user", content="")])
+    for budget in (fixed + MIN_INPUT_TOKENS, fixed + 80, fixed + 131):
+        fitted = fit_prompt(tokenizer, prompt, budget)
+        assert fitted[0] == prompt[0]
+        assert budget - 3 <= prompt_length(tokenizer, fitted) <= budget
+        kept = fitted[1].content
+        assert long_turn.startswith(kept) and long_turn[len(kept)] == " "  # the head, cut between words
+    # A fixed part (system turn) over the budget leaves the input its minimum, not nothing.
+    crowded = [Message(role="system", content=SYSTEM * 20), prompt[1]]
+    kept = fit_prompt(tokenizer, crowded, 100)[1].content
+    assert MIN_INPUT_TOKENS - 3 <= len(tokenizer(kept, add_special_tokens=False)["input_ids"]) <= MIN_INPUT_TOKENS
 
 
 def test_confidences_are_probabilities(memorised: tuple[LMStudent, dict, Path]) -> None:

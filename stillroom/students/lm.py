@@ -32,6 +32,7 @@ from stillroom.students.chat import (
     chat,
     clean_labels,
     eos_token_ids,
+    fit_prompt,
     load_tokenizer,
     prompt_answer_ids,
     schema_validator,
@@ -104,7 +105,13 @@ class LMStudent(Student):
         that of the weakest top-level field, and 0 with valid=False when the answer does not validate.
         """
         with self._answering():
-            return self._predict(prompts, batch_size)
+            return self._predict(self.fitted(prompts), batch_size)
+
+    def fitted(self, prompts: Sequence[Prompt]) -> list[Prompt]:
+        """The prompts cut as in training: the last user turn to its head, within the manifest's
+        `max_prompt_tokens` (`chat.fit_prompt`; a folder trained before it has none and reads them whole)."""
+        budget = self.info.get("max_prompt_tokens")
+        return [fit_prompt(self.tokenizer, prompt, budget) for prompt in prompts]
 
     def _predict(self, prompts: Sequence[Prompt], batch_size: int) -> list[Prediction]:
         if self.labels:
@@ -138,7 +145,7 @@ class LMStudent(Student):
         if not self.labels:
             raise ValueError("this student has no label set")
         with self._answering():
-            return self._label_distribution(prompts)
+            return self._label_distribution(self.fitted(prompts))
 
     def _label_distribution(self, prompts: Sequence[Prompt]) -> list[dict[str, float]]:
         label_ids = self._label_token_ids()

@@ -32,7 +32,16 @@ from stillroom.config import LMParams
 from stillroom.metrics.scoring import per_example_agreement
 from stillroom.schema import DatasetRow, OutputFormat
 from stillroom.students.base import write_manifest
-from stillroom.students.chat import chat, clean_labels, load_tokenizer, schema_validator
+from stillroom.students.chat import (
+    MIN_INPUT_TOKENS,
+    chat,
+    clean_labels,
+    fit_prompt,
+    load_tokenizer,
+    prompt_length,
+    schema_validator,
+    with_last_user_turn,
+)
 from stillroom.students.distill import distillation_trainer, load_teacher
 from stillroom.students.json_answers import copied_share, items_never_repeat
 from stillroom.students.lm import LMStudent
@@ -87,6 +96,11 @@ def train_lm(
             "json_schema": json_schema,
             **(answer_constraints(rows) if json_schema is not None else {}),
         }
+        # Prompts are cut to what the length leaves the answer (`chat.fit_prompt`), here and when answering,
+        # so no training row loses its answer to truncation.
+        answering["max_prompt_tokens"] = prompt_budget(tokenizer, rows, params.max_length, answering["max_new_tokens"])
+        params = params.model_copy(update={"max_length": answering["max_prompt_tokens"] + answering["max_new_tokens"]})
+        rows, validation = fitted_rows(tokenizer, rows, answering), fitted_rows(tokenizer, validation, answering)
         teacher = load_teacher(params.teacher_model, tokenizer, params.base_model) if params.teacher_model else None
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
         as_adapter = params.lora and params.store == "adapter"
@@ -182,6 +196,19 @@ def train_lm(
         stats["distill_alpha"] = params.distill_alpha
         stats["distill_temperature"] = params.distill_temperature
     return student, stats
+
+
+def prompt_budget(tokenizer: Any, rows: Sequence[DatasetRow], max_length: int, answer_tokens: int) -> int:
+    """Tokens a prompt may take: what `max_length` leaves the answer budget, but at least the longest fixed
+    part of the rows' prompts (system turn, examples, template) plus `MIN_INPUT_TOKENS` of the input."""
+    fixed = max((prompt_length(tokenizer, with_last_user_turn(row.prompt, "")) for row in rows), default=0)
+    return max(max_length - answer_tokens, fixed + MIN_INPUT_TOKENS)
+
+
+def fitted_rows(tokenizer: Any, rows: Sequence[DatasetRow], answering: dict[str, Any]) -> list[DatasetRow]:
+    """The rows with their prompts cut as the student will read them (`chat.fit_prompt`)."""
+    budget = answering["max_prompt_tokens"]
+    return [row.model_copy(update={"prompt": fit_prompt(tokenizer, row.prompt, budget)}) for row in rows]
 
 
 def epochs_for(n_rows: int, params: LMParams) -> float:
