@@ -124,22 +124,20 @@ def tiny_base(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return save_tiny_llama(AutoTokenizer.from_pretrained(smollm2_dir), tmp_path_factory.mktemp("tiny-base"))
 
 
+def memorising_params(base_dir: Path, **settings: object) -> LMParams:
+    """A full fine-tune at a high learning rate, for 60 steps: enough to overfit four rows."""
+    defaults = {"lora": False, "learning_rate": 5e-3, "batch_size": 4, "max_steps": 60, "max_new_tokens": 16}
+    defaults["weights"] = "float32"  # the round trips below compare confidences to 1e-5
+    defaults["neftune_alpha"] = 0  # noise is a regulariser: these rows are to be memorised
+    return LMParams(base_model=str(base_dir), **{**defaults, **settings})
+
+
 @pytest.fixture(scope="module")
 def memorised(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[LMStudent, dict, Path]:
     """A full fine-tune that overfits four rows: a working pipeline must then reproduce them exactly."""
     rows = make_rows(NAMES)
-    params = LMParams(
-        base_model=str(tiny_base),
-        lora=False,
-        learning_rate=5e-3,
-        batch_size=4,
-        max_steps=60,
-        max_new_tokens=16,
-        weights="float32",  # the round trips below compare confidences to 1e-5
-        neftune_alpha=0,  # noise is a regulariser: these rows are to be memorised
-    )
     out_dir = tmp_path_factory.mktemp("memorised")
-    student, stats = train_lm(rows, rows[:2], params, out_dir, seed=0, progress=False)
+    student, stats = train_lm(rows, rows[:2], memorising_params(tiny_base), out_dir, seed=0, progress=False)
     return student, stats, out_dir
 
 
@@ -245,18 +243,7 @@ def test_a_prompt_too_long_for_training_is_cut_at_its_input_and_keeps_its_answer
         row.model_copy(update={"prompt": [row.prompt[0], Message(role="user", content=row.prompt[1].content + FILLER)]})
         for row in make_rows(NAMES)
     ]
-    params = LMParams(
-        base_model=str(tiny_base),
-        lora=False,
-        learning_rate=5e-3,
-        batch_size=4,
-        max_steps=60,
-        max_length=96,
-        max_new_tokens=16,
-        weights="float32",
-        neftune_alpha=0,
-    )
-    student, _ = train_lm(rows, rows[:2], params, tmp_path, seed=0, progress=False)
+    student, _ = train_lm(rows, rows[:2], memorising_params(tiny_base, max_length=96), tmp_path, progress=False)
     tokenizer = student.tokenizer
     budget = student.info["max_prompt_tokens"]
     assert budget + student.info["max_new_tokens"] == student.info["max_length"] == 96
