@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stillroom.schema import Message
+from stillroom.students.base import last_user_turn
 
 
 def chat(messages: Sequence[Message]) -> list[dict[str, str]]:
@@ -55,9 +56,9 @@ def fit_prompt(tokenizer: Any, messages: Sequence[Message], max_tokens: int | No
     lost its answer (on BBC headlines 36% of training rows kept no answer token, 60% a cut one), and a long
     prompt's prefill is most of an answer's time on a CPU. The head is kept: a story's lede, an email's
     header lines. The turn keeps `MIN_INPUT_TOKENS` tokens even when its fixed part fills the budget."""
-    content = next((m.content for m in reversed(messages) if m.role == "user"), None)
-    if max_tokens is None or content is None or prompt_length(tokenizer, messages) <= max_tokens:
+    if max_tokens is None or prompt_length(tokenizer, messages) <= max_tokens:
         return list(messages)
+    content = last_user_turn(messages)  # "" without a user turn: nothing to cut, the prompt stays as it is
     offsets = tokenizer(content, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     fixed = prompt_length(tokenizer, with_last_user_turn(messages, ""))
     keep = min(max(max_tokens - fixed, MIN_INPUT_TOKENS), len(offsets))
