@@ -9,6 +9,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import importlib.util
+import itertools
 import json
 import math
 import random
@@ -445,6 +446,7 @@ def test_lora_keeps_the_epoch_whose_answers_agree_best(memorised: tuple[LMStuden
     curve = stats["agreement_curve"]
     assert [point["epoch"] for point in curve] == [1.0, 2.0, 3.0, 4.0]
     assert not stats["stopped_at_budget"]
+    assert stats["schedule_end_step"] == stats["planned_steps"] == stats["steps"]  # the budget's schedule is in place
     best = max(point["agreement"] for point in curve)
     first_best = next(point for point in curve if point["agreement"] == best)
     assert stats["chosen_epoch"] == first_best["epoch"] and stats["chosen_validation_agreement"] == best
@@ -465,6 +467,80 @@ def test_training_stops_at_its_time_budget_and_the_cut_epoch_is_still_judged(
     assert [point["step"] for point in stats["agreement_curve"]] == [1]
     assert stats["chosen_epoch"] == stats["agreement_curve"][0]["epoch"] < 1
     assert LMStudent.load(tmp_path).predict([rows[0].prompt])[0].text  # a whole student is saved
+
+
+class StepClock:
+    """A clock that moves only when told: each training step and each epoch's judging take set seconds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_budgeted_schedule(minutes: float, epochs: int = 4, steps_per_epoch: int = 10, judge_s: float = 5.0):
+    """Drive `TimeBudget` as the trainer does, over a real optimizer and the trainer's own linear schedule:
+    each step takes 1 s, each epoch's end `judge_s`. Returns the callback, the rate each step ran at and
+    the seconds spent when training ended (the cut epoch's judging included)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments, get_scheduler
+
+    from stillroom.students.lm_args import training_args
+    from stillroom.students.lm_train import TimeBudget
+
+    planned = epochs * steps_per_epoch
+    args = TrainingArguments(**training_args(LMParams(epochs=epochs), "unused", 0, False, False))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler("linear", optimizer, args.get_warmup_steps(planned), planned)
+    clock = StepClock()
+    budget = TimeBudget(minutes, clock=clock)
+    state = SimpleNamespace(global_step=0, epoch=0.0, max_steps=planned, num_train_epochs=epochs)
+    control = SimpleNamespace(should_training_stop=False)
+    budget.on_train_begin(args, state, control, lr_scheduler=scheduler)
+    rates = []
+    for step in range(1, planned + 1):
+        budget.on_step_begin(args, state, control)
+        rates.append(optimizer.param_groups[0]["lr"])
+        clock.now += 1.0
+        optimizer.step()
+        scheduler.step()
+        state.global_step, state.epoch = step, step / steps_per_epoch
+        budget.on_step_end(args, state, control, lr_scheduler=scheduler)
+        if step % steps_per_epoch == 0 or control.should_training_stop:
+            clock.now += judge_s  # the epoch's end (or the cut one's): judged and evaluated
+            budget.on_epoch_end(args, state, control)
+        if control.should_training_stop:
+            break
+    return budget, rates, clock.now
+
+
+def test_a_budget_too_short_for_the_plan_ends_the_learning_rate_at_zero_where_it_runs_out() -> None:
+    """40 planned steps of 1 s and 5 s of judging an epoch do not fit in 30 s: once the first epoch's end
+    shows what judging costs, the pace predicts step 20 (20 steps and two epoch ends); the rate decays to
+    zero there and training stops, its cut epoch judged within the budget."""
+    budget, rates, seconds = run_budgeted_schedule(minutes=0.5)
+    assert budget.stopped and budget.planned_steps == 40 and budget.schedule.horizon == len(rates) == 20
+    assert seconds <= 30
+    after_warmup = rates[budget.schedule.warmup :]
+    assert all(later <= earlier for earlier, later in itertools.pairwise(after_warmup))
+    assert rates[-1] < 0.1 and rates[-1] == pytest.approx(1 / (20 - budget.schedule.warmup))
+
+
+def test_a_plan_within_the_budget_keeps_the_trainers_own_schedule() -> None:
+    from transformers import get_scheduler
+
+    budget, rates, _ = run_budgeted_schedule(minutes=60)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler("linear", optimizer, budget.schedule.warmup, 40)
+    expected = []
+    for _ in range(40):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert not budget.stopped and budget.schedule.horizon == 40
+    assert rates == pytest.approx(expected)
 
 
 def test_a_worse_later_epoch_leaves_the_better_one_kept(two_adapters: tuple[list[LMStudent], list[Path], Path]) -> None:

@@ -180,6 +180,8 @@ def train_lm(
         "planned_epochs": params.epochs,  # more than train.lm.epochs for a small set (min_steps); fewer run on patience
         "max_minutes": params.max_minutes,
         "stopped_at_budget": budget.stopped,  # the planned epochs did not fit in max_minutes
+        "planned_steps": budget.planned_steps,
+        "schedule_end_step": budget.schedule.horizon if budget.schedule else None,  # where the rate reached zero
         "n_train": len(rows),
         "n_validation": len(validation),
         "unseen_train_ids": sorted({row.id for row in train} - {row.id for row in rows}),  # held out: see evaluate
@@ -221,26 +223,95 @@ def epochs_for(n_rows: int, params: LMParams) -> float:
     return max(params.epochs, min(params.max_epochs, math.ceil(params.min_steps / steps_per_epoch)))
 
 
+class LinearToHorizon:
+    """The factor of the trainer's "linear" schedule (warm up, then decay to zero at `horizon`) with an end
+    that `TimeBudget` can move: same values as transformers' own while the horizon is the planned end."""
+
+    def __init__(self, warmup: int, horizon: int):
+        self.warmup, self.horizon = warmup, horizon
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        return max(0.0, (self.horizon - step) / max(1, self.horizon - self.warmup))
+
+
 class TimeBudget(TrainerCallback):
-    """Stops training at the first optimizer step past `minutes`. A CPU without native bf16 runs the same
-    epochs twice as long, and a user's budget holds either way. The trainer still ends the epoch it cut
-    (`BestEpoch` judges those weights like any other epoch's), so the best weights so far are what is kept."""
+    """Fits training into `minutes`. From the steps' measured time (and each finished epoch's judging and
+    evaluation) it predicts the step at which the budget runs out, makes the learning rate decay to zero
+    there instead of at the planned end, and stops at it: a run the budget cuts ends annealed, as a planned
+    one does, rather than at a high rate mid-schedule. A CPU without native bf16 runs the same epochs
+    twice as long, and a user's budget holds either way. The trainer still ends the epoch it cut
+    (`BestEpoch` judges those weights like any other epoch's). Past the budget itself (a step far slower
+    than predicted), training stops at once."""
 
-    def __init__(self, minutes: float):
-        self.seconds, self.started, self.stopped = minutes * 60, time.perf_counter(), False
+    def __init__(self, minutes: float, clock: Any = time.perf_counter, min_steps: int = 2):
+        self.seconds, self.clock, self.min_steps = minutes * 60, clock, min_steps
+        self.started = self.step_started = clock()
+        self.step_seconds, self.epoch_ends, self.stopped = 0.0, 0, False
+        self.schedule: LinearToHorizon | None = None
+        self.planned_steps = 0
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.started = time.perf_counter()
+    def on_train_begin(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
+        self.started, self.step_seconds, self.epoch_ends, self.planned_steps = self.clock(), 0.0, 0, state.max_steps
+        if isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR) and args.lr_scheduler_type == "linear":
+            self.schedule = LinearToHorizon(args.get_warmup_steps(state.max_steps), state.max_steps)
+            lr_scheduler.lr_lambdas = [self.schedule] * len(lr_scheduler.lr_lambdas)
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if time.perf_counter() - self.started > self.seconds and not control.should_training_stop:
-            log.warning(
-                "LM training stopped at step %d of %d: train.lm.max_minutes (%g) is spent",
-                state.global_step,
-                state.max_steps,
-                self.seconds / 60,
-            )
-            control.should_training_stop = self.stopped = True
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.step_started = self.clock()
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.epoch_ends += 1
+
+    def on_step_end(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
+        now = self.clock()
+        self.step_seconds += now - self.step_started
+        if control.should_training_stop:
+            return
+        if now - self.started > self.seconds:
+            self._stop(control, state, "train.lm.max_minutes (%g) is spent")
+            return
+        if self.schedule is None or state.global_step < self.min_steps:
+            return
+        horizon = self.steps_within_budget(state, now - self.started)
+        if horizon != self.schedule.horizon:
+            if horizon < self.planned_steps and self.schedule.horizon == self.planned_steps:
+                log.warning(
+                    "LM training planned %d steps, about %d fit in train.lm.max_minutes (%g): the learning "
+                    "rate now decays to zero there",
+                    self.planned_steps,
+                    horizon,
+                    self.seconds / 60,
+                )
+            self.schedule.horizon = horizon
+            for group, base_rate in zip(lr_scheduler.optimizer.param_groups, lr_scheduler.base_lrs, strict=True):
+                group["lr"] = base_rate * self.schedule(lr_scheduler.last_epoch)  # the next step's rate, now
+        if state.global_step >= self.schedule.horizon and self.schedule.horizon < self.planned_steps:
+            self._stop(control, state, "the learning rate reached zero where train.lm.max_minutes (%g) runs out")
+
+    def steps_within_budget(self, state: Any, elapsed: float) -> int:
+        """The last step that ends within the budget at the pace so far: each step at the mean step time,
+        each epoch end crossed and the cut epoch's own end at the mean time an epoch's end took (judging,
+        evaluation); at most the planned end, and this step when no other fits."""
+        done = state.global_step
+        per_step = self.step_seconds / done
+        per_epoch_end = (elapsed - self.step_seconds) / self.epoch_ends if self.epoch_ends else 0.0
+        steps_per_epoch = max(1, round(done / state.epoch))
+        left = self.seconds - elapsed
+        horizon = done
+        for end in range(done + 1, self.planned_steps + 1):
+            epoch_ends = (end - 1) // steps_per_epoch - done // steps_per_epoch + 1  # crossed, and the last one
+            if (end - done) * per_step + epoch_ends * per_epoch_end > left:
+                break
+            horizon = end
+        return horizon
+
+    def _stop(self, control: Any, state: Any, reason: str) -> None:
+        log.warning(
+            "LM training stopped at step %d of %d: " + reason, state.global_step, state.max_steps, self.seconds / 60
+        )
+        control.should_training_stop = self.stopped = True
 
 
 class BestEpoch(TrainerCallback):
