@@ -298,7 +298,8 @@ class TimeBudget(TrainerCallback):
         per_step = self.step_seconds / done
         per_epoch_end = (elapsed - self.step_seconds) / self.epoch_ends if self.epoch_ends else 0.0
         steps_per_epoch = max(1, round(done / state.epoch))
-        left = self.seconds - elapsed
+        pending = int(state.epoch + 1e-9) - self.epoch_ends  # this step ended an epoch, not yet judged
+        left = self.seconds - elapsed - pending * per_epoch_end
         horizon = done
         for end in range(done + 1, self.planned_steps + 1):
             epoch_ends = (end - 1) // steps_per_epoch - done // steps_per_epoch + 1  # crossed, and the last one
