@@ -253,6 +253,21 @@ def test_a_prompt_too_long_for_training_is_cut_at_its_input_and_keeps_its_answer
     assert LMStudent.load(tmp_path).info["max_prompt_tokens"] == budget  # served as trained
 
 
+def test_answers_at_the_end_of_long_prompts_are_learnt_from_the_tail_kept(tiny_base: Path, tmp_path: Path) -> None:
+    """The names come after a long filler: cut to its head, no prompt would hold its answer. Training sees
+    where the answers are, keeps room for the tail, and the student learns them, as served after loading."""
+    rows = []
+    for i, row in enumerate(make_rows(NAMES) + make_rows(LORA_ROWS)):
+        prompt = [row.prompt[0], Message(role="user", content=FILLER + row.prompt[1].content)]
+        rows.append(row.model_copy(update={"id": f"t{i}", "prompt": prompt}))
+    params = memorising_params(tiny_base, max_length=96, max_steps=120)
+    student, _ = train_lm(rows, rows[:2], params, tmp_path, progress=False)
+    assert student.info["prompt_tail_share"] > 0 and all(prompt_length(student.tokenizer, r.prompt) > 96 for r in rows)
+    loaded = LMStudent.load(tmp_path)
+    assert loaded.info["prompt_tail_share"] == student.info["prompt_tail_share"]
+    assert [p.text for p in loaded.predict([row.prompt for row in rows])] == [row.target for row in rows]
+
+
 def test_fit_prompt_cuts_the_last_user_turn_to_its_head_within_the_budget(smollm2_dir: Path) -> None:
     from stillroom.students.chat import MIN_INPUT_TOKENS, load_tokenizer
 
@@ -272,6 +287,45 @@ def test_fit_prompt_cuts_the_last_user_turn_to_its_head_within_the_budget(smollm
     crowded = [Message(role="system", content=SYSTEM * 20), prompt[1]]
     kept = fit_prompt(tokenizer, crowded, 100)[1].content
     assert MIN_INPUT_TOKENS - 3 <= len(tokenizer(kept, add_special_tokens=False)["input_ids"]) <= MIN_INPUT_TOKENS
+
+
+def test_fit_prompt_keeps_the_head_and_the_tail_for_a_tail_share(smollm2_dir: Path) -> None:
+    from stillroom.students.chat import ELISION, load_tokenizer
+
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    long_turn = "Log: " + " ".join(f"line{i}" for i in range(400))
+    prompt = [Message(role="system", content=SYSTEM), Message(role="user", content=long_turn)]
+    budget = prompt_length(tokenizer, [prompt[0], Message(role="user", content="")]) + 120
+    fitted = fit_prompt(tokenizer, prompt, budget, tail_share=0.25)
+    assert budget - 3 <= prompt_length(tokenizer, fitted) <= budget
+    first, last = fitted[1].content.split(ELISION)
+    assert long_turn.startswith(first) and long_turn[len(first)] == " "  # the head, cut between words
+    assert long_turn.endswith(last) and long_turn[-len(last) - 1] == " "  # the tail, from a word's start
+    assert last.endswith("line399") and 0.15 < len(last) / (len(first) + len(last)) < 0.35
+    assert fit_prompt(tokenizer, prompt, 10_000, tail_share=0.25) == prompt  # what fits is not cut
+
+
+def long_rows(answer_at: str, count: int = 10) -> list[DatasetRow]:
+    """Rows over 300-word logs whose answer (a made-up error code) stands at the log's start or its end."""
+    rows = []
+    for i in range(count):
+        code = f"E{i}x{i * 7}zq"
+        filler = " ".join(f"ok{j}" for j in range(300))
+        text = f"{code} {filler}" if answer_at == "start" else f"{filler} {code}"
+        prompt = [Message(role="system", content="Name the error."), Message(role="user", content=text)]
+        rows.append(DatasetRow(id=f"l{i}", task_id="log", split="train", prompt=prompt, input_text=text, target=code))
+    return rows
+
+
+def test_the_tail_is_read_when_the_training_answers_sit_at_the_end(smollm2_dir: Path) -> None:
+    from stillroom.students.chat import load_tokenizer
+    from stillroom.students.lm_train import prompt_tail_share
+
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    assert prompt_tail_share(tokenizer, long_rows("end"), 200) > 0
+    assert prompt_tail_share(tokenizer, long_rows("start"), 200) == 0.0
+    assert prompt_tail_share(tokenizer, long_rows("end", count=3), 200) == 0.0  # too few cut rows to move
+    assert prompt_tail_share(tokenizer, long_rows("end"), 10_000) == 0.0  # nothing is cut
 
 
 def test_confidences_are_probabilities(memorised: tuple[LMStudent, dict, Path]) -> None:

@@ -48,14 +48,42 @@ def head(text: str, end: int, longest_word: int = 40) -> str:
     return text[:boundary] if boundary > 0 and end - boundary <= longest_word else text[:end]
 
 
-def fit_prompt(tokenizer: Any, messages: Sequence[Message], max_tokens: int | None) -> list[Message]:
-    """The prompt with its last user turn cut to its head, so the rendered prompt takes at most `max_tokens`
-    (None: as it is). Training and answering cut alike, so the student reads what it was trained on.
+def tail(text: str, start: int, longest_word: int = 40) -> str:
+    """`text` from `start`, moved on to the word boundary after it when `start` falls inside a word."""
+    if start <= 0 or start >= len(text) or text[start - 1].isspace() or text[start].isspace():
+        return text[start:].lstrip()
+    found = [i for i in (text.find(" ", start), text.find("\n", start), text.find("\t", start)) if i >= 0]
+    boundary = min(found, default=-1)
+    return text[boundary:].lstrip() if 0 <= boundary - start <= longest_word else text[start:]
+
+
+ELISION = "\n[...]\n"  # where a cut input's head and tail meet
+
+
+def head_and_tail(text: str, offsets: Sequence[tuple[int, int]], keep: int, tail_share: float) -> str:
+    """The text of `keep` of its tokens (`offsets`): the first ones and, for `tail_share` of them, the last
+    ones, each cut between words, joined by `ELISION`."""
+    if keep >= len(offsets):
+        return text
+    tail_keep = min(round(keep * tail_share), keep)
+    first = head(text, offsets[keep - tail_keep - 1][1] if keep > tail_keep else 0)
+    if not tail_keep:
+        return first
+    return first + ELISION + tail(text, offsets[len(offsets) - tail_keep][0])
+
+
+def fit_prompt(
+    tokenizer: Any, messages: Sequence[Message], max_tokens: int | None, tail_share: float = 0.0
+) -> list[Message]:
+    """The prompt with its last user turn cut, so the rendered prompt takes at most `max_tokens` (None: as
+    it is). Training and answering cut alike, so the student reads what it was trained on.
 
     Why: SFT truncates prompt and answer together from the end, so a prompt longer than the training length
     lost its answer (on BBC headlines 36% of training rows kept no answer token, 60% a cut one), and a long
-    prompt's prefill is most of an answer's time on a CPU. The head is kept: a story's lede, an email's
-    header lines. The turn keeps `MIN_INPUT_TOKENS` tokens even when its fixed part fills the budget."""
+    prompt's prefill is most of an answer's time on a CPU. The head is kept (a story's lede, an email's
+    header lines) and, for `tail_share` of the room, the end (a log's error, a thread's last message):
+    `lm_train.prompt_tail_share` learns the share from where the training answers are found. The turn
+    keeps `MIN_INPUT_TOKENS` tokens even when its fixed part fills the budget."""
     if max_tokens is None or prompt_length(tokenizer, messages) <= max_tokens:
         return list(messages)
     content = last_user_turn(messages)  # "" without a user turn: nothing to cut, the prompt stays as it is
@@ -63,7 +91,7 @@ def fit_prompt(tokenizer: Any, messages: Sequence[Message], max_tokens: int | No
     fixed = prompt_length(tokenizer, with_last_user_turn(messages, ""))
     keep = min(max(max_tokens - fixed, MIN_INPUT_TOKENS), len(offsets))
     while True:  # a cut can tokenize a little differently inside the template: step back by the overshoot
-        fitted = with_last_user_turn(messages, head(content, offsets[keep - 1][1] if keep else 0))
+        fitted = with_last_user_turn(messages, head_and_tail(content, offsets, keep, tail_share) if keep else "")
         over = prompt_length(tokenizer, fitted) - max_tokens
         if over <= 0 or keep <= MIN_INPUT_TOKENS:
             return fitted

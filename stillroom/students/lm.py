@@ -108,10 +108,11 @@ class LMStudent(Student):
             return self._predict(self.fitted(prompts), batch_size)
 
     def fitted(self, prompts: Sequence[Prompt]) -> list[Prompt]:
-        """The prompts cut as in training: the last user turn to its head, within the manifest's
-        `max_prompt_tokens` (`chat.fit_prompt`; a folder trained before it has none and reads them whole)."""
-        budget = self.info.get("max_prompt_tokens")
-        return [fit_prompt(self.tokenizer, prompt, budget) for prompt in prompts]
+        """The prompts cut as in training: the last user turn to its head (and its tail, for the manifest's
+        `prompt_tail_share`), within `max_prompt_tokens` (`chat.fit_prompt`; a folder trained before has
+        no budget and reads them whole, or no share and keeps the head)."""
+        budget, tail_share = self.info.get("max_prompt_tokens"), self.info.get("prompt_tail_share", 0.0)
+        return [fit_prompt(self.tokenizer, prompt, budget, tail_share) for prompt in prompts]
 
     def _predict(self, prompts: Sequence[Prompt], batch_size: int) -> list[Prediction]:
         if self.labels:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import tempfile
 import threading
 import time
@@ -31,7 +32,7 @@ from stillroom.base_lm import resolve_base_lm
 from stillroom.config import LMParams
 from stillroom.metrics.scoring import per_example_agreement
 from stillroom.schema import DatasetRow, OutputFormat
-from stillroom.students.base import write_manifest
+from stillroom.students.base import last_user_turn, write_manifest
 from stillroom.students.chat import (
     MIN_INPUT_TOKENS,
     chat,
@@ -99,6 +100,7 @@ def train_lm(
         # Prompts are cut to what the length leaves the answer (`chat.fit_prompt`), here and when answering,
         # so no training row loses its answer to truncation.
         answering["max_prompt_tokens"] = prompt_budget(tokenizer, rows, params.max_length, answering["max_new_tokens"])
+        answering["prompt_tail_share"] = prompt_tail_share(tokenizer, rows, answering["max_prompt_tokens"])
         params = params.model_copy(update={"max_length": answering["max_prompt_tokens"] + answering["max_new_tokens"]})
         rows, validation = fitted_rows(tokenizer, rows, answering), fitted_rows(tokenizer, validation, answering)
         teacher = load_teacher(params.teacher_model, tokenizer, params.base_model) if params.teacher_model else None
@@ -207,10 +209,40 @@ def prompt_budget(tokenizer: Any, rows: Sequence[DatasetRow], max_length: int, a
     return max(max_length - answer_tokens, fixed + MIN_INPUT_TOKENS)
 
 
+TAIL_SHARES = (0.0, 0.25, 0.5)  # of a cut input's room, kept from its end
+MIN_CUT_ROWS = 8  # training rows cut by the budget before their answers may move the room off the head
+ANSWER_WORD = re.compile(r"\w{3,}")
+
+
+def prompt_tail_share(tokenizer: Any, rows: Sequence[DatasetRow], max_tokens: int, margin: float = 0.02) -> float:
+    """How much of a cut input's room goes to its end (`chat.fit_prompt`): of `TAIL_SHARES`, the one whose
+    cut keeps the most answer words (three letters or more) that the full input holds, over the training
+    rows the budget cuts. The head alone (a story's lede, an email's header) unless a share keeps `margin`
+    more of them, or when fewer than `MIN_CUT_ROWS` rows are cut. A log whose error is in its last lines,
+    or a thread whose last message is asked about, gets its tail read."""
+
+    def words(text: str) -> set[str]:
+        return {word.lower() for word in ANSWER_WORD.findall(text)}
+
+    cut = [row for row in rows if prompt_length(tokenizer, row.prompt) > max_tokens]
+    findable = [words(row.target) & words(last_user_turn(row.prompt)) for row in cut]
+    total = sum(len(found) for found in findable)
+    if len(cut) < MIN_CUT_ROWS or not total:
+        return 0.0
+
+    def kept_share(share: float) -> float:
+        fitted = (last_user_turn(fit_prompt(tokenizer, row.prompt, max_tokens, share)) for row in cut)
+        return sum(len(found & words(text)) for found, text in zip(findable, fitted, strict=True)) / total
+
+    kept = {share: kept_share(share) for share in TAIL_SHARES}
+    best = max(TAIL_SHARES, key=lambda share: (kept[share], -share))
+    return best if kept[best] >= kept[0.0] + margin else 0.0
+
+
 def fitted_rows(tokenizer: Any, rows: Sequence[DatasetRow], answering: dict[str, Any]) -> list[DatasetRow]:
     """The rows with their prompts cut as the student will read them (`chat.fit_prompt`)."""
-    budget = answering["max_prompt_tokens"]
-    return [row.model_copy(update={"prompt": fit_prompt(tokenizer, row.prompt, budget)}) for row in rows]
+    budget, share = answering["max_prompt_tokens"], answering["prompt_tail_share"]
+    return [row.model_copy(update={"prompt": fit_prompt(tokenizer, row.prompt, budget, share)}) for row in rows]
 
 
 def epochs_for(n_rows: int, params: LMParams) -> float:
