@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ from trl import SFTConfig, SFTTrainer
 from stillroom.answers import parse_json
 from stillroom.base_lm import resolve_base_lm
 from stillroom.config import LMParams
-from stillroom.metrics.scoring import per_example_agreement
+from stillroom.metrics.scoring import normalize, per_example_agreement
 from stillroom.schema import DatasetRow, OutputFormat
 from stillroom.students.base import last_user_turn, write_manifest
 from stillroom.students.chat import (
@@ -211,7 +210,6 @@ def prompt_budget(tokenizer: Any, rows: Sequence[DatasetRow], max_length: int, a
 
 TAIL_SHARES = (0.0, 0.25, 0.5)  # of a cut input's room, kept from its end
 MIN_CUT_ROWS = 8  # training rows cut by the budget before their answers may move the room off the head
-ANSWER_WORD = re.compile(r"\w{3,}")
 
 
 def prompt_tail_share(tokenizer: Any, rows: Sequence[DatasetRow], max_tokens: int, margin: float = 0.02) -> float:
@@ -221,8 +219,8 @@ def prompt_tail_share(tokenizer: Any, rows: Sequence[DatasetRow], max_tokens: in
     more of them, or when fewer than `MIN_CUT_ROWS` rows are cut. A log whose error is in its last lines,
     or a thread whose last message is asked about, gets its tail read."""
 
-    def words(text: str) -> set[str]:
-        return {word.lower() for word in ANSWER_WORD.findall(text)}
+    def words(text: str) -> set[str]:  # as ROUGE-L and token F1 see them, three letters or more
+        return {word for word in normalize(text) if len(word) >= 3}
 
     cut = [row for row in rows if prompt_length(tokenizer, row.prompt) > max_tokens]
     findable = [words(row.target) & words(last_user_turn(row.prompt)) for row in cut]
