@@ -211,6 +211,12 @@ class ClassifierParams(_Section):
     selection_tolerance: float = Field(
         0.01, ge=0, le=1, description="the cheapest candidate this close to the best validation accuracy wins"
     )
+    early_exit: bool = Field(
+        True, description="an encoder student's TF-IDF head answers first where held-out answers show it is as good"
+    )
+    early_exit_tolerance: float = Field(
+        0.005, ge=0, le=1, description="of the answers the early exit keeps, the share that may differ from the full's"
+    )
     char_ngrams: bool = Field(True, description="TF-IDF reads character 2-5-grams beside word 1-2-grams")
     tfidf_max_chars: int | None = Field(
         5000, ge=100, description="TF-IDF reads a longer input's first 3/4 and last 1/4 of this (null: all of it)"

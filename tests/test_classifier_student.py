@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -301,3 +302,89 @@ def test_tfidf_reads_a_long_inputs_head_and_tail_and_the_saved_student_keeps_the
     assert (loaded.features.transform([one]) != loaded.features.transform([other])).nnz == 0
     assert (loaded.features.transform([one]) != loaded.features.transform([start + end])).nnz > 0  # the middle's gap
     assert clip_text("short", 200) == "short" and clip_text("x" * 500, None) == "x" * 500
+
+
+def test_tfidf_rows_are_scikit_learns_transform_in_one_pass():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from stillroom.students.classifier import CHAR_TFIDF_OPTIONS, TFIDF_OPTIONS, tfidf_rows
+
+    texts = [text for texts in TOPICS.values() for text in texts]
+    unseen = [*UNSEEN, "", "zzqx vvkw", "Ünïcode — ✓ scored scored SCORED twice", "a"]
+    for options in (TFIDF_OPTIONS, CHAR_TFIDF_OPTIONS):
+        vectorizer = TfidfVectorizer(**options).fit(texts)
+        ours = tfidf_rows(vectorizer, vectorizer.build_analyzer(), unseen)
+        theirs = vectorizer.transform(unseen)
+        assert ours.shape == theirs.shape and abs(ours - theirs).max() < 1e-12
+        assert ours[3].nnz == 0  # nothing known: an empty row, not a division by zero
+
+
+def test_the_early_exit_keeps_the_most_confident_answers_that_cost_no_held_out_accuracy():
+    from stillroom.students.classifier_train import early_exit_threshold
+
+    def probabilities(confidence, answers):
+        out = np.zeros((len(answers), 2))
+        out[np.arange(len(answers)), answers] = confidence
+        out[np.arange(len(answers)), 1 - np.array(answers)] = 1 - np.array(confidence)
+        return out
+
+    y = np.zeros(8, dtype=int)
+    sure = [0.99, 0.98, 0.97, 0.96, 0.95, 0.9, 0.8, 0.7]
+    full = probabilities([0.9] * 8, [0] * 8)  # the full head is right everywhere
+    # The cheap head is wrong at 0.95: exiting there would cost accuracy, so only the four above exit.
+    cheap = probabilities(sure, [0, 0, 0, 0, 1, 0, 0, 0])
+    assert early_exit_threshold(cheap, full, y, tolerance=0.0) == 0.96
+    # Where the full head makes the same mistake, exiting costs nothing and every row may exit.
+    full_too = probabilities([0.9] * 8, [0, 0, 0, 0, 1, 0, 0, 0])
+    assert early_exit_threshold(cheap, full_too, y, tolerance=0.0) == 0.7
+    # Right where the full head is wrong: no accuracy lost, but the answers differ, which the tolerance bounds.
+    full_wrong = probabilities([0.9] * 8, [0, 0, 0, 0, 1, 0, 0, 0])
+    cheap_right = probabilities(sure, [0] * 8)
+    assert early_exit_threshold(cheap_right, full_wrong, y, tolerance=0.0) == 0.96
+    assert early_exit_threshold(cheap_right, full_wrong, y, tolerance=0.2) == 0.7
+    # Its surest answer is already wrong: no exit. Equal confidences are never split.
+    assert early_exit_threshold(probabilities(sure, [1] + [0] * 7), full, y, tolerance=0.0) is None
+    tied = probabilities([0.99, 0.99, 0.9, 0.9], [0, 0, 0, 1])
+    assert early_exit_threshold(tied, full[:4], y[:4], tolerance=0.0) == 0.99
+
+
+def test_an_encoder_student_answers_what_its_tfidf_head_is_sure_of_without_the_encoder(tmp_path):
+    validation = [
+        DatasetRow(id=f"v{i}", task_id="t", split="validation", input_text=text, target=label, prompt=[])
+        for i, (text, label) in enumerate(
+            [
+                ("Footballer transferred for millions", "sport"),
+                ("Chipmaker unveils quicker semiconductors", "tech"),
+                ("Lender's earnings dropped", "business"),
+                ("The striker scored in the match", "sport"),
+                ("New smartphone software update", "tech"),
+            ]
+        )
+    ]
+    params = ClassifierParams(features=["tfidf", "embedding"], encoder_windows=[64])
+    student, info = train_classifier(rows(), params, validation=validation)
+    assert info["features"] == "embedding" and student.early_exit is not None
+    assert info["early_exit_threshold"] == student.early_exit.threshold and 0 < info["early_exit_held_out_share"] < 1
+    save_classifier(student, tmp_path / "s")
+    loaded = load_student(tmp_path / "s")
+    assert loaded.early_exit.threshold == student.early_exit.threshold
+
+    texts = UNSEEN + [row.input_text for row in validation] + [text for texts in TOPICS.values() for text in texts]
+    cheap = loaded.early_exit.probabilities(loaded.features.tfidf.blocks(texts))
+    sure = cheap.max(axis=1) >= loaded.early_exit.threshold
+    assert sure.any() and not sure.all()
+    encoded = []
+    encode = loaded.features.encoder.encode
+    loaded.features.encoder.encode = lambda batch, **kw: encoded.extend(batch) or encode(batch, **kw)
+    probs = loaded.probabilities(texts)
+    assert encoded == [text for text, exits in zip(texts, sure, strict=True) if not exits]  # only the unsure
+    assert np.allclose(probs[sure], cheap[sure], atol=1e-6)
+    full = loaded.head_probabilities(loaded.features.blocks([t for t, s in zip(texts, sure, strict=True) if not s]))
+    assert np.allclose(probs[~sure], full, atol=1e-6)
+    assert np.allclose(probs, student.probabilities(texts), atol=1e-5)
+
+    without, info = train_classifier(rows(), params.model_copy(update={"early_exit": False}), validation=validation)
+    assert without.early_exit is None and "early_exit_threshold" not in info
+    save_classifier(without, tmp_path / "plain")
+    assert "early_exit" not in json.loads((tmp_path / "plain" / "student.json").read_text())
+    assert not (tmp_path / "plain" / "tfidf_vocabulary.json").exists()  # an embedding student reads no n-grams

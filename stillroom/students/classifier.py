@@ -10,8 +10,10 @@ at fit and answer time. Fitting is `classifier_train`.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from stillroom.students.onnx_encoder import OnnxEncoder
 ENCODER_DIR = "encoder"
 STATIC_DIR = "static"
 HEAD_FILE = "head.npz"
+EXIT_WEIGHTS, EXIT_BIAS = "exit_weights", "exit_bias"  # the early exit's head, in HEAD_FILE
 VOCABULARY_FILE = "tfidf_vocabulary.json"
 CHAR_VOCABULARY_FILE = "tfidf_char_vocabulary.json"
 MAX_CHARS_KEY = "tfidf_max_chars"
@@ -107,6 +110,28 @@ def clip_text(text: str, max_chars: int | None) -> str:
     return text[: max_chars - tail] + "\n" + text[len(text) - tail :]
 
 
+def tfidf_rows(vectorizer: TfidfVectorizer, analyzer: Any, texts: Sequence[str]) -> Any:
+    """What `vectorizer.transform(texts)` gives (sublinear tf, idf, l2 rows), in one pass over each
+    text's n-grams: scikit-learn's own transform costs twice as much on one text (6 ms against 3 for
+    a 1,500-character article's character n-grams), which was most of a TF-IDF answer's time."""
+    if not (vectorizer.sublinear_tf and vectorizer.use_idf and vectorizer.norm == "l2"):
+        return vectorizer.transform(texts)
+    vocabulary, idf = vectorizer.vocabulary_, vectorizer.idf_
+    indptr, columns, values = [0], [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
+    for text in texts:
+        counts = Counter(analyzer(text))
+        found = [(vocabulary[gram], count) for gram, count in counts.items() if gram in vocabulary]
+        row_columns = np.array([column for column, _ in found], dtype=np.int64)
+        row = (np.log(np.array([count for _, count in found], dtype=np.float64)) + 1.0) * idf[row_columns]
+        norm = np.linalg.norm(row)
+        columns.append(row_columns)
+        values.append(row / norm if norm else row)
+        indptr.append(indptr[-1] + len(found))
+    matrix = csr_matrix((np.concatenate(values), np.concatenate(columns), indptr), shape=(len(texts), len(vocabulary)))
+    matrix.sort_indices()
+    return matrix
+
+
 class Ngrams:
     """Word and character n-gram TF-IDF side by side. Words carry the topic; character n-grams carry what
     a word vocabulary splits or never saw: file extensions, version numbers, typos, names. A text longer
@@ -116,12 +141,13 @@ class Ngrams:
         self.word = word
         self.char = char
         self.max_chars = max_chars
+        self.vectorizers = [self.word] if self.char is None else [self.word, self.char]
+        self.analyzers = [vectorizer.build_analyzer() for vectorizer in self.vectorizers]
 
     def blocks(self, texts: Sequence[str]) -> list[Any]:
         """The word block, then the character block if there is one (sparse, one row per text)."""
         texts = [clip_text(text, self.max_chars) for text in texts]
-        vectorizers = [self.word] if self.char is None else [self.word, self.char]
-        return [vectorizer.transform(texts) for vectorizer in vectorizers]
+        return [tfidf_rows(v, a, texts) for v, a in zip(self.vectorizers, self.analyzers, strict=True)]
 
     def transform(self, texts: Sequence[str]) -> Any:
         return side_by_side(self.blocks(texts))
@@ -180,17 +206,35 @@ class Features:
             pieces = self.encoder.pieces(texts)
             ngrams = NGRAM_THREADS.submit(self.tfidf.blocks, texts)
             return [self.encoder.vectors(pieces, progress), *ngrams.result()]
-        vectors = self.encoder.encode(
-            texts,
+        vectors = self.vectors(texts, batch_size=batch_size, progress=progress)
+        return [vectors, *(self.tfidf.blocks(texts) if self.kind == "hybrid" else [])]
+
+    def vectors(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """The encoder's sentence vectors alone (unit length, one row per text; ONNX or torch alike)."""
+        return self.encoder.encode(
+            list(texts),
             batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=progress,
         )
-        return [vectors, *(self.tfidf.blocks(texts) if self.kind == "hybrid" else [])]
 
     def transform(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> Any:
         return side_by_side(self.blocks(texts, batch_size=batch_size, progress=progress))
+
+
+def linear_probabilities(x: Any, columns: np.ndarray, bias: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax of `x @ columns + bias` over `temperature`, where `x` is a feature matrix or its blocks in
+    column order (`Features.blocks`), which spares joining them into one sparse matrix per request."""
+    blocks = x if isinstance(x, list) else [x]
+    logits = np.tile(bias, (blocks[0].shape[0], 1))
+    start = 0
+    for block in blocks:
+        logits += np.asarray(block @ columns[start : start + block.shape[1]])
+        start += block.shape[1]
+    if start != columns.shape[0]:
+        raise ValueError(f"features have {start} columns, the head reads {columns.shape[0]}")
+    return softmax(logits / temperature)
 
 
 class LinearHead(Student):
@@ -209,24 +253,50 @@ class LinearHead(Student):
         return float(self.info.get("temperature", 1.0))
 
     def head_probabilities(self, x: Any) -> np.ndarray:
-        """Probabilities from a feature matrix, or from its blocks in column order (`Features.blocks`),
-        which spares joining them into one sparse matrix per request."""
-        blocks = x if isinstance(x, list) else [x]
-        logits = np.tile(self.bias, (blocks[0].shape[0], 1))
-        start = 0
-        for block in blocks:
-            logits += np.asarray(block @ self.columns[start : start + block.shape[1]])
-            start += block.shape[1]
-        if start != self.columns.shape[0]:
-            raise ValueError(f"features have {start} columns, the head reads {self.columns.shape[0]}")
-        return softmax(logits / self.temperature)
+        return linear_probabilities(x, self.columns, self.bias, self.temperature)
+
+
+@dataclass
+class EarlyExit:
+    """A TF-IDF head that answers first: where its confidence reaches `threshold` the encoder never runs.
+
+    Training picks the threshold on held-out answers (`classifier_train.early_exit_threshold`) where
+    exiting cost no accuracy against the full head, so most requests take the n-grams' milliseconds
+    and only the unsure ones pay for the encoder.
+    """
+
+    weights: np.ndarray  # (n_labels, n-gram columns)
+    bias: np.ndarray
+    temperature: float
+    threshold: float
+
+    def __post_init__(self) -> None:
+        self.columns = np.ascontiguousarray(self.weights.astype(np.float32).T)
+        self.bias = self.bias.astype(np.float32)
+
+    def probabilities(self, ngram_blocks: list[Any]) -> np.ndarray:
+        return linear_probabilities(ngram_blocks, self.columns, self.bias, self.temperature)
 
 
 class EmbeddingClassifier(LinearHead):
     kind = "classifier"
 
+    def __init__(self, *args: Any, early_exit: EarlyExit | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.early_exit = early_exit
+
     def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        return self.head_probabilities(self.features.blocks(texts, batch_size=batch_size))
+        if self.early_exit is None:
+            return self.head_probabilities(self.features.blocks(texts, batch_size=batch_size))
+        texts = list(texts)
+        ngrams = self.features.tfidf.blocks(texts)
+        probs = self.early_exit.probabilities(ngrams)
+        unsure = np.flatnonzero(probs.max(axis=1) < self.early_exit.threshold)
+        if len(unsure):
+            vectors = self.features.vectors([texts[i] for i in unsure], batch_size=batch_size)
+            rest = [block[unsure] for block in ngrams] if self.features.kind == "hybrid" else []
+            probs[unsure] = self.head_probabilities([vectors, *rest])
+        return probs
 
     def predict(self, prompts: Sequence[Prompt], batch_size: int = 32) -> list[Prediction]:
         probs = self.probabilities([last_user_turn(p) for p in prompts], batch_size=batch_size)
@@ -254,7 +324,13 @@ class EmbeddingClassifier(LinearHead):
             encoder = StaticVectors(directory / STATIC_DIR)
         elif kind != "tfidf":
             encoder = load_encoder(source, manifest)
-        if kind in ("tfidf", "hybrid"):
+        exit_settings = manifest.get("early_exit")  # folders from before early exits have none
+        if kind in ("tfidf", "hybrid") or exit_settings:
             tfidf = Ngrams.load(directory, head)
+        early_exit = None
+        if exit_settings:
+            threshold, temperature = float(exit_settings["threshold"]), float(exit_settings["temperature"])
+            early_exit = EarlyExit(head[EXIT_WEIGHTS], head[EXIT_BIAS], temperature, threshold)
         info = {key: value for key, value in manifest.items() if key not in ("kind", "labels")}
-        return cls(Features(kind, encoder, tfidf, source), manifest["labels"], head["weights"], head["bias"], info)
+        features = Features(kind, encoder, tfidf, source)
+        return cls(features, manifest["labels"], head["weights"], head["bias"], info, early_exit=early_exit)

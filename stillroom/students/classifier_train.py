@@ -34,11 +34,14 @@ from stillroom.students.classifier import (
     CHAR_TFIDF_OPTIONS,
     CHAR_VOCABULARY_FILE,
     ENCODER_DIR,
+    EXIT_BIAS,
+    EXIT_WEIGHTS,
     HEAD_FILE,
     MAX_CHARS_KEY,
     STATIC_DIR,
     TFIDF_OPTIONS,
     VOCABULARY_FILE,
+    EarlyExit,
     EmbeddingClassifier,
     Features,
     Ngrams,
@@ -122,12 +125,28 @@ def train_classifier(
     if params.calibrate and can_fold:
         temperature = fit_temperature(fold_logits[chosen_name], y)
 
+    early_exit, exit_stats = None, {}
+    if params.early_exit and chosen in ("embedding", "hybrid") and "tfidf" in heads and can_fold:
+        # Held-out logits as for selection: out-of-fold on the training rows, then the validation rows.
+        held_texts, held_y = [r.input_text for r in held], np.array([index[r.target] for r in held], dtype=int)
+        held_out = {
+            name: np.concatenate([fold_logits[name], _logits(heads[name], matrix(name, held_texts, "validation"))])
+            for name in ("tfidf", chosen_name)
+        }
+        full = softmax(held_out[chosen_name] / temperature)
+        labels_held = np.concatenate([y, held_y])
+        early_exit, share = fit_early_exit(heads["tfidf"], held_out["tfidf"], full, labels_held, len(y), params)
+        exit_stats = {"early_exit_threshold": early_exit and early_exit.threshold, "early_exit_held_out_share": share}
+
     chosen_encoder = {"static": static, "tfidf": None}.get(chosen, encoders.get(window))
     chosen_source = str(static_source) if chosen == "static" else source
-    features = Features(chosen, chosen_encoder, tfidf if chosen in ("tfidf", "hybrid") else None, chosen_source)
+    reads_tfidf = chosen in ("tfidf", "hybrid") or early_exit is not None
+    features = Features(chosen, chosen_encoder, tfidf if reads_tfidf else None, chosen_source)
     settings = encoder_settings(params, window or max(params.encoder_windows))
     info = {"features": chosen, "temperature": temperature, "embedder": params.embedder, **settings}
-    student = EmbeddingClassifier(features, labels, weights, bias, info)
+    if early_exit is not None:
+        info["early_exit"] = {"threshold": early_exit.threshold, "temperature": early_exit.temperature}
+    student = EmbeddingClassifier(features, labels, weights, bias, info, early_exit=early_exit)
     train_accuracy = float((_logits(heads[chosen_name], x).argmax(1) == y).mean())
     stats = {
         "n_train": len(rows),
@@ -139,6 +158,7 @@ def train_classifier(
         **{f"validation_accuracy_{name}": score for name, score in validation_scores.items()},
         **{f"held_out_accuracy_{name}": round(score, 4) for name, score in scores.items() if score is not None},
         "temperature": round(temperature, 4),
+        **exit_stats,
         "train_seconds": round(time.perf_counter() - started, 3),
         "train_accuracy": train_accuracy,
         "unseen_train_ids": [row.id for row in list(train)[params.max_train_examples :]],  # held out: see evaluate
@@ -201,6 +221,45 @@ def cheapest_within_tolerance(candidates: Sequence[str], scores: dict[str, float
     return min(good, key=lambda name: (window_of(name) or 0, _COST[kind_of(name)], candidates.index(name)))
 
 
+def fit_early_exit(
+    head: tuple[np.ndarray, np.ndarray],
+    logits: np.ndarray,
+    full: np.ndarray,
+    y: np.ndarray,
+    n_fold: int,
+    params: ClassifierParams,
+) -> tuple[EarlyExit | None, float]:
+    """The TF-IDF `head` as an early exit, from its held-out `logits` beside the full head's held-out
+    probabilities `full` (the `n_fold` out-of-fold training rows first, then validation; labels `y`),
+    and the share of those rows it answers. Calibrated on the out-of-fold rows, as the full head is."""
+    temperature = fit_temperature(logits[:n_fold], y[:n_fold]) if params.calibrate else 1.0
+    cheap = softmax(logits / temperature)
+    threshold = early_exit_threshold(cheap, full, y, params.early_exit_tolerance)
+    if threshold is None:
+        return None, 0.0
+    return EarlyExit(*head, temperature, threshold), round(float((cheap.max(axis=1) >= threshold).mean()), 4)
+
+
+def early_exit_threshold(cheap: np.ndarray, full: np.ndarray, y: np.ndarray, tolerance: float) -> float | None:
+    """The lowest confidence of the cheap head's from which its answers can stand for the full head's.
+
+    On held-out answers (probabilities, one row per example, labels `y`), the rows the cheap head is at
+    least this sure of are ones where it is wrong no more often than the full head, and where the two
+    differ on at most `tolerance` of them: exiting there costs no held-out accuracy and changes almost
+    no answer. Cuts fall between distinct confidences. None when no confidence qualifies.
+    """
+    confidence = cheap.max(axis=1)
+    order = np.argsort(-confidence, kind="stable")
+    sure, cheap_answer, full_answer, truth = confidence[order], cheap.argmax(1)[order], full.argmax(1)[order], y[order]
+    kept = np.arange(1, len(sure) + 1)
+    cheap_wrong = np.cumsum(cheap_answer != truth)
+    full_wrong = np.cumsum(full_answer != truth)
+    differ = np.cumsum(cheap_answer != full_answer)
+    cut_ok = np.append(sure[1:] < sure[:-1], True)
+    good = np.flatnonzero((cheap_wrong <= full_wrong) & (differ <= tolerance * kept) & cut_ok)
+    return float(sure[good.max()]) if len(good) else None
+
+
 def fit_ngrams(texts: list[str], chars: bool = True, max_chars: int | None = None) -> Ngrams:
     """Word (and character) n-gram TF-IDF fitted on the training texts (each clipped to `max_chars`)."""
     texts = [clip_text(text, max_chars) for text in texts]
@@ -222,6 +281,8 @@ def save_classifier(student: EmbeddingClassifier, directory: Path) -> None:
         load_torch_encoder(source, length, quantize=False).save(str(directory / ENCODER_DIR))
     if student.features.tfidf is not None:
         save_ngrams(student.features.tfidf, directory, arrays)
+    if student.early_exit is not None:
+        arrays[EXIT_WEIGHTS], arrays[EXIT_BIAS] = student.early_exit.weights, student.early_exit.bias
     np.savez(directory / HEAD_FILE, **arrays)
     write_manifest(directory, student.kind, labels=student.labels, **student.info)
 
