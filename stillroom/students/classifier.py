@@ -1,7 +1,9 @@
 """The classifier student at inference: a calibrated linear head on sentence embeddings, TF-IDF, both,
 or static vectors distilled from the encoder.
 
-Milliseconds to answer (static and TF-IDF: about one, whatever the input's length). The folder
+Milliseconds to answer (static and TF-IDF: about one, whatever the input's length). A student that
+reads the encoder may carry an `EarlyExit`: its TF-IDF head answers what it is sure of, and only the
+rest pays for the encoder. The folder
 holds plain arrays and JSON (no pickle) with the encoder copied in, so it alone answers, offline.
 `Features` is also what training fits the head on, so the texts are turned into the same matrix
 at fit and answer time. Fitting is `classifier_train`.

@@ -7,7 +7,9 @@ carries the rare topical words a small encoder blurs, the hybrid reads both, and
 (distilled from the same encoder, in the manner of model2vec) carry some meaning at the cost of
 TF-IDF. The cheapest candidate within `selection_tolerance` of the best wins. Probabilities are
 temperature-scaled on out-of-fold training predictions, so a confidence of 0.9 means right about 9
-times in 10 and routing thresholds mean what they say.
+times in 10 and routing thresholds mean what they say. When an encoder candidate wins, the TF-IDF
+candidate's head becomes its early exit wherever held-out answers show exiting costs nothing
+(`early_exit_threshold`).
 """
 
 from __future__ import annotations
