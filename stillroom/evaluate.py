@@ -171,10 +171,12 @@ def measure_performance(
     batch_size: int,
     threads: int | None = None,
     weights: str | None = None,
+    max_seconds: float | None = None,
 ) -> dict:
     """Cold load, latency and memory from `stillroom.probe` in a fresh Python process; also the p50
     on the longest quarter of the test inputs, where a student that reads more pays more. `threads`:
-    torch's intra-op threads as the server pins them; `weights`: an LM student's form, if not its manifest's."""
+    torch's intra-op threads as the server pins them; `weights`: an LM student's form, if not its manifest's;
+    `max_seconds`: each timed series' budget (an LM answering in a second is timed on fewer requests)."""
     longest = sorted(rows, key=lambda row: len(row.input_text), reverse=True)[: max(1, len(rows) // 4)]
     with tempfile.TemporaryDirectory(prefix="stillroom-probe-") as scratch:
         prompts, long_prompts = Path(scratch) / "prompts.json", Path(scratch) / "long.json"
@@ -189,6 +191,7 @@ def measure_performance(
         command += ["--samples", str(samples), "--batch-size", str(batch_size), "--long-prompts", str(long_prompts)]
         command += ["--threads", str(threads)] if threads else []
         command += ["--weights", weights] if weights else []
+        command += ["--max-seconds", str(max_seconds)] if max_seconds else []
         done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
     if done.returncode != 0:
         raise RuntimeError(f"measuring {model_dir} failed:\n{done.stderr[-3000:]}")
@@ -377,6 +380,7 @@ def evaluate_student(
                 settings.batch_size,
                 params.serve.torch_threads,
                 served.weights,
+                settings.latency_max_s,
             ),
             "size_mb": directory_size_mb(model_dir),
             **teacher_costs(card, teacher_records),

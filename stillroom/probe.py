@@ -5,9 +5,11 @@ the libraries are imported, the weights are in the page cache of this process's
 allocator, and its peak memory counts everything evaluation did before.
 
     python -m stillroom.probe <student folder> <prompts.json> [--samples N] [--batch-size B]
-                              [--long-prompts longest.json] [--blobs FOLDER] [--threads T]
+                              [--long-prompts longest.json] [--blobs FOLDER] [--threads T] [--max-seconds S]
 
-prints one JSON object.
+prints one JSON object. Each timed series (short inputs, the longest, batches) stops at `--samples`
+requests or once it has run `--max-seconds`, whichever comes first, after at least MIN_SAMPLES: a
+fast classifier is timed on all its samples, an LM that answers in a second on fewer.
 """
 
 from __future__ import annotations
@@ -42,9 +44,15 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _timed_singles(student, chats: list, samples: int) -> list[float]:
-    times = []
+MIN_SAMPLES = 5  # a series' fewest timings, whatever its time budget: a median needs a few
+
+
+def _timed_singles(student, chats: list, samples: int, max_seconds: float | None = None) -> list[float]:
+    """Milliseconds per request, one request at a time, within the series' time budget."""
+    times: list[float] = []
     for chat in chats[:samples]:
+        if max_seconds is not None and len(times) >= MIN_SAMPLES and sum(times) >= max_seconds * 1000:
+            break
         started = time.perf_counter()
         student.predict([chat])
         times.append((time.perf_counter() - started) * 1000)
@@ -59,6 +67,7 @@ def probe(
     long_prompts: list = (),
     blobs: Path | None = None,
     weights: str | None = None,
+    max_seconds: float | None = None,
 ) -> dict:
     from stillroom.data import attach_image_bytes
     from stillroom.schema import Message
@@ -90,11 +99,13 @@ def probe(
     rss_loaded = _rss_mb()
 
     student.predict([chats[0]])  # warm-up: first-call allocations are not a request's latency
-    single = _timed_singles(student, chats[1 : samples + 1] or chats, samples)
-    long_single = _timed_singles(student, long_chats, samples) if long_chats else []
+    single = _timed_singles(student, chats[1 : samples + 1] or chats, samples, max_seconds)
+    long_single = _timed_singles(student, long_chats, samples, max_seconds) if long_chats else []
     batch = (chats * (batch_size // len(chats) + 1))[:batch_size]
-    batched = []
-    for _ in range(3):
+    batched: list[float] = []
+    for _ in range(3):  # the median of three batches, or fewer when one batch already spent the budget
+        if batched and max_seconds is not None and sum(batched) * len(batch) >= max_seconds * 1000:
+            break
         started = time.perf_counter()
         student.predict(batch, batch_size=batch_size)
         batched.append((time.perf_counter() - started) * 1000 / len(batch))
@@ -109,6 +120,7 @@ def probe(
         "memory_mb": rss_loaded - rss_before,
         "peak_memory_mb": peak_mb,
         "latency_samples": len(single),
+        "latency_samples_long": len(long_single),
         "p50_long_ms": statistics.median(long_single) if long_single else None,
     }
 
@@ -125,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, help="torch intra-op threads, as the server pins them (default: torch's)"
     )
     parser.add_argument("--weights", help="an LM student's weights (float32, bf16, int8) instead of its manifest's")
+    parser.add_argument(
+        "--max-seconds", type=float, help=f"time each series at most this long (after {MIN_SAMPLES} requests)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -134,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     if not prompts:
         parser.error("no prompts to time")
     long_prompts = json.loads(args.long_prompts.read_text()) if args.long_prompts else []
-    measured = probe(args.model_dir, prompts, args.samples, args.batch_size, long_prompts, args.blobs, args.weights)
+    measured = probe(
+        args.model_dir, prompts, args.samples, args.batch_size, long_prompts, args.blobs, args.weights, args.max_seconds
+    )
     print(json.dumps(measured))
     return 0
 

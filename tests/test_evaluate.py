@@ -204,3 +204,28 @@ def test_training_rows_the_student_never_saw_join_validation_for_the_threshold(t
     assert metrics["threshold_n_unseen_train"] == 6 and metrics["threshold_n_validation"] == 9 + 6
     validation = [json.loads(line) for line in (layout.report(card.id) / "validation_predictions.jsonl").open()]
     assert len(validation) == 15 and {d["id"] for d in validation} >= {row.id for row in train[12:]}
+
+
+def test_latency_series_stop_at_their_time_budget_after_a_few_requests():
+    """A slow student is timed on MIN_SAMPLES requests once the budget is spent; a fast one on all of them."""
+    import time
+
+    from stillroom.probe import MIN_SAMPLES, _timed_singles
+
+    class Sleeper:
+        def __init__(self, seconds: float):
+            self.seconds, self.calls = seconds, 0
+
+        def predict(self, prompts, batch_size: int = 16):
+            self.calls += 1
+            time.sleep(self.seconds)
+
+    chats = [[{"role": "user", "content": str(k)}] for k in range(30)]
+    slow = Sleeper(0.02)
+    times = _timed_singles(slow, chats, samples=30, max_seconds=0.01)
+    assert len(times) == slow.calls == MIN_SAMPLES and min(times) >= 20
+    fast = Sleeper(0.0)
+    assert len(_timed_singles(fast, chats, samples=30, max_seconds=10.0)) == fast.calls == 30
+    assert len(_timed_singles(Sleeper(0.02), chats, samples=12, max_seconds=None)) == 12
+    midway = _timed_singles(Sleeper(0.02), chats, samples=30, max_seconds=0.15)
+    assert MIN_SAMPLES < len(midway) < 30 and sum(midway) >= 150
