@@ -15,6 +15,7 @@ latency of one request, cold load time and size.
     python bench/students.py --tasks headers  # only the email-header copy task
     python bench/students.py --tasks files  # only the Downloads-sorting and convert-to-JPEG tasks (minutes)
     python bench/students.py --tasks topics # only the BBC topics task (a minute or two)
+    python bench/students.py --tasks people # only the WNUT person-name task (~8 min)
     python bench/students.py --tasks headlines  # only the short-text task, from 500 calls (an LM, ~15 min)
 
 Also per task: the routed share's agreement and its lower bound, whether the student is at
@@ -100,8 +101,10 @@ FILES_SAMPLE = {
 TOPICS_SAMPLE = {"wnut_tweets": 0, "oneoff_prompts": 100, "downloads_files": 0, "jpeg_images": 0, "bbc_headlines": 0}
 # `--tasks headlines`: the short-text task (a story's opening -> its real headline), 500 calls (the demo has 200).
 HEADLINES_SAMPLE = {**TOPICS_SAMPLE, "bbc_articles": 0, "bbc_headlines": 500}
-SUBSETS = {"files": FILES_SAMPLE, "topics": TOPICS_SAMPLE, "headlines": HEADLINES_SAMPLE}
-IN_THE_LADDER = {"files", "topics", "headlines"}  # the full sample holds these tasks already
+# `--tasks people`: the WNUT person-name task alone (and one-off chats), in about eight minutes.
+PEOPLE_SAMPLE = {**TOPICS_SAMPLE, "bbc_articles": 0, "wnut_tweets": 700}
+SUBSETS = {"files": FILES_SAMPLE, "topics": TOPICS_SAMPLE, "headlines": HEADLINES_SAMPLE, "people": PEOPLE_SAMPLE}
+IN_THE_LADDER = {"files", "topics", "headlines", "people"}  # the full sample holds these tasks already
 COPY_TASK = "first_names_copy"
 COPY_SYSTEM = (
     "List the first word of the name of every person in the document's people fields, in the order they "
