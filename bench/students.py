@@ -164,7 +164,8 @@ def result_row(task: str, info: dict, metrics: dict, answers_in_input: float | N
         "p50_long_ms": metrics.get("p50_long_ms"),
         "features": info.get("features"),
         "early_exit_held_out_share": info.get("early_exit_held_out_share"),  # an encoder student answered by TF-IDF
-        "weights": metrics.get("export_weights"),  # an LM's compact form, and how often it gave float32's answer
+        # an LM's compact form (a span tagger's ONNX weights), and how often it gave float32's (torch's) answer
+        "weights": metrics.get("export_weights", info.get("onnx_weights")),
         "export_same_answers": metrics.get("export_same_answers", info.get("export_same_answers")),
         "chosen_epoch": info.get("chosen_epoch"),
         "threshold": metrics["threshold"],

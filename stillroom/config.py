@@ -323,10 +323,10 @@ class SpanParams(_Section):
         0.9, ge=0, le=1, description="share of training answers that must be found in their input"
     )
     runtime: Literal["onnx", "torch"] = Field(
-        "onnx", description="onnx: the trained tagger is served as an int8 ONNX graph on onnxruntime (smaller, faster)"
+        "onnx", description="onnx: the trained tagger is served as an ONNX graph on onnxruntime (int8, else float32)"
     )
     export_tolerance: float = Field(
-        0.01, ge=0, le=1, description="validation agreement the ONNX export may lose against torch before torch is kept"
+        0.01, ge=0, le=1, description="validation agreement an ONNX export (int8, then float32) may lose against torch"
     )
 
 

@@ -16,10 +16,13 @@ from mlflow.tracking import MlflowClient
 from stillroom import detect, evaluate, ingest, register, train
 from stillroom.config import Params, SpanParams, TrainParams
 from stillroom.data import Layout, read_cards, write_jsonl
+from stillroom.metrics.scoring import per_example_agreement
 from stillroom.schema import DatasetRow, Message, TaskCard
 from stillroom.students import load_student
 from stillroom.students.span import (
+    OnnxTagger,
     SpanStudent,
+    TorchTagger,
     Windows,
     at_token_edge,
     best_span,
@@ -342,6 +345,52 @@ def test_the_ladder_keeps_a_span_tagger_that_reaches_accept_and_never_trains_the
     assert json.loads((out / "student.json").read_text())["runtime"] == "onnx"
     assert not list(out.rglob("model.safetensors"))  # the torch weights left the folder
     assert sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) < 40e6  # int8: ~23 MB, torch's ~91
+
+
+def test_an_int8_export_that_loses_agreement_falls_back_to_the_float32_graph(tmp_path, monkeypatch):
+    """When the int8 graph answers validation worse than torch beyond the tolerance, the float32 graph is tried
+    and kept: torch's answers, served by onnxruntime, the torch weights out of the folder."""
+    import shutil
+
+    import onnx
+
+    from stillroom.students import span_train
+
+    train_rows, validation = order_rows("train", 48, 4), order_rows("validation", 16, 5)
+    settings = SpanParams(runtime="torch", max_epochs=4, min_epochs=2, patience=1)
+    span_train.train_span(train_rows, validation, settings, tmp_path / "torch")
+    folder = tmp_path / "exported"
+    shutil.copytree(tmp_path / "torch", folder)
+    torch_student = SpanStudent.load(folder)
+    torch_answers = [p.text for p in torch_student.predict([row.prompt for row in validation])]
+    assert np.mean(per_example_agreement("json", torch_answers, [row.target for row in validation])) > 0.5
+
+    def negated_int8(source, target, per_channel=False):  # a broken quantization: every tag's logit negated
+        graph = onnx.load(str(source))
+        (producer,) = [node for node in graph.graph.node if "logits" in node.output]
+        producer.output[list(producer.output).index("logits")] = "raw_logits"
+        graph.graph.node.append(onnx.helper.make_node("Neg", ["raw_logits"], ["logits"]))
+        onnx.save(graph, str(target))
+
+    monkeypatch.setattr(span_train, "quantize_int8", negated_int8)
+    served, report, answers = span_train.export_or_keep_torch(torch_student, folder, validation, 0.01)
+    assert report["validation_agreement_onnx_int8"] < report["validation_agreement_torch"] - 0.01
+    assert report["runtime"] == "onnx" and report["onnx_weights"] == "float32"
+    assert report["validation_agreement_onnx"] == report["validation_agreement_onnx_float32"]
+    assert report["validation_agreement_onnx"] == report["validation_agreement_torch"]
+    assert [a.text for a in answers] == torch_answers and isinstance(served.tagger, OnnxTagger)
+    assert not list((folder / "encoder").glob("*.safetensors"))  # the graph holds the weights
+    assert not (folder / "encoder" / "float.onnx").exists()
+    reloaded = load_student(folder)
+    assert isinstance(reloaded.tagger, OnnxTagger) and reloaded.info["onnx_weights"] == "float32"
+    assert [p.text for p in reloaded.predict([row.prompt for row in validation])] == torch_answers
+
+    # Neither form within a tolerance nothing can meet: the folder stays in torch, its weights kept.
+    again = tmp_path / "kept"
+    shutil.copytree(tmp_path / "torch", again)
+    kept, report, _ = span_train.export_or_keep_torch(SpanStudent.load(again), again, validation, -1.0)
+    assert report["runtime"] == "torch" and isinstance(kept.tagger, TorchTagger)
+    assert list((again / "encoder").glob("*.safetensors")) and not list((again / "encoder").glob("*.onnx"))
 
 
 def test_the_exported_tagger_answers_in_a_process_without_torch(trained):

@@ -53,9 +53,11 @@ def last_user_turn(prompt: Prompt) -> str:
     return ""
 
 
-def write_manifest(directory: Path, kind: str, **info: object) -> None:
+def write_manifest(directory: Path, kind: str, /, **info: object) -> None:
+    """`info` may be a loaded manifest, its own `kind` included: `kind` is the one written."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / MANIFEST).write_text(json.dumps({"kind": kind, **info}, indent=2, default=str) + "\n")
+    manifest = {"kind": kind, **{key: value for key, value in info.items() if key != "kind"}}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
 
 def read_manifest(directory: Path) -> dict:

@@ -22,9 +22,10 @@ field's span against every other span it could be, a list field's every word in 
 to a power fitted on validation in training (`confidence_power`), so the router's 99% means 99%.
 Training is `span_train`.
 
-A trained tagger is served as an int8 ONNX graph (`runtime: onnx`) run by onnxruntime on one thread,
-with the `tokenizers` library reading the words: no torch or transformers at answer time. Folders kept
-in torch (an export that lost agreement, or one from before exports) load the torch model instead.
+A trained tagger is served as an ONNX graph (`runtime: onnx`; int8 weights, or float32 where int8 lost
+validation agreement: `onnx_weights`) run by onnxruntime on one thread, with the `tokenizers` library
+reading the words: no torch or transformers at answer time. Folders kept in torch (an export that lost
+agreement, or one from before exports) load the torch model instead.
 """
 
 from __future__ import annotations
