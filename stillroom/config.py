@@ -362,6 +362,9 @@ class EvaluateParams(_Section):
     )
     baselines: list[Baseline] = Field(default_factory=lambda: ["tfidf_lr", "zero_shot"])
     baseline_max_examples: int = Field(50, ge=1, description="test rows the zero-shot base model answers")
+    baseline_max_s: float | None = Field(
+        30.0, gt=0, description="the zero-shot base model stops answering after this long (after 24 rows); null: all"
+    )
 
 
 class RoutedGateParams(_Section):

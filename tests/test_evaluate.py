@@ -229,3 +229,25 @@ def test_latency_series_stop_at_their_time_budget_after_a_few_requests():
     assert len(_timed_singles(Sleeper(0.02), chats, samples=12, max_seconds=None)) == 12
     midway = _timed_singles(Sleeper(0.02), chats, samples=30, max_seconds=0.15)
     assert MIN_SAMPLES < len(midway) < 30 and sum(midway) >= 150
+
+
+def test_the_zero_shot_baseline_answers_the_first_rows_within_its_time_budget():
+    """Out of time, the baseline stops at a batch's end after MIN_BASELINE_ROWS; the comparison then uses
+    exactly the rows it answered."""
+    import time
+
+    from stillroom.evaluate import MIN_BASELINE_ROWS, ZERO_SHOT_BATCH, answer_within
+    from stillroom.schema import Prediction
+
+    class Slow:
+        def predict(self, prompts, batch_size: int = 16):
+            time.sleep(0.01)
+            return [Prediction(text=prompt[-1].content, confidence=1.0) for prompt in prompts]
+
+    test = rows("test")
+    test = (test * (60 // len(test) + 1))[:60]
+    answered = answer_within(Slow(), test, max_seconds=0.001)
+    assert len(answered) == MIN_BASELINE_ROWS == 3 * ZERO_SHOT_BATCH
+    assert [p.text for p in answered] == [row.prompt[-1].content for row in test[:MIN_BASELINE_ROWS]]
+    assert len(answer_within(Slow(), test, max_seconds=None)) == len(test) == 60
+    assert len(answer_within(Slow(), test[:10], max_seconds=0.001)) == 10  # fewer rows than the minimum: all
