@@ -47,11 +47,16 @@ def _percentile(values: list[float], q: float) -> float:
 MIN_SAMPLES = 5  # a series' fewest timings, whatever its time budget: a median needs a few
 
 
+def _budget_spent(spent_ms: float, timings: int, minimum: int, max_seconds: float | None) -> bool:
+    """Whether a series that took `spent_ms` over `timings` runs may stop: its budget is spent and it has `minimum`."""
+    return max_seconds is not None and timings >= minimum and spent_ms >= max_seconds * 1000
+
+
 def _timed_singles(student, chats: list, samples: int, max_seconds: float | None = None) -> list[float]:
     """Milliseconds per request, one request at a time, within the series' time budget."""
     times: list[float] = []
     for chat in chats[:samples]:
-        if max_seconds is not None and len(times) >= MIN_SAMPLES and sum(times) >= max_seconds * 1000:
+        if _budget_spent(sum(times), len(times), MIN_SAMPLES, max_seconds):
             break
         started = time.perf_counter()
         student.predict([chat])
@@ -104,7 +109,7 @@ def probe(
     batch = (chats * (batch_size // len(chats) + 1))[:batch_size]
     batched: list[float] = []
     for _ in range(3):  # the median of three batches, or fewer when one batch already spent the budget
-        if batched and max_seconds is not None and sum(batched) * len(batch) >= max_seconds * 1000:
+        if _budget_spent(sum(batched) * len(batch), len(batched), 1, max_seconds):
             break
         started = time.perf_counter()
         student.predict(batch, batch_size=batch_size)
