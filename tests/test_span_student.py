@@ -393,6 +393,41 @@ def test_an_int8_export_that_loses_agreement_falls_back_to_the_float32_graph(tmp
     assert list((again / "encoder").glob("*.safetensors")) and not list((again / "encoder").glob("*.onnx"))
 
 
+def test_the_rate_decays_to_zero_where_the_budget_ends_continuing_from_where_it_was():
+    from stillroom.students.span_train import LinearDecay
+
+    total, warmup = 120, 12
+    rate = LinearDecay(warmup, total)
+    planned = [min(1.0, (step + 1) / warmup) * max(0.0, 1 - step / total) for step in range(total + 1)]
+    assert [rate(step) for step in range(total + 1)] == pytest.approx(planned)
+    rate.end_at(40, 60)  # after epoch 4 of 12, only 6 fit: zero at step 60 instead of 120
+    assert rate(40) == pytest.approx(planned[40])  # no jump where the plan changed
+    assert rate(50) == pytest.approx(planned[40] / 2) and rate(60) == 0.0 and rate(70) == 0.0
+    assert all(rate(step) > rate(step + 1) for step in range(40, 60))
+
+
+def test_the_epochs_that_fit_are_counted_from_the_epochs_so_far():
+    from stillroom.students.span_train import epochs_within_budget
+
+    assert epochs_within_budget(600, 100, 2, 12) == 12  # 50 s an epoch: 10 more fit, capped at the plan
+    assert epochs_within_budget(600, 200, 2, 12) == 6  # 100 s an epoch: 4 more
+    assert epochs_within_budget(600, 590, 2, 12) == 2  # none more
+    assert epochs_within_budget(600, 900, 1, 12) == 1  # past the budget: what is done
+
+
+def test_span_training_past_its_budget_stops_and_keeps_the_judged_epoch(tmp_path):
+    """A budget spent by the first step: that step's epoch ends there, is judged, and its weights are kept."""
+    from stillroom.students import span_train
+
+    settings = SpanParams(runtime="torch", max_epochs=4, min_epochs=2, patience=1, max_minutes=1e-6)
+    rows = order_rows("train", 48, 4)
+    _, stats = span_train.train_span(rows, order_rows("validation", 8, 5), settings, tmp_path / "out")
+    assert stats["stopped_at_budget"] and stats["budget_epochs"] == 1 and stats["planned_epochs"] == 4
+    (epoch,) = stats["curve"]
+    assert epoch["step"] == 1 and stats["chosen_epoch"] == 1  # one update, then judged
+    assert load_student(tmp_path / "out").predict([rows[0].prompt])[0].text.startswith("{")
+
+
 def test_the_exported_tagger_answers_in_a_process_without_torch(trained):
     _, layout, card, _, _ = trained
     probe = (

@@ -11,6 +11,7 @@ regular surroundings (`context_entropy`): they are what the tagger has to learn 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -45,6 +46,8 @@ from stillroom.students.span import (
     tag_names,
     window_tokenizer,
 )
+
+log = logging.getLogger(__name__)
 
 Span = tuple[int, int]
 NEARLY_ALL = 0.98  # of the training values a fact about them must hold for (whole tokens, to a line's end) ...
@@ -286,7 +289,7 @@ def train_span(
             windows = Windows(student.tokenizer, head_to_read(text, info["read_chars"]))
             examples += window_examples(windows, word_tags(windows, row_spans))
     started = time.perf_counter()
-    curve = fit(student, examples, validation, params, seed, progress)
+    curve, budget = fit(student, examples, validation, params, seed, progress)
     best = max(curve, key=lambda c: c["agreement"])
     stats = {
         "rung": "span",
@@ -298,6 +301,7 @@ def train_span(
         "train_seconds": round(time.perf_counter() - started, 1),
         "chosen_epoch": best["epoch"],
         "validation_agreement": best["agreement"] if validation else None,
+        **budget,
         "curve": curve,  # by step, as register logs LM curves: the epoch's mean loss and validation agreement
         "agreement_curve": curve if validation else [],
     }
@@ -360,6 +364,32 @@ def batch_size_for(n_examples: int, params: SpanParams) -> int:
     return max(4, min(params.batch_size, n_examples // params.min_steps_per_epoch))
 
 
+class LinearDecay:
+    """The learning rate's factor: a warm-up over `warmup` steps times a line from 1 down to zero at `horizon`.
+    `end_at` moves the zero nearer from a given step on, continuing from the factor reached there, so a run
+    the time budget shortens still ends annealed instead of cut off at a high rate."""
+
+    def __init__(self, warmup: int, horizon: int):
+        self.warmup, self.horizon = warmup, horizon
+        self.from_step, self.from_factor = 0, 1.0
+
+    def decay(self, step: int) -> float:
+        return max(0.0, self.from_factor * (1 - (step - self.from_step) / max(1, self.horizon - self.from_step)))
+
+    def end_at(self, step: int, horizon: int) -> None:
+        self.from_step, self.from_factor, self.horizon = step, self.decay(step), horizon
+
+    def __call__(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.warmup) * self.decay(step)
+
+
+def epochs_within_budget(seconds: float, elapsed: float, epochs_done: int, planned: int) -> int:
+    """How many epochs end within `seconds` at the mean time the `epochs_done` so far took (their judging on
+    validation included): at least those done, at most `planned`."""
+    per_epoch = elapsed / max(1, epochs_done)
+    return max(epochs_done, min(planned, epochs_done + int(max(0.0, seconds - elapsed) // per_epoch)))
+
+
 def fit(
     student: SpanStudent,
     examples: list[tuple[list[int], list[int], list[int]]],
@@ -367,10 +397,13 @@ def fit(
     params: SpanParams,
     seed: int,
     progress: bool = False,
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], dict[str, Any]]:
     """AdamW with warm-up and linear decay; after each epoch the student answers the validation rows, and
     the epoch with the best agreement is put back at the end. Training stops `patience` epochs after the
-    best (never before `min_epochs`: a tagger first learns that nearly every word is O) or at `max_minutes`."""
+    best (never before `min_epochs`: a tagger first learns that nearly every word is O) or within
+    `max_minutes`: after each epoch the epochs that still fit are counted, and when fewer than planned do, the
+    rate decays to zero at the last of them (`LinearDecay`); a step past the budget itself ends the epoch,
+    which is judged like the others. Returns the curve and what the budget did."""
     import torch
     from tqdm.auto import tqdm
 
@@ -387,11 +420,11 @@ def fit(
         weight_decay=0.01,
     )
     batch_size = batch_size_for(len(examples), params)
-    total = math.ceil(len(examples) / batch_size) * params.max_epochs
-    warmup = max(1, total // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * max(0.0, 1 - step / total)
-    )
+    steps_per_epoch = math.ceil(len(examples) / batch_size)
+    total = steps_per_epoch * params.max_epochs
+    rate = LinearDecay(max(1, total // 10), total)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    seconds, last_epoch, out_of_time = params.max_minutes * 60, params.max_epochs, False
     rng, started = random.Random(seed), time.perf_counter()
     curve: list[dict[str, float]] = []
     best_state, best = None, -math.inf
@@ -410,6 +443,9 @@ def fit(
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
+            if time.perf_counter() - started > seconds:  # far slower than the epochs so far: stop at once
+                out_of_time = True
+                break
         model.eval()
         mean_loss = float(np.mean(losses))
         agreement = validation_agreement(student, validation) if validation else -mean_loss
@@ -418,15 +454,33 @@ def fit(
         if agreement > best:
             best = agreement
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}, shapes.weight.detach().clone()
+        fitting = epochs_within_budget(seconds, time.perf_counter() - started, epoch, params.max_epochs)
+        if fitting < last_epoch:
+            if last_epoch == params.max_epochs:
+                log.warning(
+                    "span training planned %d epochs, %d fit in train.span.max_minutes (%g): the learning rate "
+                    "now decays to zero at the end of epoch %d",
+                    params.max_epochs,
+                    fitting,
+                    params.max_minutes,
+                    fitting,
+                )
+            last_epoch = fitting
+            rate.end_at(schedule.last_epoch, last_epoch * steps_per_epoch)
         waited = epoch - max(curve, key=lambda c: c["agreement"])["epoch"]
-        out_of_time = time.perf_counter() - started > params.max_minutes * 60
-        if (epoch >= params.min_epochs and waited >= params.patience) or out_of_time:
+        if (epoch >= params.min_epochs and waited >= params.patience) or out_of_time or epoch >= last_epoch:
             break
     assert best_state is not None
     model.load_state_dict(best_state[0])
     shapes.weight.data.copy_(best_state[1])
     model.eval()
-    return curve
+    budget = {
+        "max_minutes": params.max_minutes,
+        "planned_epochs": params.max_epochs,
+        "budget_epochs": last_epoch,  # the epochs that fit in max_minutes (planned_epochs when all did)
+        "stopped_at_budget": out_of_time or (last_epoch < params.max_epochs and len(curve) >= last_epoch),
+    }
+    return curve, budget
 
 
 def validation_agreement(student: Student, rows: Sequence[DatasetRow], output_format: OutputFormat = "json") -> float:
