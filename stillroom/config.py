@@ -237,6 +237,12 @@ class LMParams(_Section):
     lora: bool = True
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
+    lora_layers: int | None = Field(
+        None,
+        ge=1,
+        description="LoRA pairs in the last this many decoder blocks only (null: every block): backward stops at "
+        "the lowest adapted block, so a step takes less time",
+    )
     store: Literal["adapter", "merged"] = Field(
         "adapter",
         description="adapter: the LoRA pairs and the base's hash (MBs; LM students share one base in memory); "

@@ -40,7 +40,7 @@ from stillroom.students.lm_train import (
     save_lm,
     train_lm,
 )
-from stillroom.students.lora import bf16_supported
+from stillroom.students.lora import bf16_supported, load_adapter
 
 SYSTEM = 'Extract the names of people mentioned in the tweet. Answer with JSON: {"people": [...]}'
 NAMES = [["Ann Lee"], ["Bob Stone", "Cy Young"], [], ["Dee Ray"]]
@@ -399,6 +399,40 @@ def test_lora_merged_store_is_a_plain_model(memorised: tuple[LMStudent, dict, Pa
     assert all(0.0 <= p.confidence <= 1.0 for p in loaded.predict([row.prompt for row in make_rows(LORA_ROWS)]))
 
 
+def test_lora_in_the_last_blocks_only_trains_and_serves_them_and_backward_stops_there(
+    memorised: tuple[LMStudent, dict, Path], tmp_path: Path
+) -> None:
+    """`lora_layers: 1` on the two-block base: pairs in the last block only (none in the first, none on the
+    head), no gradient reaches the first block, and the stored adapter answers as the student in hand."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from stillroom.students.lm_args import lora_config
+
+    _, _, base_dir = memorised
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft = get_peft_model(base, lora_config(lora_params(base_dir, lora_layers=1), base))
+    outputs = {}
+    for index, block in enumerate(peft.base_model.model.model.layers):
+        block.register_forward_hook(lambda _m, _args, out, index=index: outputs.__setitem__(index, out))
+    peft.train()
+    peft(input_ids=torch.tensor([[1, 2, 3, 4]]))
+
+    def grad_flows(out: Any) -> bool:
+        return (out[0] if isinstance(out, tuple) else out).requires_grad
+
+    assert not grad_flows(outputs[0]) and grad_flows(outputs[1])
+
+    params = lora_params(base_dir, max_steps=40, max_train_examples=3, lora_layers=1)
+    student, stats = train_lm(make_rows(LORA_ROWS), [], params, tmp_path, progress=False)
+    assert stats["final_loss"] < 0.8 * stats["first_loss"]
+    pairs = load_adapter(tmp_path)
+    assert pairs and all(".layers.1." in key for key in pairs)
+    prompts = [row.prompt for row in make_rows(LORA_ROWS)]
+    assert [p.text for p in LMStudent.load(tmp_path).predict(prompts)] == [p.text for p in student.predict(prompts)]
+    assert lora_config(lora_params(base_dir, lora_layers=2), base).target_modules == "all-linear"  # every block
+
+
 def test_the_frozen_base_computes_in_bf16_while_training_and_comes_back_as_it_was(tiny_base: Path) -> None:
     """`train.lm.train_weights: bf16`: the linear layers run bf16 weights on float32 activations, gradients
     still reach the inputs, and afterwards every parameter (and the head's tie to the embeddings) is the
@@ -611,7 +645,7 @@ def test_a_worse_later_epoch_leaves_the_better_one_kept(two_adapters: tuple[list
     _, folders, base_dir = two_adapters
     rows = make_rows(LORA_ROWS)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    peft = get_peft_model(base, lora_config(LMParams(lora_r=8, lora_alpha=16)))
+    peft = get_peft_model(base, lora_config(LMParams(lora_r=8, lora_alpha=16), base))
     restore_adapter(peft, load_adapter(folders[0]))  # epoch 1: the trained pairs
     tokenizer = LMStudent.load(folders[0]).tokenizer
     info = {"max_new_tokens": 16, "labels": None, "json_schema": PEOPLE_SCHEMA, **answer_constraints(rows)}

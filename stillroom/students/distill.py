@@ -138,6 +138,6 @@ def distillation_trainer(
         train_dataset=distillation_dataset(rows, tokenizer, eos_ids, params.max_length),
         eval_dataset=distillation_dataset(validation, tokenizer, eos_ids, params.max_length) if validation else None,
         processing_class=tokenizer,
-        peft_config=lora_config(params) if params.lora else None,
+        peft_config=lora_config(params, model) if params.lora else None,
         alpha=params.distill_alpha,
     )

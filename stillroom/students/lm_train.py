@@ -119,7 +119,7 @@ def train_lm(
                     train_dataset=_sft_dataset(rows),
                     eval_dataset=_sft_dataset(validation) if validation else None,
                     processing_class=tokenizer,
-                    peft_config=lora_config(params) if params.lora else None,
+                    peft_config=lora_config(params, model) if params.lora else None,
                 )
             if not progress:
                 trainer.remove_callback(PrinterCallback)  # with tqdm off, the trainer prints every log line
@@ -160,6 +160,7 @@ def train_lm(
         "lora": params.lora,
         "lora_r": params.lora_r if params.lora else None,
         "lora_alpha": params.lora_alpha if params.lora else None,
+        "lora_layers": params.lora_layers if params.lora else None,  # the last blocks adapted (None: all)
         "seed": seed,
         "n_train": len(rows),
         **answering,
