@@ -406,12 +406,12 @@ def test_the_rate_decays_to_zero_where_the_budget_ends_continuing_from_where_it_
     assert all(rate(step) > rate(step + 1) for step in range(40, 60))
 
 
-def test_the_epochs_that_fit_are_counted_from_the_epochs_so_far():
+def test_the_epochs_that_can_start_within_the_budget_are_counted_from_the_epochs_so_far():
     from stillroom.students.span_train import epochs_within_budget
 
-    assert epochs_within_budget(600, 100, 2, 12) == 12  # 50 s an epoch: 10 more fit, capped at the plan
-    assert epochs_within_budget(600, 200, 2, 12) == 6  # 100 s an epoch: 4 more
-    assert epochs_within_budget(600, 590, 2, 12) == 2  # none more
+    assert epochs_within_budget(600, 100, 2, 12) == 12  # 50 s an epoch: 10 more start in time, capped at the plan
+    assert epochs_within_budget(600, 210, 2, 12) == 6  # 105 s an epoch: 4 more start in time, the last ends at 630
+    assert epochs_within_budget(600, 590, 2, 12) == 3  # one more starts before the budget runs out
     assert epochs_within_budget(600, 900, 1, 12) == 1  # past the budget: what is done
 
 
