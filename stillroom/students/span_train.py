@@ -463,8 +463,8 @@ def fit(
         if fitting < last_epoch:
             if last_epoch == params.max_epochs:
                 log.warning(
-                    "span training planned %d epochs, %d fit in train.span.max_minutes (%g): the learning rate "
-                    "now decays to zero at the end of epoch %d",
+                    "span training planned %d epochs, %d can start within train.span.max_minutes (%g): the "
+                    "learning rate now decays to zero at the end of epoch %d",
                     params.max_epochs,
                     fitting,
                     params.max_minutes,
@@ -482,7 +482,7 @@ def fit(
     budget = {
         "max_minutes": params.max_minutes,
         "planned_epochs": params.max_epochs,
-        "budget_epochs": last_epoch,  # the epochs that fit in max_minutes (planned_epochs when all did)
+        "budget_epochs": last_epoch,  # the epochs that could start within max_minutes (planned_epochs: all)
         "stopped_at_budget": out_of_time or (last_epoch < params.max_epochs and len(curve) >= last_epoch),
     }
     return curve, budget
